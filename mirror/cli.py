@@ -1,0 +1,58 @@
+"""The `mirror` command: thin Typer commands over the library."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import config as config_module
+from .errors import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="hpc-mirror: a pull-through cache for OCI registries, for HPC sites.")
+
+ConfigOption = Annotated[Optional[Path], typer.Option(
+    "--config", "-c", help="Site config TOML, merged over the embedded default.")]
+
+
+@app.callback()
+def main() -> None:
+    """hpc-mirror: a pull-through cache for OCI registries, for HPC sites."""
+
+
+def _load(path: Path | None, overrides: dict | None = None) -> config_module.Config:
+    try:
+        return config_module.load(path, overrides)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {exc.path}: {problem}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address (overrides server.host).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (overrides server.port).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the pull-through proxy."""
+    from aiohttp import web
+
+    from .app import create_app
+
+    server = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    cfg = _load(config, {"server": server} if server else None)
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    typer.echo(f"hpc-mirror serving {cfg.cache.root} on http://{cfg.server.host}:"
+               f"{cfg.server.port} (config: {cfg.source})", err=True)
+    web.run_app(create_app(cfg), host=cfg.server.host, port=cfg.server.port, print=None,
+                access_log_format='%a "%r" %s %b %Tfs')
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

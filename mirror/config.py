@@ -1,0 +1,287 @@
+"""Typed, frozen configuration loaded from TOML.
+
+Every default lives in `config.toml` at the project root (embedded in the package as
+`default-config.toml`); a user's file is merged over it key by key. Loading collects every
+problem in the file and raises one `ConfigError` listing them all, each naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+_PREFIX_RE = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    root: Path
+    index_dir: Path
+    tag_ttl_seconds: float
+    manifest_memory_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    connect_timeout_seconds: float
+    read_timeout_seconds: float
+    retries: int
+    max_retry_wait_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    prefix: str
+    default: bool = False
+    library_namespace: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    @property
+    def host(self) -> str:
+        """host[:port] of the upstream, as containerd's `?ns=` names it."""
+        return urlsplit(self.url).netloc
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    server: ServerConfig
+    cache: CacheConfig
+    client: ClientConfig
+    upstreams: tuple[UpstreamConfig, ...]
+
+    @property
+    def default_upstream(self) -> UpstreamConfig | None:
+        return next((u for u in self.upstreams if u.default), None)
+
+
+def default_config_text() -> str:
+    return resources.files("mirror").joinpath("default-config.toml").read_text()
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load the embedded defaults, merge the file at `path` (if any) and `overrides` over it."""
+    defaults = tomllib.loads(default_config_text())
+    source = "<embedded config.toml>"
+    data = defaults
+    if path is not None:
+        source = str(path)
+        try:
+            user = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(source, ["file not found"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(source, [f"cannot read: {exc}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+        data = _merge(defaults, user)
+    if overrides:
+        data = _merge(data, overrides)
+    return _Parser(source, data, base_dir=Path(path).parent if path else Path.cwd()).parse()
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Merge tables key by key; `upstreams` in a user file replaces the default set whole,
+    so a site that lists its own upstreams gets exactly those."""
+    merged = dict(base)
+    for key, value in over.items():
+        if key != "upstreams" and isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _Parser:
+    """Reads the merged TOML data into the typed config, recording every problem."""
+
+    def __init__(self, source: str, data: dict[str, Any], base_dir: Path) -> None:
+        self.source = source
+        self.data = data
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def parse(self) -> Config:
+        known = {"server", "cache", "client", "upstreams", "catalog"}
+        for key in self.data:
+            if key not in known:
+                self.problems.append(f"[{key}]: unknown table")
+        server = self._server()
+        cache = self._cache()
+        client = self._client()
+        upstreams = self._upstreams()
+        if self.problems:
+            raise ConfigError(self.source, self.problems)
+        return Config(self.source, server, cache, client, upstreams)
+
+    def _table(self, name: str) -> dict[str, Any]:
+        table = self.data.get(name, {})
+        if not isinstance(table, dict):
+            self.problems.append(f"[{name}]: must be a table")
+            return {}
+        return table
+
+    def _get(self, table: dict[str, Any], where: str, key: str, kind: type | tuple[type, ...],
+             default: Any = None) -> Any:
+        value = table.get(key, default)
+        if value is None:
+            self.problems.append(f"{where}.{key}: missing")
+            return default
+        # bool is an int in Python; a port of `true` is still wrong.
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+            names = " or ".join(t.__name__ for t in _as_tuple(kind))
+            self.problems.append(f"{where}.{key}: must be {names}, got {value!r}")
+            return default
+        return value
+
+    def _unknown_keys(self, table: dict[str, Any], where: str, allowed: set[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                self.problems.append(f"{where}.{key}: unknown key")
+
+    def _server(self) -> ServerConfig:
+        table = self._table("server")
+        self._unknown_keys(table, "server", {"host", "port"})
+        host = self._get(table, "server", "host", str, "127.0.0.1")
+        port = self._get(table, "server", "port", int, 5000)
+        if not 0 < port < 65536:
+            self.problems.append(f"server.port: must be 1-65535, got {port}")
+        if host not in ("localhost",) and not _is_ip(host) and not _PREFIX_RE.fullmatch(host):
+            self.problems.append(f"server.host: not an address or host name: {host!r}")
+        return ServerConfig(host, port)
+
+    def _cache(self) -> CacheConfig:
+        table = self._table("cache")
+        self._unknown_keys(table, "cache", {"root", "index_dir", "tag_ttl_seconds",
+                                            "manifest_memory_mib"})
+        root = self._path(self._get(table, "cache", "root", str, "./cache"))
+        index_text = self._get(table, "cache", "index_dir", str, "")
+        index_dir = self._path(index_text) if index_text else _default_index_dir(root)
+        ttl = self._get(table, "cache", "tag_ttl_seconds", (int, float), 300)
+        if ttl < 0:
+            self.problems.append("cache.tag_ttl_seconds: must be >= 0")
+        memory = self._get(table, "cache", "manifest_memory_mib", int, 64)
+        if memory < 0:
+            self.problems.append("cache.manifest_memory_mib: must be >= 0")
+        return CacheConfig(root, index_dir, float(ttl), memory)
+
+    def _client(self) -> ClientConfig:
+        table = self._table("client")
+        keys = {"connect_timeout_seconds", "read_timeout_seconds", "retries",
+                "max_retry_wait_seconds"}
+        self._unknown_keys(table, "client", keys)
+        values = {}
+        for key in sorted(keys):
+            kind = int if key == "retries" else (int, float)
+            value = self._get(table, "client", key, kind, 1)
+            if value < 0 or (key.endswith("timeout_seconds") and value == 0):
+                self.problems.append(f"client.{key}: must be positive")
+            values[key] = value
+        return ClientConfig(**values)
+
+    def _upstreams(self) -> tuple[UpstreamConfig, ...]:
+        table = self._table("upstreams")
+        upstreams = [self._upstream(name, entry) for name, entry in table.items()]
+        upstreams = [u for u in upstreams if u is not None]
+        defaults = [u.name for u in upstreams if u.default]
+        if len(defaults) > 1:
+            self.problems.append(f"upstreams: more than one has default = true: {defaults}")
+        seen: dict[str, str] = {}
+        for upstream in upstreams:
+            if upstream.prefix in seen:
+                self.problems.append(f"upstreams.{upstream.name}.prefix: {upstream.prefix!r} "
+                                     f"is also the prefix of upstreams.{seen[upstream.prefix]}")
+            seen[upstream.prefix] = upstream.name
+        return tuple(upstreams)
+
+    def _upstream(self, name: str, entry: Any) -> UpstreamConfig | None:
+        where = f"upstreams.{name}"
+        if not isinstance(entry, dict):
+            self.problems.append(f"{where}: must be a table")
+            return None
+        self._unknown_keys(entry, where, {"url", "prefix", "default", "library_namespace",
+                                          "username", "password_env", "password_file",
+                                          "password"})
+        if "password" in entry:
+            self.problems.append(f"{where}.password: never put a password in the config file; "
+                                 "use password_env or password_file")
+        url = self._get(entry, where, "url", str, "")
+        parts = urlsplit(url)
+        if url and (parts.scheme not in ("http", "https") or not parts.netloc
+                    or parts.path not in ("", "/") or parts.query):
+            self.problems.append(f"{where}.url: must be http(s)://host[:port], got {url!r}")
+        prefix = self._get(entry, where, "prefix", str, "")
+        if prefix and not _PREFIX_RE.fullmatch(prefix):
+            self.problems.append(f"{where}.prefix: must look like a registry host name "
+                                 f"(lowercase, dots), got {prefix!r}")
+        library = self._get(entry, where, "library_namespace", str, "")
+        username = self._get(entry, where, "username", str, "")
+        password = self._password(entry, where)
+        if password and not username:
+            self.problems.append(f"{where}.username: required when a password is configured")
+        return UpstreamConfig(name=name, url=url.rstrip("/"), prefix=prefix,
+                              default=self._get(entry, where, "default", bool, False),
+                              library_namespace=library, username=username, password=password)
+
+    def _password(self, entry: dict[str, Any], where: str) -> str:
+        if "password_env" in entry and "password_file" in entry:
+            self.problems.append(f"{where}: set password_env or password_file, not both")
+            return ""
+        if "password_env" in entry:
+            var = self._get(entry, where, "password_env", str, "")
+            if var not in os.environ:
+                self.problems.append(f"{where}.password_env: environment variable {var!r} "
+                                     "is not set")
+                return ""
+            return os.environ[var]
+        if "password_file" in entry:
+            path = self._path(self._get(entry, where, "password_file", str, ""))
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                self.problems.append(f"{where}.password_file: cannot read {path}: "
+                                     f"{exc.strerror}")
+        return ""
+
+    def _path(self, text: str) -> Path:
+        path = Path(os.path.expanduser(text))
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _default_index_dir(root: Path) -> Path:
+    """Node-local by default: SQLite (diskcache) must not live on a network filesystem, and
+    keying by the cache root keeps two roots on one node apart."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    return base / "hpc-mirror" / f"index-{key}"

@@ -1,0 +1,97 @@
+"""Domain errors. Each carries the distribution-spec error code and HTTP status it maps to,
+so the HTTP layer turns any of them into an OCI error body without knowing the cause."""
+
+from __future__ import annotations
+
+
+class MirrorError(Exception):
+    """Base of every error a client may see. `message` must be safe to show to a client."""
+
+    code = "UNKNOWN"
+    status = 500
+
+    def __init__(self, message: str = "", detail: object | None = None) -> None:
+        super().__init__(message or self.code.lower().replace("_", " "))
+        self.message = str(self.args[0])
+        self.detail = detail
+
+
+class NameInvalid(MirrorError):
+    code, status = "NAME_INVALID", 400
+
+
+class TagInvalid(MirrorError):
+    code, status = "TAG_INVALID", 400
+
+
+class DigestInvalid(MirrorError):
+    code, status = "DIGEST_INVALID", 400
+
+
+class NameUnknown(MirrorError):
+    code, status = "NAME_UNKNOWN", 404
+
+
+class ManifestUnknown(MirrorError):
+    code, status = "MANIFEST_UNKNOWN", 404
+
+
+class BlobUnknown(MirrorError):
+    code, status = "BLOB_UNKNOWN", 404
+
+
+class RangeInvalid(MirrorError):
+    code, status = "RANGE_INVALID", 416
+
+
+class Unsupported(MirrorError):
+    code, status = "UNSUPPORTED", 405
+
+
+class PaginationInvalid(MirrorError):
+    code, status = "PAGINATION_NUMBER_INVALID", 400
+
+
+class Denied(MirrorError):
+    """The upstream refused the mirror's credentials for this repository."""
+
+    code, status = "DENIED", 403
+
+
+class DigestMismatch(MirrorError):
+    """Upstream content did not hash to the digest it was asked for; nothing was cached."""
+
+    code, status = "DIGEST_INVALID", 502
+
+
+class UpstreamFailed(MirrorError):
+    """The upstream failed (unreachable, timed out, 5xx, 429): a cached answer may stand in."""
+
+    code, status = "UNAVAILABLE", 502
+
+
+class UpstreamUnavailable(UpstreamFailed):
+    """The upstream could not be reached."""
+
+    status = 503
+
+
+class UpstreamBadGateway(UpstreamFailed):
+    """The upstream answered with an error or something the mirror cannot use."""
+
+    status = 502
+
+
+class UpstreamTimeout(UpstreamFailed):
+    """The upstream did not answer within the configured timeouts."""
+
+    status = 504
+
+
+class ConfigError(Exception):
+    """Every problem found in one config file; `problems` holds one line per problem."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))

@@ -1,0 +1,100 @@
+"""Read manifests and indexes into the descriptors they reference, and classify them.
+
+Manifests are stored and served byte-exact; this module only reads them. It never relies on
+a top-level `mediaType` (oras-go v1 and Sylabs library manifests have none) and never rejects
+an unusual config type: a SIF pushed as a Docker v2 manifest is still a SIF.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .errors import DigestInvalid
+from .reference import INDEX_MEDIA_TYPES, SIF_LAYER_TYPES, Digest
+
+
+class Kind(str, Enum):
+    IMAGE = "image"
+    INDEX = "index"
+    SIF = "sif"
+    ARTIFACT = "artifact"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: Digest
+    size: int
+    platform: dict | None = None
+    annotations: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedManifest:
+    kind: Kind
+    config: Descriptor | None = None
+    layers: tuple[Descriptor, ...] = ()
+    manifests: tuple[Descriptor, ...] = ()  # children of an index
+    annotations: dict = field(default_factory=dict)
+
+    @property
+    def blob_digests(self) -> list[Digest]:
+        """Blobs this manifest lets its repository serve (config and layers)."""
+        return [d.digest for d in ((self.config,) if self.config else ()) + self.layers]
+
+
+def parse(manifest_bytes: bytes, media_type: str) -> ParsedManifest:
+    """Parse manifest bytes served with `media_type`; unparsable content is Kind.UNKNOWN."""
+    try:
+        doc = json.loads(manifest_bytes)
+    except (ValueError, UnicodeDecodeError):
+        return ParsedManifest(Kind.UNKNOWN)
+    if not isinstance(doc, dict):
+        return ParsedManifest(Kind.UNKNOWN)
+    annotations = doc.get("annotations") if isinstance(doc.get("annotations"), dict) else {}
+    if media_type in INDEX_MEDIA_TYPES or doc.get("mediaType") in INDEX_MEDIA_TYPES or (
+            "manifests" in doc and "layers" not in doc):
+        children = tuple(_descriptors(doc.get("manifests")))
+        return ParsedManifest(Kind.INDEX, manifests=children, annotations=annotations)
+    config = next(iter(_descriptors([doc.get("config")])), None)
+    layers = tuple(_descriptors(doc.get("layers")))
+    if len(layers) == 1 and layers[0].media_type in SIF_LAYER_TYPES:
+        kind = Kind.SIF
+    elif config is not None and _is_image_config(config.media_type):
+        kind = Kind.IMAGE
+    elif config is not None or layers:
+        kind = Kind.ARTIFACT
+    else:
+        kind = Kind.UNKNOWN
+    return ParsedManifest(kind, config, layers, annotations=annotations)
+
+
+def _is_image_config(media_type: str) -> bool:
+    return media_type in ("application/vnd.oci.image.config.v1+json",
+                          "application/vnd.docker.container.image.v1+json")
+
+
+def _descriptors(items: object) -> list[Descriptor]:
+    """Well-formed descriptors of a list; malformed entries are skipped, never fatal."""
+    found = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        try:
+            digest = Digest.parse(str(item.get("digest", "")))
+        except DigestInvalid:
+            continue
+        size = item.get("size")
+        platform = item.get("platform")
+        annotations = item.get("annotations")
+        found.append(Descriptor(
+            media_type=str(item.get("mediaType", "")),
+            digest=digest,
+            size=size if isinstance(size, int) and not isinstance(size, bool) else -1,
+            platform=platform if isinstance(platform, dict) else None,
+            annotations=annotations if isinstance(annotations, dict) else None,
+        ))
+    return found

@@ -1,0 +1,67 @@
+"""Pure freshness and retry rules, with time passed in so tests need no clock."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+
+
+def tag_is_fresh(confirmed_at: float, now: float, ttl_seconds: float) -> bool:
+    """A tag answer is trusted without asking upstream for `ttl_seconds` after confirmation."""
+    return 0 <= now - confirmed_at < ttl_seconds
+
+
+def retry_delay(attempt: int, retry_after: str | None, now: float, max_wait: float) -> float:
+    """Seconds to wait before retry number `attempt` (1-based).
+
+    An upstream's Retry-After (seconds or an HTTP date) is honoured up to `max_wait`;
+    otherwise exponential backoff from 0.2 s, also capped.
+    """
+    if retry_after:
+        seconds = _parse_retry_after(retry_after, now)
+        if seconds is not None:
+            return min(max(seconds, 0.0), max_wait)
+    return min(0.2 * 2 ** (attempt - 1), max_wait)
+
+
+def _parse_retry_after(value: str, now: float) -> float | None:
+    value = value.strip()
+    try:
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() - now
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """Parse a single `bytes=` range against a blob of `size` bytes.
+
+    Returns (start, end_exclusive); None means the header is unsatisfiable or malformed
+    (the caller answers 416). Multiple ranges are refused rather than half-supported.
+    """
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":
+            suffix = int(last)
+            if suffix <= 0 or not last.isdigit():
+                return None
+            return (max(size - suffix, 0), size) if size > 0 else None
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    if start >= size or end <= start:
+        return None
+    return start, min(end, size)

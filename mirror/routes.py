@@ -1,0 +1,243 @@
+"""HTTP only: parse requests, call the proxy service, write responses and OCI errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from urllib.parse import quote
+
+from aiohttp import web
+
+from .errors import (ManifestUnknown, MirrorError, NameUnknown, PaginationInvalid,
+                     RangeInvalid, Unsupported)
+from .fill import BlobSource, read_chunk
+from .policy import parse_range
+from .reference import Digest
+from .service import ProxyService
+
+log = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("service", ProxyService)
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+_PULL_METHODS = ("GET", "HEAD")
+_FALLBACK_CHUNK = 1024 * 1024
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("*", "/v2/", api_root)
+    app.router.add_route("*", "/v2", api_root)
+    app.router.add_route("*", "/v2/_catalog", catalog)
+    app.router.add_route("*", "/v2/{name:.+}/manifests/{reference}", manifest)
+    app.router.add_route("*", "/v2/{name:.+}/blobs/uploads/{tail:.*}", unsupported)
+    app.router.add_route("*", "/v2/{name:.+}/blobs/{digest}", blob)
+    app.router.add_route("*", "/v2/{name:.+}/tags/list", tags_list)
+
+
+def oci_error(error: MirrorError) -> web.Response:
+    body = {"errors": [{"code": error.code, "message": error.message, "detail": None}]}
+    return web.json_response(body, status=error.status, headers=API_VERSION_HEADER)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Every failure becomes distribution-spec JSON; never a stack trace or upstream text."""
+    try:
+        response = await handler(request)
+    except MirrorError as exc:
+        return oci_error(exc)
+    except web.HTTPNotFound:
+        return oci_error(NameUnknown("no such endpoint or repository"))
+    except web.HTTPMethodNotAllowed:
+        return oci_error(Unsupported("this mirror is read-only"))
+    except web.HTTPException:
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return oci_error(MirrorError("internal error"))
+    response.headers.update(API_VERSION_HEADER)
+    return response
+
+
+def _service(request: web.Request) -> ProxyService:
+    return request.app[SERVICE]
+
+
+def _check_pull(request: web.Request) -> None:
+    if request.method not in _PULL_METHODS:
+        raise Unsupported(f"{request.method} is not supported: this mirror is read-only")
+
+
+async def api_root(request: web.Request) -> web.Response:
+    _check_pull(request)
+    return web.json_response({})
+
+
+async def unsupported(request: web.Request) -> web.Response:
+    raise Unsupported("pushing is not supported: this mirror is read-only")
+
+
+async def manifest(request: web.Request) -> web.Response:
+    _check_pull(request)
+    service = _service(request)
+    repo = service.route(request.match_info["name"], request.query.get("ns"))
+    reference = request.match_info["reference"]
+    found = await service.get_manifest(repo, reference)
+    if not _acceptable(request.headers.get("Accept", ""), found.media_type):
+        raise ManifestUnknown(f"manifest {reference!r} is a {found.media_type}, which the "
+                              "request's Accept header does not allow")
+    etag = f'"{found.digest}"'
+    headers = {"Docker-Content-Digest": str(found.digest), "ETag": etag,
+               "Content-Type": found.media_type}
+    if found.warning:
+        headers["Warning"] = found.warning
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(found.body))
+        return web.Response(headers=headers)
+    return web.Response(body=found.body, headers=headers)
+
+
+def _acceptable(accept: str, media_type: str) -> bool:
+    """A stored manifest may be refused only when the client named manifest types and this
+    is not one of them (lets single-type clients fall back, as distribution does)."""
+    offered = {part.split(";")[0].strip() for part in accept.split(",") if part.strip()}
+    named_manifest_types = {t for t in offered if "manifest" in t or "index" in t}
+    if not named_manifest_types or "*/*" in offered:
+        return True
+    return media_type in offered
+
+
+async def blob(request: web.Request) -> web.StreamResponse:
+    _check_pull(request)
+    service = _service(request)
+    repo = service.route(request.match_info["name"], request.query.get("ns"))
+    digest = Digest.parse(request.match_info["digest"])
+    headers = {"Docker-Content-Digest": str(digest), "ETag": f'"{digest}"',
+               "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+    if request.headers.get("If-None-Match") == headers["ETag"]:
+        return web.Response(status=304, headers=headers)
+    if request.method == "HEAD":
+        size = await service.blob_size(repo, digest)
+        headers["Content-Length"] = str(size)
+        return web.Response(headers=headers)
+    source = await service.open_blob(repo, digest)
+    try:
+        return await _send_blob(request, source, headers)
+    finally:
+        source.close()
+
+
+async def _send_blob(request: web.Request, source: BlobSource,
+                     headers: dict[str, str]) -> web.StreamResponse:
+    """Send a blob (or one range of it) with sendfile, as fast as the source allows."""
+    size = source.size
+    start, end, status = 0, size, 200
+    range_header = request.headers.get("Range")
+    if range_header and size is not None:
+        bounds = parse_range(range_header, size)
+        if bounds is None:
+            raise RangeInvalid(f"range {range_header[:80]!r} is not satisfiable for "
+                               f"{size} bytes")
+        start, end = bounds
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    if end is not None:
+        response.content_length = end - start
+    await response.prepare(request)
+    try:
+        if end is None:
+            await _send_growing(request, response, source)
+        else:
+            await _send_span(request, response, source, start, end)
+    except MirrorError as exc:
+        # Headers are gone already: the only honest signal left is to cut the connection.
+        log.warning("aborting %s: %s", request.path, exc.message)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _send_span(request: web.Request, response: web.StreamResponse, source: BlobSource,
+                     start: int, end: int) -> None:
+    loop = asyncio.get_running_loop()
+    position = start
+    while position < end:
+        bound = await source.sendable(position, end)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client went away")
+        if request.secure:
+            await _write_chunks(response, source, position, bound)
+        else:
+            await loop.sendfile(transport, source.file, position, bound - position)
+        position = bound
+
+
+async def _send_growing(request: web.Request, response: web.StreamResponse,
+                        source: BlobSource) -> None:
+    """An upstream that sent no Content-Length: chunked encoding, so no sendfile."""
+    position = 0
+    while True:
+        bound = await source.sendable(position, 1 << 62)
+        await _write_chunks(response, source, position, bound)
+        position = bound
+        if source.size is not None and position >= source.size:
+            return
+
+
+async def _write_chunks(response: web.StreamResponse, source: BlobSource, start: int,
+                        end: int) -> None:
+    position = start
+    while position < end:
+        chunk = read_chunk(source.file, position, min(_FALLBACK_CHUNK, end - position))
+        if not chunk:
+            return
+        await response.write(chunk)
+        position += len(chunk)
+
+
+def _page(items: list[str], request: web.Request, key: str, path: str) -> web.Response:
+    """Apply the spec's `n` / `last` pagination to a sorted list, with a Link to the next."""
+    last = request.query.get("last")
+    if last is not None:
+        items = [item for item in items if item > last]
+    headers = {}
+    if "n" in request.query:
+        try:
+            count = int(request.query["n"])
+        except ValueError:
+            raise PaginationInvalid("n must be a non-negative integer") from None
+        if count < 0:
+            raise PaginationInvalid("n must be a non-negative integer")
+        if len(items) > count:
+            items = items[:count]
+            if items:
+                headers["Link"] = f'<{path}?n={count}&last={quote(items[-1])}>; rel="next"'
+    return web.Response(text=json.dumps({**_extra(request, key), key: items}),
+                        content_type="application/json", headers=headers)
+
+
+def _extra(request: web.Request, key: str) -> dict:
+    return {"name": request.match_info["name"]} if key == "tags" else {}
+
+
+async def tags_list(request: web.Request) -> web.Response:
+    _check_pull(request)
+    service = _service(request)
+    repo = service.route(request.match_info["name"], request.query.get("ns"))
+    tags = await service.list_tags(repo)
+    return _page(sorted(tags), request, "tags", request.path)
+
+
+async def catalog(request: web.Request) -> web.Response:
+    _check_pull(request)
+    return _page(_service(request).repositories(), request, "repositories", request.path)
+
+

@@ -1,0 +1,407 @@
+"""The proxy's decisions: what is answered from the cache, what asks the upstream, and how.
+
+Policy follows mutability. Content by digest is immutable: once cached (and linked to the
+repository asking), it never costs an upstream request. A tag is trusted for
+`tag_ttl_seconds`; after that the upstream is asked with a HEAD and the manifest is fetched
+only if the digest moved. When the upstream fails, a cached tag is served stale with a
+warning. Concurrent misses of one blob or manifest share one upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config, UpstreamConfig
+from .errors import (BlobUnknown, DigestMismatch, ManifestUnknown, MirrorError, NameUnknown,
+                     UpstreamBadGateway, UpstreamFailed)
+from .fill import BlobFill, BlobSource, CachedBlob
+from .index import MetadataIndex
+from .manifests import parse as parse_manifest
+from .policy import tag_is_fresh
+from .reference import (MANIFEST_MEDIA_TYPES, Digest, Repository, check_name, check_tag,
+                        is_digest)
+from .store import ContentStore, TagRecord
+from .upstream import RegistryClient, Upstreams
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+UPSTREAM_ACCEPT = ",".join(MANIFEST_MEDIA_TYPES)
+STALE_WARNING = '111 hpc-mirror "Revalidation Failed"'
+_BODY_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    digest: Digest
+    media_type: str
+    body: bytes
+    warning: str | None = None  # set when served stale because the upstream failed
+
+
+class SingleFlight:
+    """Runs one coroutine per key at a time; concurrent callers share its result.
+
+    The shared work is shielded, so a caller that goes away does not cancel it for others.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[Any, asyncio.Task] = {}
+
+    async def run(self, key: Any, work: Callable[[], Awaitable[Any]]) -> Any:
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.ensure_future(work())
+            self._running[key] = task
+            task.add_done_callback(lambda _: self._running.pop(key, None))
+        return await asyncio.shield(task)
+
+
+class ManifestMemory:
+    """Manifest bytes by digest, bounded in total size. Safe because content by digest is
+    immutable; it spares a filesystem read on the hottest path."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self._budget = budget_bytes
+        self._used = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, digest: Digest) -> bytes | None:
+        body = self._items.get(digest.hex)
+        if body is not None:
+            self._items.move_to_end(digest.hex)
+        return body
+
+    def put(self, digest: Digest, body: bytes) -> None:
+        if len(body) > self._budget or digest.hex in self._items:
+            return
+        self._items[digest.hex] = body
+        self._used += len(body)
+        while self._used > self._budget:
+            _, old = self._items.popitem(last=False)
+            self._used -= len(old)
+
+
+class ProxyService:
+    def __init__(self, config: Config, store: ContentStore, index: MetadataIndex,
+                 upstreams: Upstreams, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.index = index
+        self.upstreams = upstreams
+        self.clock = clock
+        self._by_prefix = {u.prefix: u for u in config.upstreams}
+        self._by_host = {u.host: u for u in config.upstreams}
+        self._memory = ManifestMemory(config.cache.manifest_memory_mib * 1024 * 1024)
+        self._flights = SingleFlight()
+        self._fills: dict[str, BlobFill] = {}
+        self._fill_tasks: set[asyncio.Task] = set()
+        # Hashing and file writes of fills; sha256 releases the GIL, so two threads use
+        # both cores of a small node while the event loop moves bytes.
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mirror-io")
+
+    async def close(self) -> None:
+        for task in list(self._fill_tasks):
+            task.cancel()
+        await asyncio.gather(*self._fill_tasks, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    # -- routing ---------------------------------------------------------------------------
+    def route(self, path_name: str, ns: str | None = None) -> Repository:
+        """Map a client's repository path to (upstream, upstream repository name).
+
+        Order: containerd's ?ns=, then a first component naming a configured prefix, then
+        the default upstream. The name is checked against the grammar before it is used.
+        """
+        if ns:
+            upstream = self._by_prefix.get(ns) or self._by_host.get(ns)
+            if upstream is None:
+                raise NameUnknown(f"no upstream is configured for registry {ns[:100]!r}")
+            return self._repository(upstream, path_name)
+        first, slash, rest = path_name.partition("/")
+        if slash and first in self._by_prefix:
+            return self._repository(self._by_prefix[first], rest)
+        upstream = self.config.default_upstream
+        if upstream is None:
+            check_name(path_name)
+            raise NameUnknown(f"{path_name!r} names no configured upstream prefix, and no "
+                              "upstream is the default")
+        return self._repository(upstream, path_name)
+
+    @staticmethod
+    def _repository(upstream: UpstreamConfig, name: str) -> Repository:
+        check_name(name)
+        if upstream.library_namespace and "/" not in name:
+            name = f"{upstream.library_namespace}/{name}"
+        return Repository(upstream.prefix, name)
+
+    def _client(self, repo: Repository) -> RegistryClient:
+        return self.upstreams.client(repo.prefix)
+
+    # -- manifests -------------------------------------------------------------------------
+    async def get_manifest(self, repo: Repository, reference: str) -> Manifest:
+        if is_digest(reference):
+            manifest = await self._manifest_by_digest(repo, Digest.parse(reference))
+        else:
+            manifest = await self._manifest_by_tag(repo, check_tag(reference))
+        self.index.record_pull(repo, reference)
+        return manifest
+
+    async def _manifest_by_digest(self, repo: Repository, digest: Digest) -> Manifest:
+        media_type = self.index.manifest_media_type(repo, digest)
+        if media_type is not None:
+            body = self._cached_manifest_body(digest)
+            if body is not None:
+                return Manifest(digest, media_type, body)
+        return await self._flights.run(("manifest", repo, str(digest)),
+                                       lambda: self._fetch_manifest(repo, str(digest), digest))
+
+    async def _manifest_by_tag(self, repo: Repository, tag: str) -> Manifest:
+        now = self.clock()
+        ttl = self.config.cache.tag_ttl_seconds
+        record = self.index.tag(repo, tag)
+        if record is not None and not tag_is_fresh(record.confirmed_at, now, ttl):
+            record = self.index.tag(repo, tag, from_store=True)  # another node may have asked
+        if record is not None and tag_is_fresh(record.confirmed_at, now, ttl):
+            cached = self._manifest_from_record(repo, record)
+            if cached is not None:
+                return cached
+        return await self._flights.run(("tag", repo, tag),
+                                       lambda: self._revalidate_tag(repo, tag, record))
+
+    def _manifest_from_record(self, repo: Repository, record: TagRecord,
+                              warning: str | None = None) -> Manifest | None:
+        body = self._cached_manifest_body(record.digest)
+        if body is None:
+            return None
+        return Manifest(record.digest, record.media_type, body, warning)
+
+    def _cached_manifest_body(self, digest: Digest) -> bytes | None:
+        body = self._memory.get(digest)
+        if body is None:
+            body = self.store.read_blob(digest)
+            if body is not None:
+                self._memory.put(digest, body)
+        return body
+
+    async def _revalidate_tag(self, repo: Repository, tag: str,
+                              record: TagRecord | None) -> Manifest:
+        """Ask upstream about a tag: HEAD when we hold an answer (no pull-limit cost on
+        Docker Hub), GET only when the digest moved. Upstream failure serves stale."""
+        try:
+            if record is not None and self.store.blob_size(record.digest) is not None:
+                upstream_digest = await self._head_manifest_digest(repo, tag)
+                if upstream_digest == record.digest:
+                    confirmed = TagRecord(record.digest, record.media_type, self.clock())
+                    self.index.put_tag(repo, tag, confirmed)
+                    cached = self._manifest_from_record(repo, confirmed)
+                    if cached is not None:
+                        return cached
+            return await self._fetch_manifest(repo, tag, None)
+        except UpstreamFailed as exc:
+            if record is None:
+                raise
+            stale = self._manifest_from_record(repo, record, STALE_WARNING)
+            if stale is None:
+                raise
+            log.warning("serving %s:%s stale (confirmed %.0fs ago): %s", repo, tag,
+                        self.clock() - record.confirmed_at, exc.message)
+            return stale
+
+    async def _head_manifest_digest(self, repo: Repository, tag: str) -> Digest | None:
+        async with self._client(repo).request(
+                "HEAD", f"/v2/{repo.name}/manifests/{tag}", scope=_pull_scope(repo),
+                headers={"Accept": UPSTREAM_ACCEPT}) as response:
+            if response.status == 404:
+                raise ManifestUnknown(f"manifest {tag!r} of {repo} is unknown upstream")
+            if response.status != 200:
+                raise UpstreamBadGateway(f"upstream answered {response.status} for a manifest")
+            header = response.headers.get("Docker-Content-Digest", "")
+        try:
+            return Digest.parse(header)
+        except MirrorError:
+            return None  # no usable digest header: the caller GETs and hashes
+
+    async def _fetch_manifest(self, repo: Repository, reference: str,
+                              expected: Digest | None) -> Manifest:
+        """GET a manifest from upstream, verify it, store it byte-exact, link it to `repo`."""
+        async with self._client(repo).request(
+                "GET", f"/v2/{repo.name}/manifests/{reference}", scope=_pull_scope(repo),
+                headers={"Accept": UPSTREAM_ACCEPT}) as response:
+            if response.status == 404:
+                raise ManifestUnknown(f"manifest {reference!r} of {repo} is unknown upstream")
+            if response.status != 200:
+                raise UpstreamBadGateway(f"upstream answered {response.status} for a manifest")
+            if (response.content_length or 0) > MAX_MANIFEST_BYTES:
+                raise UpstreamBadGateway("upstream manifest is larger than the mirror accepts")
+            body = await _read_limited(response, MAX_MANIFEST_BYTES)
+            media_type = response.headers.get("Content-Type", "").strip()
+            header_digest = response.headers.get("Docker-Content-Digest", "")
+        digest = Digest(hashlib.sha256(body).hexdigest())
+        if expected is not None and digest != expected:
+            raise DigestMismatch(f"upstream manifest for {expected} hashed to {digest}")
+        if header_digest.startswith("sha256:") and header_digest != str(digest):
+            raise DigestMismatch(f"upstream manifest hashed to {digest}, upstream said "
+                                 f"{header_digest[:80]}")
+        if not media_type:
+            media_type = _media_type_from_body(body)
+        await self._run_io(self.store.put_bytes, digest, body)
+        self.index.link_manifest(repo, digest, media_type, parse_manifest(body, media_type))
+        if expected is None:
+            self.index.put_tag(repo, reference, TagRecord(digest, media_type, self.clock()))
+            self.index.forget_repositories()
+        self._memory.put(digest, body)
+        return Manifest(digest, media_type, body)
+
+    # -- blobs -----------------------------------------------------------------------------
+    async def blob_size(self, repo: Repository, digest: Digest) -> int:
+        """For HEAD: the blob's size from the cache, or from the upstream without fetching."""
+        size = self.store.blob_size(digest)
+        if size is not None and await self._may_serve(repo, digest):
+            return size
+        fill = self._fills.get(digest.hex)
+        if fill is not None and fill.size is not None and await self._may_serve(repo, digest):
+            return fill.size
+        upstream_size = await self._head_blob(repo, digest)
+        if upstream_size is None:
+            raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+        return upstream_size
+
+    async def open_blob(self, repo: Repository, digest: Digest) -> BlobSource:
+        """A source for the blob's bytes: the cached file, or a share of a running fill."""
+        for _ in range(3):  # a fill may commit or fail between the checks below
+            size = self.store.blob_size(digest)
+            if size is not None:
+                if not await self._may_serve(repo, digest):
+                    raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+                try:
+                    return CachedBlob(digest, open(self.store.blob_path(digest), "rb"), size)
+                except FileNotFoundError:
+                    continue
+            fill = self._fills.get(digest.hex)
+            if fill is not None and not await self._may_serve(repo, digest):
+                raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+            if fill is None:
+                fill = self._start_fill(repo, digest)
+            try:
+                reader = fill.open_reader()
+            except FileNotFoundError:
+                continue
+            await fill.started.wait()
+            if fill.error is not None and fill.written == 0:
+                reader.close()
+                raise fill.error
+            return reader
+        raise UpstreamBadGateway(f"blob {digest} kept changing state; try again")
+
+    async def _may_serve(self, repo: Repository, digest: Digest) -> bool:
+        """Cross-repository isolation: the digest must belong to `repo` by one of its cached
+        manifests, or `repo`'s upstream must confirm it has the blob."""
+        if self.index.may_serve_blob(repo, digest):
+            return True
+        if await self._head_blob(repo, digest) is None:
+            return False
+        self.index.link_blob(repo, digest)
+        return True
+
+    async def _head_blob(self, repo: Repository, digest: Digest) -> int | None:
+        async with self._client(repo).request("HEAD", f"/v2/{repo.name}/blobs/{digest}",
+                                              scope=_pull_scope(repo)) as response:
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise UpstreamBadGateway(f"upstream answered {response.status} for a blob")
+            return response.content_length
+
+    def _start_fill(self, repo: Repository, digest: Digest) -> BlobFill:
+        fill = BlobFill(self.store.new_writer(digest), self._executor)
+        self._fills[digest.hex] = fill
+        task = asyncio.ensure_future(self._run_fill(repo, fill))
+        self._fill_tasks.add(task)
+        task.add_done_callback(self._fill_tasks.discard)
+        return fill
+
+    async def _run_fill(self, repo: Repository, fill: BlobFill) -> None:
+        try:
+            async with self._client(repo).request(
+                    "GET", f"/v2/{repo.name}/blobs/{fill.digest}",
+                    scope=_pull_scope(repo)) as response:
+                if response.status == 404:
+                    raise BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
+                if response.status != 200:
+                    raise UpstreamBadGateway(f"upstream answered {response.status} for a blob")
+                await fill.run(response.content_length,
+                               response.content.iter_chunked(_BODY_CHUNK))
+            if fill.verified:
+                self.index.link_blob(repo, fill.digest)
+            else:
+                log.warning("fill of %s for %s failed: %s", fill.digest, repo,
+                            fill.error.message if fill.error else "?")
+        except MirrorError as exc:
+            if not fill.started.is_set():
+                fill.fail(exc)
+            log.warning("fill of %s for %s failed: %s", fill.digest, repo, exc.message)
+        except BaseException:
+            if not fill.started.is_set():
+                fill.fail(UpstreamBadGateway(f"download of {fill.digest} failed"))
+            raise
+        finally:
+            self._fills.pop(fill.digest.hex, None)
+
+    # -- listings --------------------------------------------------------------------------
+    async def list_tags(self, repo: Repository) -> list[str]:
+        """The upstream's tags when it answers, else the tags cached for `repo`."""
+        try:
+            async with self._client(repo).request("GET", f"/v2/{repo.name}/tags/list",
+                                                  scope=_pull_scope(repo)) as response:
+                if response.status == 404:
+                    raise NameUnknown(f"repository {repo} is unknown upstream")
+                if response.status != 200:
+                    raise UpstreamBadGateway(f"upstream answered {response.status} for tags")
+                body = await response.json(content_type=None)
+            tags = body.get("tags") if isinstance(body, dict) else None
+            return sorted(t for t in tags or [] if isinstance(t, str))
+        except (UpstreamFailed, ValueError):
+            cached = self.index.tags(repo)
+            if not cached:
+                raise
+            return cached
+
+    def repositories(self) -> list[str]:
+        return [str(repo) for repo in self.index.repositories()]
+
+    async def _run_io(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+
+def _pull_scope(repo: Repository) -> str:
+    return f"repository:{repo.name}:pull"
+
+
+async def _read_limited(response: Any, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise UpstreamBadGateway("upstream manifest is larger than the mirror accepts")
+    return bytes(body)
+
+
+def _media_type_from_body(body: bytes) -> str:
+    """Last resort when an upstream sends no Content-Type: the document's own mediaType,
+    else OCI manifest (what oras-go v1 pushed without a mediaType field)."""
+    try:
+        doc = json.loads(body)
+        media_type = doc.get("mediaType") if isinstance(doc, dict) else None
+    except ValueError:
+        media_type = None
+    return media_type if isinstance(media_type, str) and media_type else MANIFEST_MEDIA_TYPES[2]

@@ -1,0 +1,199 @@
+"""The content store: the source of truth, on the cluster filesystem shared by every instance.
+
+Layout under the cache root (every name below was validated by `reference` first)::
+
+    blobs/sha256/<hh>/<hex>                    content (blobs and manifests), immutable
+    repositories/<prefix>/<name>/_manifests/<hex>
+                                               repository has manifest <hex>; holds its media type
+    repositories/<prefix>/<name>/_blobs/<hex>  repository may serve blob <hex>: one of its
+                                               manifests references it or its upstream has it
+    repositories/<prefix>/<name>/_tags/<tag>   JSON {"digest", "media_type", "confirmed_at"}
+    tmp/                                       in-progress writes, renamed into place when done
+
+Every write goes to a file in `tmp/` (same filesystem, so `rename` is atomic), content is
+sha256-verified and fsync'd before the rename: nothing partial or unverified ever appears
+under a final path. Repository components never start with `_` (distribution grammar), so
+`_manifests` and friends cannot collide with a name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DigestMismatch
+from .reference import Digest, Repository
+
+
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    """What a tag pointed at, and when the upstream last confirmed it (Unix seconds)."""
+
+    digest: Digest
+    media_type: str
+    confirmed_at: float
+
+
+class BlobWriter:
+    """Writes one blob to a temp file while hashing it; `commit` verifies and renames it in.
+
+    Methods are blocking and meant to run in a worker thread: hashlib and os.write release
+    the GIL on large buffers, so hashing overlaps the event loop's network I/O.
+    """
+
+    def __init__(self, store: "ContentStore", digest: Digest) -> None:
+        self.digest = digest
+        self.final_path = store.blob_path(digest)
+        self.temp_path = store.temp_path(digest.hex)
+        self._hash = hashlib.sha256()
+        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.size += len(chunk)
+
+    def commit(self) -> None:
+        """Verify the digest, fsync and rename into place; on mismatch delete and raise."""
+        actual = self._hash.hexdigest()
+        if actual != self.digest.hex:
+            self.abort()
+            raise DigestMismatch(f"upstream content for {self.digest} hashed to sha256:{actual}")
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.temp_path, 0o444)
+        os.rename(self.temp_path, self.final_path)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            os.unlink(self.temp_path)
+        except FileNotFoundError:
+            pass
+
+
+class ContentStore:
+    """Content-addressed blobs plus per-repository links and tag records, as plain files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs" / "sha256"
+        self.repos_dir = root / "repositories"
+        self.tmp_dir = root / "tmp"
+        for directory in (self.blobs_dir, self.repos_dir, self.tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # -- content ---------------------------------------------------------------------------
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.hex[:2] / digest.hex
+
+    def temp_path(self, stem: str) -> Path:
+        return self.tmp_dir / f".{stem}.{os.getpid()}.{secrets.token_hex(4)}"
+
+    def blob_size(self, digest: Digest) -> int | None:
+        """Size of a cached blob, or None when it is not cached."""
+        try:
+            return os.stat(self.blob_path(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def read_blob(self, digest: Digest) -> bytes | None:
+        try:
+            return self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def new_writer(self, digest: Digest) -> BlobWriter:
+        return BlobWriter(self, digest)
+
+    def put_bytes(self, digest: Digest, data: bytes) -> None:
+        """Store small content held in memory (manifests), verified like any blob."""
+        if self.blob_size(digest) is not None:
+            return
+        writer = self.new_writer(digest)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit()
+
+    # -- repository metadata ---------------------------------------------------------------
+    def repo_dir(self, repo: Repository) -> Path:
+        return self.repos_dir / repo.prefix / repo.name
+
+    def link_manifest(self, repo: Repository, digest: Digest, media_type: str) -> None:
+        self._write_small(self.repo_dir(repo) / "_manifests" / digest.hex, media_type.encode())
+
+    def manifest_media_type(self, repo: Repository, digest: Digest) -> str | None:
+        """The media type of a manifest linked to `repo`, or None when it is not linked."""
+        text = self._read_small(self.repo_dir(repo) / "_manifests" / digest.hex)
+        return text or None
+
+    def link_blob(self, repo: Repository, digest: Digest) -> None:
+        path = self.repo_dir(repo) / "_blobs" / digest.hex
+        if not path.exists():
+            self._write_small(path, b"")
+
+    def blob_linked(self, repo: Repository, digest: Digest) -> bool:
+        return (self.repo_dir(repo) / "_blobs" / digest.hex).exists()
+
+    def write_tag(self, repo: Repository, tag: str, record: TagRecord) -> None:
+        body = {"digest": str(record.digest), "media_type": record.media_type,
+                "confirmed_at": record.confirmed_at}
+        self._write_small(self.repo_dir(repo) / "_tags" / tag, json.dumps(body).encode())
+
+    def read_tag(self, repo: Repository, tag: str) -> TagRecord | None:
+        text = self._read_small(self.repo_dir(repo) / "_tags" / tag)
+        if not text:
+            return None
+        try:
+            body = json.loads(text)
+            return TagRecord(Digest.parse(body["digest"]), str(body["media_type"]),
+                             float(body["confirmed_at"]))
+        except (ValueError, KeyError, TypeError):
+            return None  # a torn or foreign file counts as absent; the upstream is asked
+
+    def list_tags(self, repo: Repository) -> list[str]:
+        try:
+            return sorted(p.name for p in (self.repo_dir(repo) / "_tags").iterdir()
+                          if not p.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def list_repositories(self) -> list[Repository]:
+        """Every repository with at least one cached manifest, sorted."""
+        found = []
+        for prefix_dir in sorted(self.repos_dir.iterdir()):
+            for manifests_dir in prefix_dir.glob("**/_manifests"):
+                name = manifests_dir.parent.relative_to(prefix_dir).as_posix()
+                found.append(Repository(prefix_dir.name, name))
+        return sorted(found, key=str)
+
+    # -- small files -----------------------------------------------------------------------
+    def _write_small(self, path: Path, data: bytes) -> None:
+        """Atomic replace of a small metadata file. Not fsync'd: a torn link after a crash
+        reads as absent and costs one upstream request, never wrong content."""
+        temp = self.temp_path(path.name)
+        temp.write_bytes(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(temp, path)
+
+    @staticmethod
+    def _read_small(path: Path) -> str | None:
+        try:
+            return path.read_text()
+        except FileNotFoundError:
+            return None

@@ -1,0 +1,277 @@
+"""The registry client: one aiohttp session for all upstreams, auth, redirects and retries.
+
+- Auth: anonymous, Basic, or Bearer tokens from the registry's token endpoint (learned from
+  the WWW-Authenticate challenge), cached per (realm, service, scope) until they expire, with
+  one retry on 401. Credentials are the mirror's own, from config; a client's Authorization
+  header is never forwarded, and ours is never sent to a host other than the upstream's.
+- Redirects (blob storage on another host) are followed by hand so Authorization is dropped
+  whenever the origin changes.
+- Idempotent requests are retried on connect errors, 5xx and 429 with bounded backoff that
+  honours Retry-After; connect and read timeouts bound every wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import aiohttp
+
+from . import __version__, policy
+from .config import ClientConfig, UpstreamConfig
+from .errors import (Denied, MirrorError, UpstreamBadGateway, UpstreamFailed, UpstreamTimeout,
+                     UpstreamUnavailable)
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"hpc-mirror/{__version__} (+aiohttp/{aiohttp.__version__})"
+_REDIRECTS = {301, 302, 303, 307, 308}
+_MAX_REDIRECTS = 5
+_RETRY_STATUSES = {429} | set(range(500, 600))
+_TOKEN_MIN_LIFETIME = 60.0
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"|(\w+)=([^\s,]+)')
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    scheme: str  # "basic" or "bearer"
+    params: dict[str, str]
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() not in ("basic", "bearer"):
+        return None
+    params = {}
+    for match in _CHALLENGE_PARAM.finditer(rest):
+        key = match.group(1) or match.group(3)
+        params[key.lower()] = match.group(2) if match.group(1) else match.group(4)
+    return Challenge(scheme.lower(), params)
+
+
+class RegistryClient:
+    """Talks to one upstream registry on behalf of the proxy."""
+
+    def __init__(self, upstream: UpstreamConfig, session: aiohttp.ClientSession,
+                 settings: ClientConfig) -> None:
+        self.upstream = upstream
+        self._session = session
+        self._settings = settings
+        self._origin = _origin(upstream.url)
+        self._challenge: Challenge | None = None
+        self._tokens: dict[tuple[str, str, str], tuple[str, float, float]] = {}
+        self._token_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    # -- public API ------------------------------------------------------------------------
+    @asynccontextmanager
+    async def request(self, method: str, path: str, *, scope: str,
+                      headers: dict[str, str] | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send an idempotent request for `path` (starting with /v2/) and yield the final
+        response, body unread. Retries and auth happen here; the caller maps statuses."""
+        response = await self._send_with_retries(method, self.upstream.url + path, scope,
+                                                 headers or {})
+        try:
+            yield response
+        finally:
+            response.release()
+
+    # -- retries ---------------------------------------------------------------------------
+    async def _send_with_retries(self, method: str, url: str, scope: str,
+                                 headers: dict[str, str]) -> aiohttp.ClientResponse:
+        attempts = self._settings.retries + 1
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
+            try:
+                response = await self._send_with_auth(method, url, scope, headers)
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                failure = _failure_from_exception(exc, self.upstream)
+                if last:
+                    raise failure from None
+                delay = policy.retry_delay(attempt, None, time.time(),
+                                           self._settings.max_retry_wait_seconds)
+                log.warning("%s: %s %s failed (%s); retry %d in %.1fs", self.upstream.name,
+                            method, _loggable(url), failure.message, attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            if response.status not in _RETRY_STATUSES:
+                return response
+            retry_after = response.headers.get("Retry-After")
+            response.release()
+            if last:
+                raise UpstreamBadGateway(
+                    f"upstream {self.upstream.name} answered {response.status} "
+                    f"after {attempts} attempts")
+            delay = policy.retry_delay(attempt, retry_after, time.time(),
+                                       self._settings.max_retry_wait_seconds)
+            log.warning("%s: %s %s answered %d; retry %d in %.1fs", self.upstream.name,
+                        method, _loggable(url), response.status, attempt, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- auth ------------------------------------------------------------------------------
+    async def _send_with_auth(self, method: str, url: str, scope: str,
+                              headers: dict[str, str]) -> aiohttp.ClientResponse:
+        authorization = await self._authorization(scope, refresh=False)
+        response = await self._send_following_redirects(method, url, headers, authorization)
+        if response.status != 401:
+            return response
+        challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        response.release()
+        if challenge is None:
+            raise Denied(f"upstream {self.upstream.name} requires an authentication scheme "
+                         "the mirror does not support")
+        self._challenge = challenge
+        authorization = await self._authorization(scope, refresh=True)
+        if authorization is None:
+            raise Denied(f"upstream {self.upstream.name} requires credentials and none are "
+                         "configured for it")
+        response = await self._send_following_redirects(method, url, headers, authorization)
+        if response.status == 401:
+            response.release()
+            raise Denied(f"upstream {self.upstream.name} refused the mirror's credentials")
+        return response
+
+    async def _authorization(self, scope: str, *, refresh: bool) -> str | None:
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            return self._basic_auth()
+        return await self._bearer(challenge, scope, refresh)
+
+    def _basic_auth(self) -> str | None:
+        if not self.upstream.username:
+            return None
+        raw = f"{self.upstream.username}:{self.upstream.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+    async def _bearer(self, challenge: Challenge, scope: str, refresh: bool) -> str | None:
+        realm = challenge.params.get("realm", "")
+        service = challenge.params.get("service", "")
+        key = (realm, service, scope)
+        asked_at = time.monotonic()
+        lock = self._token_locks.setdefault(key, asyncio.Lock())
+        async with lock:  # concurrent requests for one scope share one token fetch
+            cached = self._tokens.get(key)
+            if cached:
+                token, fetched_at, expires_at = cached
+                # On a refresh, a token fetched while we waited for the lock is new enough.
+                usable = fetched_at >= asked_at if refresh else True
+                if usable and expires_at > time.monotonic():
+                    return "Bearer " + token
+            token, lifetime = await self._fetch_token(realm, service, scope)
+            now = time.monotonic()
+            self._tokens[key] = (token, now, now + lifetime)
+            return "Bearer " + token
+
+    async def _fetch_token(self, realm: str, service: str, scope: str) -> tuple[str, float]:
+        if urlsplit(realm).scheme not in ("http", "https"):
+            raise UpstreamBadGateway(f"upstream {self.upstream.name} sent an unusable token realm")
+        query = {"service": service, "scope": scope} if service else {"scope": scope}
+        headers = {"User-Agent": USER_AGENT}
+        basic = self._basic_auth()
+        if basic:
+            headers["Authorization"] = basic
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        try:
+            async with self._session.get(url, headers=headers) as response:
+                if response.status in (401, 403):
+                    raise Denied(f"token endpoint of upstream {self.upstream.name} refused "
+                                 "the mirror's credentials")
+                if response.status != 200:
+                    raise UpstreamBadGateway(f"token endpoint of upstream {self.upstream.name} "
+                                             f"answered {response.status}")
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise _failure_from_exception(exc, self.upstream) from None
+        except ValueError:
+            raise UpstreamBadGateway(f"token endpoint of upstream {self.upstream.name} sent "
+                                     "invalid JSON") from None
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise UpstreamBadGateway(f"token endpoint of upstream {self.upstream.name} sent "
+                                     "no token")
+        expires_in = body.get("expires_in", 60)
+        lifetime = float(expires_in) if isinstance(expires_in, (int, float)) else 60.0
+        # Refresh a little early so a token never expires between fetch and use.
+        return token, max(lifetime - 10.0, 1.0)
+
+    # -- redirects -------------------------------------------------------------------------
+    async def _send_following_redirects(self, method: str, url: str, headers: dict[str, str],
+                                        authorization: str | None) -> aiohttp.ClientResponse:
+        for _ in range(_MAX_REDIRECTS + 1):
+            request_headers = {"User-Agent": USER_AGENT, **headers}
+            if authorization and _origin(url) == self._origin:
+                request_headers["Authorization"] = authorization
+            response = await self._session.request(method, url, headers=request_headers,
+                                                   allow_redirects=False)
+            if response.status not in _REDIRECTS or "Location" not in response.headers:
+                return response
+            target = urljoin(url, response.headers["Location"])
+            response.release()
+            if urlsplit(target).scheme not in ("http", "https"):
+                raise UpstreamBadGateway(f"upstream {self.upstream.name} redirected to a "
+                                         "non-HTTP location")
+            url = target
+        raise UpstreamBadGateway(f"upstream {self.upstream.name} redirected too many times")
+
+
+class Upstreams:
+    """Owns the one ClientSession and a RegistryClient per configured upstream."""
+
+    def __init__(self, upstreams: tuple[UpstreamConfig, ...], settings: ClientConfig) -> None:
+        self._upstreams = upstreams
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[str, RegistryClient] = {}
+
+    async def __aenter__(self) -> "Upstreams":
+        timeout = aiohttp.ClientTimeout(total=None,
+                                        connect=self._settings.connect_timeout_seconds,
+                                        sock_connect=self._settings.connect_timeout_seconds,
+                                        sock_read=self._settings.read_timeout_seconds)
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
+        # A large read buffer lets blob bodies arrive in big chunks: fewer hops to the
+        # hashing thread per MiB.
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                              read_bufsize=4 * 1024 * 1024,
+                                              auto_decompress=False, trust_env=False)
+        self._clients = {u.prefix: RegistryClient(u, self._session, self._settings)
+                         for u in self._upstreams}
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def client(self, prefix: str) -> RegistryClient:
+        return self._clients[prefix]
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+def _loggable(url: str) -> str:
+    """The URL without its query: pre-signed storage URLs carry credentials there."""
+    return url.split("?", 1)[0]
+
+
+def _failure_from_exception(exc: BaseException, upstream: UpstreamConfig) -> MirrorError:
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout(f"upstream {upstream.name} timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnavailable(f"upstream {upstream.name} is unreachable")
+    return UpstreamUnavailable(f"connection to upstream {upstream.name} failed")
+
+
+__all__ = ["Challenge", "RegistryClient", "Upstreams", "USER_AGENT", "UpstreamFailed",
+           "parse_challenge"]

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Set up hpc-mirror on a fresh Debian 12 machine with Python 3.11: a virtualenv in .venv
+# with the package installed. With --test, also the test dependencies: Python packages and
+# the Debian packages the integration tests run for real (the upstream registry, skopeo,
+# squashfs-tools for SIF fixtures, nginx and wrk for the benchmarks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[[ "${1:-}" == "--test" ]] && want_test=1
+
+if [[ $want_test == 1 ]]; then
+  debs=(docker-registry skopeo squashfs-tools nginx-light wrk apache2-utils curl)
+  missing=()
+  for deb in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")
+  done
+  if (( ${#missing[@]} )); then
+    sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    # docker-registry's and nginx's maintainer scripts start services where they can;
+    # the tests start their own instances on free ports, so keep the packaged ones off.
+    own_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+      $sudo chmod +x /usr/sbin/policy-rc.d
+      own_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    (( own_policy )) && $sudo rm -f /usr/sbin/policy-rc.d
+  fi
+fi
+
+if [[ ! -x .venv/bin/python ]] && ! python3 -m venv .venv 2>/dev/null; then
+  # Debian's own python3 ships venv separately.
+  sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+if [[ $want_test == 1 ]]; then
+  .venv/bin/python -m pip install -q -e '.[test]'
+else
+  .venv/bin/python -m pip install -q -e .
+fi

@@ -1,0 +1,372 @@
+"""Run Debian's ``docker-registry`` (CNCF distribution 2.8) as a real upstream for tests.
+
+Each :class:`RegistryProcess` owns a private temp directory holding its config file,
+filesystem storage and log files, and listens on a free 127.0.0.1 port. Tests use it as
+the upstream of the proxy under test (no mocks) and assert on its **access log** how many
+requests actually reached it.
+
+Access log: with ``log.accesslog.disabled: false`` distribution wraps its whole HTTP
+handler in a combined-format logger that prints one line per request to *stdout*, e.g.::
+
+    127.0.0.1 - - [27/Nov/2026:00:01:13 +0000] "GET /v2/ HTTP/1.1" 401 87 "" "curl/7.88.1"
+
+That line is written for every request, including 401s and unknown routes. The structured
+``msg="response completed"`` lines on stderr are *not* a complete record (distribution 2.8
+prints none for requests rejected by auth or by the router), so they are not used here.
+The line is written just after the response has been sent, so a client can see the
+response before the line exists; :meth:`RegistryProcess.requests` therefore waits until the
+log has stopped growing before reading it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Union
+
+if TYPE_CHECKING:
+    from .token_issuer import TokenSettings
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+LOOPBACK = "127.0.0.1"
+
+#: User-Agent of the readiness probe; its requests are left out of :meth:`requests`.
+PROBE_USER_AGENT = "hpc-mirror-tests-readiness-probe"
+
+AuthSpec = Union[
+    None,
+    tuple[Literal["htpasswd"], Union[str, Path]],
+    tuple[Literal["token"], "TokenSettings"],
+]
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago (bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One line of the registry's access log."""
+
+    method: str
+    path: str
+    query: str
+    status: int
+    size: int
+    user_agent: str
+
+
+# host ident user [time] "METHOD URI PROTO" status size "referer" "user-agent"
+_ACCESS_LINE = re.compile(
+    r'^\S+ \S+ \S+ \[[^\]]*\] "(?P<method>\S+) (?P<uri>\S+) [^"]*" '
+    r'(?P<status>\d{3}) (?P<size>\d+|-) "[^"]*" "(?P<ua>[^"]*)"'
+)
+
+
+def parse_access_line(line: str) -> LoggedRequest | None:
+    """Parse one combined-format access-log line; ``None`` for any other line."""
+    match = _ACCESS_LINE.match(line)
+    if match is None:
+        return None
+    path, _, query = match["uri"].partition("?")
+    size = match["size"]
+    return LoggedRequest(
+        method=match["method"],
+        path=path,
+        query=query,
+        status=int(match["status"]),
+        size=0 if size == "-" else int(size),
+        user_agent=match["ua"],
+    )
+
+
+class RegistryStartError(RuntimeError):
+    """The registry process died or did not answer ``/v2/`` in time."""
+
+
+class RegistryProcess:
+    """A ``docker-registry serve`` child process on 127.0.0.1 with private storage.
+
+    ``auth`` is ``None`` (anonymous), ``("htpasswd", path)`` (Basic; the file must hold
+    bcrypt hashes, e.g. from ``htpasswd -B``) or ``("token", TokenSettings)`` (Bearer,
+    see :mod:`tests.support.token_issuer`). ``proxy_remote_url`` turns the registry into
+    distribution's own pull-through cache (used by the benchmarks as a baseline).
+
+    ``workdir``: where config, storage and logs go; a fresh temp directory (removed by
+    :meth:`close`) when not given.
+    """
+
+    def __init__(
+        self,
+        *,
+        auth: AuthSpec = None,
+        proxy_remote_url: str | None = None,
+        proxy_credentials: tuple[str, str] | None = None,
+        log_level: str = "info",
+        workdir: str | Path | None = None,
+        start_timeout: float = 10.0,
+    ) -> None:
+        self.auth = auth
+        self.proxy_remote_url = proxy_remote_url
+        self.proxy_credentials = proxy_credentials
+        self.log_level = log_level
+        self.start_timeout = start_timeout
+        self._owns_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hpc-mirror-registry-"))
+        self.storage_dir = self.workdir / "storage"
+        self.config_path = self.workdir / "config.yml"
+        self.access_log_path = self.workdir / "stdout.log"
+        self.stderr_path = self.workdir / "stderr.log"
+        self.port = free_port()
+        self._secret = secrets.token_hex(16)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._started_once = False
+
+    # --- addresses ------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, as used in image references."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no trailing slash)."""
+        return f"http://{self.host}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running registry, or ``None`` when stopped."""
+        return self._process.pid if self._process else None
+
+    # --- configuration --------------------------------------------------------------------
+
+    def config(self) -> dict:
+        """The registry configuration as a dict.
+
+        It is written as JSON, which is valid YAML, so no YAML library is needed.
+        """
+        cfg: dict = {
+            "version": "0.1",
+            "log": {
+                "level": self.log_level,
+                "formatter": "text",
+                "accesslog": {"disabled": False},
+            },
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.storage_dir)},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {"addr": self.host, "secret": self._secret},
+        }
+        auth = self._auth_config()
+        if auth:
+            cfg["auth"] = auth
+        if self.proxy_remote_url:
+            proxy = {"remoteurl": self.proxy_remote_url}
+            if self.proxy_credentials:
+                proxy["username"], proxy["password"] = self.proxy_credentials
+            cfg["proxy"] = proxy
+        return cfg
+
+    def _auth_config(self) -> dict | None:
+        if self.auth is None:
+            return None
+        kind, value = self.auth
+        if kind == "htpasswd":
+            return {"htpasswd": {"realm": "hpc-mirror-tests", "path": str(value)}}
+        if kind == "token":
+            return {
+                "token": {
+                    "realm": value.realm,
+                    "service": value.service,
+                    "issuer": value.issuer,
+                    "rootcertbundle": str(value.rootcertbundle),
+                }
+            }
+        raise ValueError(f"unknown auth kind {kind!r}")
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> "RegistryProcess":
+        """Start the process and wait until ``GET /v2/`` answers 200 or 401.
+
+        The first start retries on a new port if another process grabbed the chosen one;
+        restarts always keep the same port.
+        """
+        if self._process is not None:
+            raise RuntimeError("registry already running")
+        attempts = 1 if self._started_once else 3
+        for attempt in range(attempts):
+            try:
+                self._spawn_and_wait()
+                break
+            except RegistryStartError:
+                port_taken = "address already in use" in self.stderr_tail()
+                if attempt + 1 < attempts and port_taken:
+                    self.port = free_port()
+                    continue
+                raise
+        self._started_once = True
+        return self
+
+    def _spawn_and_wait(self) -> None:
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config(), indent=2))
+        # Append mode: a restart continues the same log, so marks stay valid.
+        with open(self.access_log_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self._process = subprocess.Popen(
+                [REGISTRY_BINARY, "serve", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=self.workdir,
+            )
+        try:
+            self._wait_ready()
+        except RegistryStartError:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        assert self._process is not None
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RegistryStartError(
+                    f"docker-registry exited with {self._process.returncode}:\n"
+                    + self.stderr_tail()
+                )
+            if self._probe() in (200, 401):
+                return
+            time.sleep(0.05)
+        raise RegistryStartError(
+            f"docker-registry did not answer on {self.url} within "
+            f"{self.start_timeout} s:\n" + self.stderr_tail()
+        )
+
+    def _probe(self) -> int | None:
+        conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=1.0)
+        try:
+            conn.request("GET", "/v2/", headers={"User-Agent": PROBE_USER_AGENT})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        except OSError:
+            return None
+        finally:
+            conn.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the process (SIGTERM, then SIGKILL) and reap it. Idempotent."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def restart(self) -> "RegistryProcess":
+        """Stop and start again on the same port with the same storage and logs."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the process and remove the temp directory if this object created it."""
+        self.stop()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "RegistryProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- logs -----------------------------------------------------------------------------
+
+    def stderr_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the registry's stderr (its structured log)."""
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_quiet(self, quiet: float = 0.15, timeout: float = 3.0) -> None:
+        """Wait until the access log has not grown for ``quiet`` seconds.
+
+        distribution writes a request's access-log line only after the response went out,
+        so a test that just received a response must give the line time to appear.
+        """
+        deadline = time.monotonic() + timeout
+        last_size = -1
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            size = self._access_log_size()
+            now = time.monotonic()
+            if size != last_size:
+                last_size, stable_since = size, now
+            elif now - stable_since >= quiet:
+                return
+            time.sleep(0.02)
+
+    def _access_log_size(self) -> int:
+        try:
+            return self.access_log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def requests(self, *, settle: bool = True) -> list[LoggedRequest]:
+        """Every request the registry logged, oldest first, without readiness probes.
+
+        ``settle`` first waits for the log to go quiet (see :meth:`wait_quiet`).
+        """
+        if settle:
+            self.wait_quiet()
+        try:
+            text = self.access_log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        parsed = (parse_access_line(line) for line in text.splitlines())
+        return [r for r in parsed if r is not None and r.user_agent != PROBE_USER_AGENT]
+
+    def mark(self) -> int:
+        """A position in the request log; pass it as ``since`` to count later requests."""
+        return len(self.requests())
+
+    def count(
+        self,
+        method: str | None = None,
+        path_contains: str | None = None,
+        since: int | None = None,
+        status: int | None = None,
+    ) -> int:
+        """Count logged requests matching all the given filters.
+
+        ``since`` is a value from :meth:`mark`; only requests logged after it count.
+        """
+        return sum(
+            1
+            for r in self.requests()[since or 0 :]
+            if (method is None or r.method == method)
+            and (path_contains is None or path_contains in r.path)
+            and (status is None or r.status == status)
+        )

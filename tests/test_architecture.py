@@ -1,0 +1,62 @@
+"""The import direction of the package is part of its design (see STYLE.md): data flows
+routes -> service -> (upstream, store, index); lower layers never import upper ones."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parent.parent / "mirror"
+
+# module -> package modules it may import. Anything not listed here may not be imported.
+ALLOWED = {
+    "errors": set(),
+    "reference": {"errors"},
+    "policy": set(),
+    "config": {"errors"},
+    "manifests": {"errors", "reference"},
+    "store": {"errors", "reference"},
+    "index": {"manifests", "reference", "store"},
+    "upstream": {"config", "errors", "policy"},
+    "fill": {"errors", "reference", "store"},
+    "service": {"config", "errors", "fill", "index", "manifests", "policy", "reference",
+                "store", "upstream"},
+    "routes": {"errors", "fill", "policy", "reference", "service"},
+    "app": {"config", "index", "routes", "service", "store", "upstream"},
+    "cli": {"app", "config", "errors"},
+}
+
+
+def _package_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mirror"):
+            parts = node.module.split(".")
+            found.add(parts[1] if len(parts) > 1 else "__init__")
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names
+                         if a.name.startswith("mirror."))
+    found.discard("__init__")
+    return found
+
+
+def test_every_module_is_in_the_allowed_map():
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert modules == set(ALLOWED), "add new modules to ALLOWED with their allowed imports"
+
+
+def test_imports_follow_the_data_flow():
+    violations = []
+    for module, allowed in ALLOWED.items():
+        imported = _package_imports(PACKAGE / f"{module}.py") - {"__version__"}
+        for name in sorted(imported - allowed):
+            violations.append(f"mirror.{module} imports mirror.{name}")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_checker_sees_relative_imports():
+    # guard against a checker that silently finds nothing
+    assert "service" in _package_imports(PACKAGE / "routes.py")

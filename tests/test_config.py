@@ -1,0 +1,75 @@
+"""Config loading: the embedded default, merging, and one clear message per problem."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirror import config
+from mirror.errors import ConfigError
+
+
+def test_embedded_default_has_the_three_public_upstreams():
+    cfg = config.load()
+    assert cfg.server.host == "127.0.0.1"
+    assert cfg.server.port == 5000
+    assert cfg.cache.tag_ttl_seconds == 300
+    prefixes = {u.prefix: u for u in cfg.upstreams}
+    assert set(prefixes) == {"docker.io", "ghcr.io", "quay.io"}
+    assert cfg.default_upstream.prefix == "docker.io"
+    assert prefixes["docker.io"].library_namespace == "library"
+
+
+def test_embedded_default_is_the_project_config_toml():
+    project_file = Path(__file__).parent.parent / "config.toml"
+    assert config.default_config_text() == project_file.read_text()
+
+
+def test_site_file_merges_over_defaults_and_replaces_upstreams(tmp_path, monkeypatch):
+    monkeypatch.setenv("SITE_PW", "s3cret")
+    site = tmp_path / "site.toml"
+    site.write_text('[server]\nport = 6000\n[cache]\nroot = "data"\n'
+                    '[upstreams.internal]\nurl = "http://127.0.0.1:9999"\nprefix = "reg.site"\n'
+                    'username = "robot"\npassword_env = "SITE_PW"\n')
+    cfg = config.load(site)
+    assert cfg.server.port == 6000 and cfg.server.host == "127.0.0.1"
+    assert cfg.cache.root == tmp_path / "data"
+    assert [u.prefix for u in cfg.upstreams] == ["reg.site"]
+    assert cfg.upstreams[0].password == "s3cret"
+    assert "s3cret" not in repr(cfg)
+
+
+def test_every_problem_is_reported_with_file_and_key(tmp_path):
+    site = tmp_path / "bad.toml"
+    site.write_text('[server]\nport = "x"\nhots = "a"\n[cache]\ntag_ttl_seconds = -1\n'
+                    '[upstreams.a]\nurl = "ftp://x"\nprefix = "A B"\npassword = "p"\n'
+                    '[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n'
+                    'password_env = "NOPE_NOT_SET_VAR"\nusername = "u"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(site)
+    text = str(caught.value)
+    for expected in ("server.port: must be int", "server.hots: unknown key",
+                     "cache.tag_ttl_seconds: must be >= 0", "upstreams.a.url: must be http",
+                     "upstreams.a.prefix", "upstreams.a.password: never put a password",
+                     "upstreams.b.password_env: environment variable 'NOPE_NOT_SET_VAR'"):
+        assert expected in text
+    assert all(line.startswith(str(site)) for line in text.splitlines())
+
+
+def test_cli_exits_2_naming_the_file_and_key(tmp_path):
+    site = tmp_path / "bad.toml"
+    site.write_text("[server]\nport = 70000\n")
+    result = subprocess.run([sys.executable, "-m", "mirror.cli", "serve", "--config", str(site)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"{site}: server.port: must be 1-65535" in result.stderr
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(broken)
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "absent.toml")

@@ -1,0 +1,43 @@
+import email.utils
+
+import pytest
+
+from mirror import policy
+
+
+def test_tag_freshness_window():
+    assert policy.tag_is_fresh(100.0, 100.0, 300)
+    assert policy.tag_is_fresh(100.0, 399.9, 300)
+    assert not policy.tag_is_fresh(100.0, 400.0, 300)
+    assert not policy.tag_is_fresh(100.0, 50.0, 300)  # a future confirmation is not trusted
+    assert not policy.tag_is_fresh(100.0, 100.0, 0)
+
+
+def test_retry_delay_backoff_and_retry_after():
+    assert policy.retry_delay(1, None, 0, 10) == pytest.approx(0.2)
+    assert policy.retry_delay(3, None, 0, 10) == pytest.approx(0.8)
+    assert policy.retry_delay(10, None, 0, 10) == 10
+    assert policy.retry_delay(1, "3", 0, 10) == 3
+    assert policy.retry_delay(1, "3600", 0, 10) == 10
+    date = email.utils.formatdate(1000.0 + 4, usegmt=True)
+    assert policy.retry_delay(1, date, 1000.0, 10) == pytest.approx(4)
+    assert policy.retry_delay(1, "soon", 0, 10) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("header,size,expected", [
+    ("bytes=0-9", 100, (0, 10)),
+    ("bytes=90-", 100, (90, 100)),
+    ("bytes=-10", 100, (90, 100)),
+    ("bytes=-1000", 100, (0, 100)),
+    ("bytes=50-1000", 100, (50, 100)),
+    ("bytes=100-", 100, None),
+    ("bytes=10-5", 100, None),
+    ("bytes=0-1,5-6", 100, None),
+    ("items=0-1", 100, None),
+    ("bytes=a-b", 100, None),
+    ("bytes=-0", 100, None),
+    ("bytes=0-0", 0, None),
+    ("bytes=+1-5", 100, None),
+])
+def test_parse_range(header, size, expected):
+    assert policy.parse_range(header, size) == expected
