@@ -271,16 +271,19 @@ class FaultyUpstream:
         )
         response.content_length = LAYER_SIZE
         await response.prepare(request)
-        if mode == "slow":
-            await self._drip(response)
-        elif mode == "truncated":
-            await response.write(self.layer[: LAYER_SIZE // 2])
-            assert request.transport is not None
-            request.transport.close()  # flush what was written, then FIN
-        elif mode == "reset":
-            await response.write(self.layer[: LAYER_SIZE // 4])
-            await asyncio.sleep(0.1)  # let the bytes reach the client before the RST
-            _abort(request)
+        try:
+            if mode == "slow":
+                await self._drip(response)
+            elif mode == "truncated":
+                await response.write(self.layer[: LAYER_SIZE // 2])
+                assert request.transport is not None
+                request.transport.close()  # flush what was written, then FIN
+            elif mode == "reset":
+                await response.write(self.layer[: LAYER_SIZE // 4])
+                await asyncio.sleep(0.1)  # let the bytes reach the client before the RST
+                _abort(request)
+        except ConnectionError:
+            pass  # the client gave up first; nothing left to break
         return response
 
     async def _drip(self, response: web.StreamResponse) -> None:

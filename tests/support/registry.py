@@ -56,6 +56,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def write_htpasswd(path: str | Path, username: str, password: str) -> Path:
+    """Write an htpasswd file with one bcrypt entry (distribution accepts only bcrypt)."""
+    entry = subprocess.run(
+        ["htpasswd", "-Bbn", username, password], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    path = Path(path)
+    path.write_text(entry + "\n")
+    return path
+
+
 @dataclass(frozen=True)
 class LoggedRequest:
     """One line of the registry's access log."""
@@ -310,7 +320,7 @@ class RegistryProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def wait_quiet(self, quiet: float = 0.15, timeout: float = 3.0) -> None:
+    def wait_quiet(self, quiet: float = 0.1, timeout: float = 3.0) -> None:
         """Wait until the access log has not grown for ``quiet`` seconds.
 
         distribution writes a request's access-log line only after the response went out,

@@ -1,0 +1,981 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark of hpc-mirror against real peers, all on 127.0.0.1.
+
+What runs (every process is a child of this script, stopped by its own PID at the end):
+
+* upstream: Debian's ``docker-registry`` (CNCF distribution 2.8) with temp storage, seeded
+  over its HTTP API with a large and a medium random blob and one OCI manifest for each;
+* hpc-mirror (``python -m mirror.cli serve --log-level warning``) in front of it, started
+  again with a fresh cache root whenever a measurement needs an empty cache;
+* nginx (``sendfile on``) serving the proxy's own cache directory, as the ceiling for a
+  warm blob GET;
+* a second ``docker-registry`` in proxy mode (``proxy.remoteurl`` = the upstream), as the
+  baseline pull-through cache for manifest requests/s;
+* ``wrk`` for manifest requests/s; blob downloads use a small raw-socket HTTP/1.1 reader
+  (``recv_into`` a 4 MiB buffer, bytes discarded or sha256-hashed), or ``curl``.
+
+Measurements: warm 1 GiB blob GET (proxy vs nginx on the same file), cold 1 GiB GET
+(proxy with an empty cache vs the upstream directly), 32 concurrent cold clients of one
+256 MiB blob (wall time, per-client MiB/s, upstream blob GETs from the upstream's access
+log, sha256 of every body), and manifest requests/s by tag and by digest (proxy vs
+distribution's proxy mode). ``--quick`` shrinks sizes to 256 MiB / 64 MiB and wrk to 3 s.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_proxy.py [--quick] [--json PATH] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support.registry import RegistryProcess, free_port  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+MIB = 1024 * 1024
+PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python")
+NGINX = "/usr/sbin/nginx"
+WRK = "/usr/bin/wrk"
+CURL = "/usr/bin/curl"
+USER_AGENT = "hpc-mirror-bench"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+PREFIX = "bench.local"
+BIG_REPO = "bench/big"
+MID_REPO = "bench/mid"
+TAG = "latest"
+CONCURRENT_CLIENTS = 32
+REPETITIONS = 3
+RECV_BUFFER = 4 * MIB
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken (a server failed, a response was wrong)."""
+
+
+class Timeout(BaseException):
+    """The whole run exceeded --timeout (BaseException so no handler swallows it)."""
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Child processes
+# ---------------------------------------------------------------------------------------
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM this one process, SIGKILL after `timeout`, and reap it."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+def http_status(port: int, path: str, headers: dict[str, str] | None = None,
+                method: str = "GET", timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request(method, path, headers={"User-Agent": USER_AGENT, **(headers or {})})
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def wait_http(port: int, path: str, process: subprocess.Popen, what: str, log_path: Path,
+              ok: tuple[int, ...] = (200,), timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"{what} exited with {process.returncode}:\n{tail(log_path)}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if http_status(port, path, timeout=1.0)[0] in ok:
+                return
+        time.sleep(0.05)
+    raise BenchError(f"{what} did not answer {path} on port {port} within {timeout} s:\n"
+                     f"{tail(log_path)}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+class QuietRegistry(RegistryProcess):
+    """docker-registry without an access log and with error-level logging: the baseline
+    pull-through peer should not pay for per-request logging the proxy does not do."""
+
+    def config(self) -> dict:
+        cfg = super().config()
+        cfg["log"]["level"] = "error"
+        cfg["log"]["accesslog"] = {"disabled": True}
+        return cfg
+
+
+class ProxyProcess:
+    """One hpc-mirror process with its own config, cache root and index dir."""
+
+    def __init__(self, workdir: Path, upstream_url: str, tag_ttl: int = 300) -> None:
+        self.workdir = workdir
+        self.cache_root = workdir / "cache"
+        self.index_dir = workdir / "index"
+        self.config_path = workdir / "config.toml"
+        self.stdout_path = workdir / "stdout.log"
+        self.stderr_path = workdir / "stderr.log"
+        self.upstream_url = upstream_url
+        self.tag_ttl = tag_ttl
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def blob_path(self, hex_digest: str) -> Path:
+        return self.cache_root / "blobs" / "sha256" / hex_digest[:2] / hex_digest
+
+    def start(self) -> "ProxyProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            self.port = free_port()
+            self.config_path.write_text(
+                "[server]\n"
+                f'host = "{LOOPBACK}"\n'
+                f"port = {self.port}\n"
+                "[cache]\n"
+                f'root = "{self.cache_root}"\n'
+                f'index_dir = "{self.index_dir}"\n'
+                f"tag_ttl_seconds = {self.tag_ttl}\n"
+                "[upstreams.bench]\n"
+                f'url = "{self.upstream_url}"\n'
+                f'prefix = "{PREFIX}"\n'
+                "default = true\n")
+            with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+                self.process = subprocess.Popen(
+                    [PYTHON, "-m", "mirror.cli", "serve", "--config", str(self.config_path),
+                     "--log-level", "warning"],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=self.workdir)
+            try:
+                wait_http(self.port, "/v2/", self.process, "hpc-mirror", self.stderr_path)
+                return self
+            except BenchError:
+                self.stop()
+                if attempt < 2 and "address already in use" in tail(self.stderr_path).lower():
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        stop_process(process)
+
+    def stderr_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class NginxProcess:
+    """nginx in the foreground serving one directory with sendfile."""
+
+    def __init__(self, workdir: Path, root: Path) -> None:
+        self.workdir = workdir
+        self.root = root
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+        self.error_log = workdir / "error.log"
+
+    def start(self) -> "NginxProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.workdir / name).mkdir(exist_ok=True)
+        for attempt in range(3):
+            self.port = free_port()
+            w = self.workdir
+            conf = w / "nginx.conf"
+            conf.write_text(f"""
+worker_processes 1;
+pid {w}/nginx.pid;
+error_log {self.error_log} warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    default_type application/octet-stream;
+    client_body_temp_path {w}/body;
+    proxy_temp_path {w}/proxy;
+    fastcgi_temp_path {w}/fastcgi;
+    uwsgi_temp_path {w}/uwsgi;
+    scgi_temp_path {w}/scgi;
+    server {{
+        listen {LOOPBACK}:{self.port};
+        root {self.root};
+    }}
+}}
+""")
+            if os.geteuid() == 0:
+                # As root nginx would switch its worker to "nobody", which may not be able
+                # to read the cache; keep the worker as the current user.
+                conf.write_text("user root;\n" + conf.read_text())
+            with open(w / "stderr.log", "ab") as err:
+                self.process = subprocess.Popen(
+                    [NGINX, "-p", str(w), "-e", str(self.error_log), "-c", str(conf),
+                     "-g", "daemon off;"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                wait_http(self.port, "/", self.process, "nginx", self.error_log,
+                          ok=(200, 403, 404))
+                return self
+            except BenchError:
+                self.stop()
+                if attempt < 2 and "in use" in tail(self.error_log):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        stop_process(process)
+
+
+# ---------------------------------------------------------------------------------------
+# Seeding the upstream
+# ---------------------------------------------------------------------------------------
+
+def random_file(path: Path, size: int) -> str:
+    """Write `size` random bytes to `path`, hashing while writing; return the hex digest."""
+    digest = hashlib.sha256()
+    chunk = 8 * MIB
+    with open(path, "wb") as out:
+        left = size
+        while left:
+            data = os.urandom(min(chunk, left))
+            digest.update(data)
+            out.write(data)
+            left -= len(data)
+    return digest.hexdigest()
+
+
+def push_blob(port: int, repo: str, source: Path | bytes, hex_digest: str) -> None:
+    """Monolithic upload: POST an upload session, PUT the whole body with ?digest=."""
+    status, headers, body = http_status(port, f"/v2/{repo}/blobs/uploads/", method="POST")
+    if status != 202 or "location" not in headers:
+        raise BenchError(f"upload start for {repo} answered {status}: {body[:200]!r}")
+    location = headers["location"]
+    if location.startswith("http"):
+        location = "/" + location.split("/", 3)[3]
+    separator = "&" if "?" in location else "?"
+    url = f"{location}{separator}digest=sha256:{hex_digest}"
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=300, blocksize=4 * MIB)
+    try:
+        if isinstance(source, bytes):
+            size, stream = len(source), source
+        else:
+            size, stream = source.stat().st_size, open(source, "rb")
+        try:
+            conn.request("PUT", url, body=stream, headers={
+                "Content-Type": "application/octet-stream", "Content-Length": str(size),
+                "User-Agent": USER_AGENT})
+            response = conn.getresponse()
+            reply = response.read()
+        finally:
+            if not isinstance(stream, bytes):
+                stream.close()
+    finally:
+        conn.close()
+    if response.status != 201:
+        raise BenchError(f"blob PUT for {repo} answered {response.status}: {reply[:200]!r}")
+
+
+def push_image(port: int, repo: str, layer_path: Path, layer_hex: str,
+               layer_size: int) -> tuple[str, bytes]:
+    """Push a config blob, the layer and an OCI manifest tagged TAG; return its digest."""
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_hex}"]}},
+                        sort_keys=True).encode()
+    config_hex = hashlib.sha256(config).hexdigest()
+    push_blob(port, repo, config, config_hex)
+    push_blob(port, repo, layer_path, layer_hex)
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": f"sha256:{config_hex}",
+                   "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": f"sha256:{layer_hex}",
+                    "size": layer_size}],
+    }, indent=2).encode()
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+    try:
+        conn.request("PUT", f"/v2/{repo}/manifests/{TAG}", body=manifest,
+                     headers={"Content-Type": OCI_MANIFEST, "User-Agent": USER_AGENT})
+        response = conn.getresponse()
+        reply = response.read()
+    finally:
+        conn.close()
+    if response.status != 201:
+        raise BenchError(f"manifest PUT for {repo} answered {response.status}: {reply[:200]!r}")
+    return "sha256:" + hashlib.sha256(manifest).hexdigest(), manifest
+
+
+# ---------------------------------------------------------------------------------------
+# Download clients
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class Fetch:
+    status: int
+    size: int
+    seconds: float
+    sha256: str | None = None
+    error: str | None = None
+
+    @property
+    def mib_s(self) -> float:
+        return self.size / MIB / self.seconds if self.seconds > 0 else 0.0
+
+
+def socket_get(port: int, path: str, *, hash_body: bool = False,
+               headers: dict[str, str] | None = None, timeout: float = 120.0) -> Fetch:
+    """HTTP/1.1 GET over a raw socket; the body is read with recv_into a 4 MiB buffer and
+    discarded (or hashed). Time runs from the request to the last body byte."""
+    request = (f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
+               f"User-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n")
+    for key, value in (headers or {}).items():
+        request += f"{key}: {value}\r\n"
+    request += "\r\n"
+    digest = hashlib.sha256() if hash_body else None
+    buffer = bytearray(RECV_BUFFER)
+    view = memoryview(buffer)
+    received = 0
+    status = 0
+    start = time.perf_counter()
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+            sock.sendall(request.encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise BenchError("connection closed before the response headers")
+                head += chunk
+            header_block, _, rest = head.partition(b"\r\n\r\n")
+            lines = header_block.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            fields = {}
+            for line in lines[1:]:
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
+            if "chunked" in fields.get("transfer-encoding", "").lower():
+                raise BenchError("chunked response: this reader only handles Content-Length")
+            length = int(fields["content-length"]) if "content-length" in fields else None
+            received = len(rest)
+            if digest is not None:
+                digest.update(rest)
+            while length is None or received < length:
+                count = sock.recv_into(view)
+                if count == 0:
+                    break
+                received += count
+                if digest is not None:
+                    digest.update(view[:count])
+            elapsed = time.perf_counter() - start
+            if length is not None and received != length:
+                return Fetch(status, received, elapsed, None,
+                             f"connection closed after {received} of {length} bytes")
+    except (OSError, BenchError, ValueError, KeyError) as exc:
+        return Fetch(status, received, time.perf_counter() - start, None,
+                     f"{type(exc).__name__}: {exc}")
+    return Fetch(status, received, elapsed, digest.hexdigest() if digest else None)
+
+
+def curl_get(port: int, path: str, *, timeout: float = 120.0) -> Fetch:
+    """curl -o /dev/null; curl's own size and speed_download."""
+    url = f"http://{LOOPBACK}:{port}{path}"
+    try:
+        result = subprocess.run(
+            [CURL, "-s", "-o", "/dev/null", "--max-time", str(int(timeout)), "-A", USER_AGENT,
+             "-w", "%{http_code} %{size_download} %{time_total}", url],
+            capture_output=True, text=True, timeout=timeout + 10)
+    except subprocess.TimeoutExpired:
+        return Fetch(0, 0, timeout, None, "curl timed out")
+    parts = result.stdout.split()
+    if result.returncode != 0 or len(parts) != 3:
+        return Fetch(0, 0, 0.0, None, f"curl exited {result.returncode}: {result.stderr[:200]}")
+    return Fetch(int(parts[0]), int(float(parts[1])), float(parts[2]))
+
+
+def get_blob(client: str, port: int, path: str, expected_size: int, what: str) -> Fetch:
+    fetch = (curl_get if client == "curl" else socket_get)(port, path)
+    if fetch.error or fetch.status != 200 or fetch.size != expected_size:
+        raise BenchError(f"{what}: GET {path} -> status {fetch.status}, {fetch.size} of "
+                         f"{expected_size} bytes, error {fetch.error}")
+    return fetch
+
+
+# ---------------------------------------------------------------------------------------
+# wrk
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    requests: int
+    non_2xx: int
+    socket_errors: str
+    latency_avg: str
+    raw: str
+
+
+def run_wrk(port: int, path: str, seconds: int, accept: str) -> WrkResult:
+    url = f"http://{LOOPBACK}:{port}{path}"
+    command = [WRK, "-t2", "-c32", f"-d{seconds}s", "--timeout", "5s",
+               "-H", f"Accept: {accept}", url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+    out = result.stdout
+    if result.returncode != 0:
+        raise BenchError(f"wrk exited {result.returncode}: {result.stderr}{out}")
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:([^\n]*)", out)
+    latency = re.search(r"Latency\s+(\S+)", out)
+    if not rps or not total:
+        raise BenchError(f"cannot parse wrk output:\n{out}")
+    return WrkResult(float(rps.group(1)), int(total.group(1)),
+                     int(non2xx.group(1)) if non2xx else 0,
+                     errors.group(1).strip() if errors else "",
+                     latency.group(1) if latency else "?", out)
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class Metric:
+    name: str
+    value: float | None
+    unit: str
+    peer: float | None = None
+    peer_name: str = ""
+    target: str = ""
+    # "ratio>=X", "value>=X" or "value==X"; empty means informational
+    check: str = ""
+    notes: str = ""
+    ratio: float | None = field(default=None)
+    verdict: str = "info"
+
+    def judge(self) -> "Metric":
+        if self.value is not None and self.peer:
+            self.ratio = self.value / self.peer
+        if not self.check:
+            self.verdict = "info"
+            return self
+        kind, _, bound_text = self.check.partition(">=")
+        if "==" in self.check:
+            kind, _, bound_text = self.check.partition("==")
+        bound = float(bound_text)
+        subject = self.ratio if kind == "ratio" else self.value
+        if subject is None:
+            self.verdict = "MISS"
+        elif "==" in self.check:
+            self.verdict = "PASS" if subject == bound else "MISS"
+        else:
+            self.verdict = "PASS" if subject >= bound else "MISS"
+        return self
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def print_results(metrics: list[Metric]) -> None:
+    print()
+    print("RESULTS")
+    header = (f"{'metric':<34} {'value':>11} {'unit':<8} {'peer':>11} {'ratio':>7} "
+              f"{'target':<22} verdict")
+    print(header)
+    print("-" * len(header))
+    for m in metrics:
+        digits = 0 if m.unit in ("GETs", "failures", "req/s") else (2 if m.unit == "s" else 1)
+        ratio = f"{m.ratio:.2f}" if m.ratio is not None else "-"
+        print(f"{m.name:<34} {fmt(m.value, digits):>11} {m.unit:<8} {fmt(m.peer, digits):>11} "
+              f"{ratio:>7} {m.target or '-':<22} {m.verdict}")
+    print()
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class Image:
+    repo: str
+    layer_hex: str
+    layer_size: int
+    manifest_digest: str
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack):
+        self.args = args
+        self.workdir = workdir
+        self.stack = stack
+        self.client = args.client
+        self.big_size = (256 if args.quick else 1024) * MIB
+        self.mid_size = (64 if args.quick else 256) * MIB
+        self.wrk_seconds = 3 if args.quick else 10
+        self.metrics: list[Metric] = []
+        self.details: dict[str, Any] = {}
+        self.proxy_issues: list[str] = []
+        self._proxy_count = 0
+        self.upstream: RegistryProcess | None = None
+        self.big: Image | None = None
+        self.mid: Image | None = None
+
+    # -- helpers -----------------------------------------------------------------------
+    def new_proxy(self) -> ProxyProcess:
+        self._proxy_count += 1
+        assert self.upstream is not None
+        proxy = ProxyProcess(self.workdir / f"proxy-{self._proxy_count}", self.upstream.url)
+        self.stack.callback(proxy.stop)
+        proxy.start()
+        log(f"hpc-mirror #{self._proxy_count} pid {proxy.pid} on port {proxy.port} "
+            f"(cache {proxy.cache_root})")
+        return proxy
+
+    def retire_proxy(self, proxy: ProxyProcess, remove_cache: bool = True) -> None:
+        proxy.stop()
+        self.collect_proxy_issues(proxy)
+        if remove_cache:
+            shutil.rmtree(proxy.workdir / "cache", ignore_errors=True)
+            shutil.rmtree(proxy.workdir / "index", ignore_errors=True)
+
+    def collect_proxy_issues(self, proxy: ProxyProcess) -> None:
+        text = proxy.stderr_text()
+        lines = [line for line in text.splitlines() if line.strip()]
+        interesting = [line for line in lines if not line.startswith("hpc-mirror serving")]
+        if interesting:
+            self.proxy_issues.append(f"--- stderr of {proxy.workdir.name} "
+                                     f"({len(interesting)} lines) ---\n"
+                                     + "\n".join(interesting[-60:]))
+
+    def proxy_blob_path(self, image: Image) -> str:
+        return f"/v2/{PREFIX}/{image.repo}/blobs/sha256:{image.layer_hex}"
+
+    def proxy_manifest_path(self, image: Image, reference: str) -> str:
+        return f"/v2/{PREFIX}/{image.repo}/manifests/{reference}"
+
+    def fetch_manifest(self, port: int, path: str, what: str) -> bytes:
+        status, headers, body = http_status(port, path, {"Accept": OCI_MANIFEST}, timeout=30)
+        if status != 200:
+            raise BenchError(f"{what}: GET {path} answered {status}: {body[:300]!r}")
+        return body
+
+    # -- phases ------------------------------------------------------------------------
+    def seed(self) -> None:
+        self.upstream = RegistryProcess(workdir=self.workdir / "upstream", log_level="error")
+        self.stack.callback(self.upstream.stop)
+        self.upstream.start()
+        log(f"upstream docker-registry pid {self.upstream.pid} on {self.upstream.url}")
+        images = []
+        for repo, size in ((BIG_REPO, self.big_size), (MID_REPO, self.mid_size)):
+            source = self.workdir / f"seed-{size // MIB}MiB.bin"
+            started = time.perf_counter()
+            layer_hex = random_file(source, size)
+            generated = time.perf_counter()
+            digest, _ = push_image(self.upstream.port, repo, source, layer_hex, size)
+            source.unlink()
+            log(f"seeded {repo}:{TAG} layer {size // MIB} MiB sha256:{layer_hex[:12]}... "
+                f"(random+hash {generated - started:.1f} s, push "
+                f"{time.perf_counter() - generated:.1f} s) manifest {digest[:19]}...")
+            images.append(Image(repo, layer_hex, size, digest))
+        self.big, self.mid = images
+
+    def cold_and_warm(self) -> None:
+        assert self.upstream and self.big
+        image = self.big
+        size_label = f"{image.layer_size // MIB} MiB"
+        upstream_path = f"/v2/{image.repo}/blobs/sha256:{image.layer_hex}"
+        # Touch the upstream's copy once so both sides start from the page cache.
+        get_blob(self.client, self.upstream.port, upstream_path, image.layer_size,
+                 "upstream warm-up")
+
+        cold_proxy: list[Fetch] = []
+        cold_direct: list[Fetch] = []
+        proxy: ProxyProcess | None = None
+        for rep in range(REPETITIONS):
+            if proxy is not None:
+                self.retire_proxy(proxy)
+            proxy = self.new_proxy()
+            # A real pull reads the manifest first; that links the layer to the repository
+            # so the blob GET is just the fill (not timed).
+            self.fetch_manifest(proxy.port, self.proxy_manifest_path(image, TAG),
+                                "cold manifest")
+            mark = self.upstream.mark()
+            fetch = get_blob(self.client, proxy.port, self.proxy_blob_path(image),
+                             image.layer_size, "cold proxy GET")
+            gets = self.upstream.count("GET", image.layer_hex, since=mark)
+            cold_proxy.append(fetch)
+            direct = get_blob(self.client, self.upstream.port, upstream_path,
+                              image.layer_size, "direct upstream GET")
+            cold_direct.append(direct)
+            log(f"cold {size_label} rep {rep + 1}: proxy {fetch.mib_s:,.0f} MiB/s "
+                f"({fetch.seconds:.2f} s, upstream blob GETs {gets}), upstream direct "
+                f"{direct.mib_s:,.0f} MiB/s ({direct.seconds:.2f} s)")
+
+        # Warm: the last proxy keeps its cache; nginx serves the very same directory.
+        assert proxy is not None
+        cached = proxy.blob_path(image.layer_hex)
+        if not cached.exists():
+            raise BenchError(f"the proxy did not leave {cached} after a complete GET")
+        nginx = NginxProcess(self.workdir / "nginx", proxy.cache_root / "blobs" / "sha256")
+        self.stack.callback(nginx.stop)
+        nginx.start()
+        log(f"nginx pid {nginx.process.pid if nginx.process else '?'} on port {nginx.port} "
+            f"serving {nginx.root}")
+        nginx_path = f"/{image.layer_hex[:2]}/{image.layer_hex}"
+        mark = self.upstream.mark()
+        warm_proxy: list[Fetch] = []
+        warm_nginx: list[Fetch] = []
+        get_blob(self.client, proxy.port, self.proxy_blob_path(image), image.layer_size,
+                 "warm-up proxy GET")
+        get_blob(self.client, nginx.port, nginx_path, image.layer_size, "warm-up nginx GET")
+        for rep in range(REPETITIONS):
+            fetch = get_blob(self.client, proxy.port, self.proxy_blob_path(image),
+                             image.layer_size, "warm proxy GET")
+            reference = get_blob(self.client, nginx.port, nginx_path, image.layer_size,
+                                 "nginx GET")
+            warm_proxy.append(fetch)
+            warm_nginx.append(reference)
+            log(f"warm {size_label} rep {rep + 1}: proxy {fetch.mib_s:,.0f} MiB/s, nginx "
+                f"{reference.mib_s:,.0f} MiB/s")
+        warm_upstream = self.upstream.count(since=mark)
+        if warm_upstream:
+            self.proxy_issues.append(f"warm blob GETs caused {warm_upstream} upstream "
+                                     "requests (expected 0)")
+        nginx.stop()
+        self.retire_proxy(proxy)
+
+        def speeds(fetches: list[Fetch]) -> tuple[float, float]:
+            values = [f.mib_s for f in fetches]
+            return max(values), statistics.median(values)
+
+        wp_best, wp_med = speeds(warm_proxy)
+        wn_best, wn_med = speeds(warm_nginx)
+        cp_best, cp_med = speeds(cold_proxy)
+        cd_best, cd_med = speeds(cold_direct)
+        label = f"{image.layer_size // MIB}M"
+        self.metrics += [
+            Metric(f"warm_blob_{label}_best", wp_best, "MiB/s", wn_best, "nginx sendfile",
+                   "ratio >= 0.9", "ratio>=0.9"),
+            Metric(f"warm_blob_{label}_median", wp_med, "MiB/s", wn_med, "nginx sendfile",
+                   "ratio >= 0.9", "ratio>=0.9"),
+            Metric(f"cold_blob_{label}_best", cp_best, "MiB/s", cd_best, "upstream direct",
+                   ">= 1000 MiB/s", "value>=1000"),
+            Metric(f"cold_blob_{label}_median", cp_med, "MiB/s", cd_med, "upstream direct",
+                   ">= 1000 MiB/s", "value>=1000"),
+        ]
+        self.details["warm"] = {"proxy": [asdict(f) for f in warm_proxy],
+                                "nginx": [asdict(f) for f in warm_nginx]}
+        self.details["cold"] = {"proxy": [asdict(f) for f in cold_proxy],
+                                "upstream_direct": [asdict(f) for f in cold_direct]}
+
+    def concurrent_cold(self) -> ProxyProcess:
+        """32 clients at once on an empty cache, each: manifest by tag, then the layer,
+        hashed. Returns the (now warm) proxy for the manifest benchmark."""
+        assert self.upstream and self.mid
+        image = self.mid
+        proxy = self.new_proxy()
+        mark = self.upstream.mark()
+        barrier = threading.Barrier(CONCURRENT_CLIENTS + 1)
+        results: list[Fetch | None] = [None] * CONCURRENT_CLIENTS
+        finished: list[float] = [0.0] * CONCURRENT_CLIENTS
+        manifest_path = self.proxy_manifest_path(image, TAG)
+        blob_path = self.proxy_blob_path(image)
+
+        def client(index: int) -> None:
+            try:
+                barrier.wait(timeout=30)
+                status, _, body = http_status(proxy.port, manifest_path,
+                                              {"Accept": OCI_MANIFEST}, timeout=60)
+                if status != 200:
+                    results[index] = Fetch(status, 0, 0.0, None, f"manifest answered {status}"
+                                           f": {body[:200]!r}")
+                    return
+                results[index] = socket_get(proxy.port, blob_path, hash_body=True,
+                                            timeout=180)
+            except Exception as exc:  # reported below, never lost
+                results[index] = Fetch(0, 0, 0.0, None, f"{type(exc).__name__}: {exc}")
+            finally:
+                finished[index] = time.perf_counter()
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True)
+                   for i in range(CONCURRENT_CLIENTS)]
+        for thread in threads:
+            thread.start()
+        barrier.wait(timeout=30)
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join(timeout=240)
+        wall = max(finished) - started if all(finished) else time.perf_counter() - started
+        hung = sum(1 for thread in threads if thread.is_alive())
+
+        failures = []
+        for index, fetch in enumerate(results):
+            if fetch is None:
+                failures.append(f"client {index}: did not finish")
+            elif fetch.error or fetch.status != 200:
+                failures.append(f"client {index}: status {fetch.status}, {fetch.size} bytes, "
+                                f"{fetch.error}")
+            elif fetch.size != image.layer_size:
+                failures.append(f"client {index}: {fetch.size} of {image.layer_size} bytes")
+            elif fetch.sha256 != image.layer_hex:
+                failures.append(f"client {index}: sha256 {fetch.sha256} != {image.layer_hex}")
+        requests = self.upstream.requests()[mark:]
+        blob_gets = sum(1 for r in requests if r.method == "GET" and image.layer_hex in r.path
+                        and "/blobs/" in r.path)
+        blob_heads = sum(1 for r in requests if r.method == "HEAD" and "/blobs/" in r.path)
+        manifest_gets = sum(1 for r in requests if "/manifests/" in r.path)
+        good = [f for f in results if f is not None and not f.error and f.status == 200]
+        per_client = [f.mib_s for f in good]
+        log(f"{CONCURRENT_CLIENTS} concurrent cold clients of {image.layer_size // MIB} MiB: "
+            f"wall {wall:.2f} s, per-client median "
+            f"{statistics.median(per_client) if per_client else 0:,.0f} MiB/s, upstream blob "
+            f"GETs {blob_gets}, blob HEADs {blob_heads}, manifest requests {manifest_gets}, "
+            f"failures {len(failures)}, hung {hung}")
+        if failures:
+            banner = "!" * 78
+            print(f"{banner}\nINTEGRITY FAILURES in the {CONCURRENT_CLIENTS}-client test:\n"
+                  + "\n".join(failures) + f"\n{banner}", flush=True)
+            self.proxy_issues.append("concurrent clients failed:\n" + "\n".join(failures))
+        label = f"{image.layer_size // MIB}M"
+        aggregate = (len(good) * image.layer_size / MIB / wall) if wall > 0 else None
+        self.metrics += [
+            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_upstream_GETs", blob_gets, "GETs",
+                   target="== 1", check="value==1"),
+            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_integrity_failures",
+                   len(failures), "failures", target="== 0", check="value==0"),
+            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_wall", wall, "s"),
+            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_client_median",
+                   statistics.median(per_client) if per_client else None, "MiB/s"),
+            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_client_min",
+                   min(per_client) if per_client else None, "MiB/s"),
+            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_aggregate", aggregate, "MiB/s"),
+        ]
+        self.details["concurrent"] = {
+            "clients": [asdict(f) if f else None for f in results],
+            "wall_seconds": wall, "upstream_blob_gets": blob_gets,
+            "upstream_blob_heads": blob_heads, "upstream_manifest_requests": manifest_gets,
+            "failures": failures}
+        return proxy
+
+    def manifests(self, proxy: ProxyProcess) -> None:
+        assert self.upstream and self.mid
+        image = self.mid
+        peer = QuietRegistry(workdir=self.workdir / "peer", proxy_remote_url=self.upstream.url)
+        self.stack.callback(peer.stop)
+        peer.start()
+        log(f"distribution proxy-mode peer pid {peer.pid} on {peer.url}")
+        targets = {
+            "proxy": (proxy.port, {"tag": self.proxy_manifest_path(image, TAG),
+                                   "digest": self.proxy_manifest_path(image,
+                                                                      image.manifest_digest)}),
+            "peer": (peer.port, {"tag": f"/v2/{image.repo}/manifests/{TAG}",
+                                 "digest": f"/v2/{image.repo}/manifests/"
+                                           f"{image.manifest_digest}"}),
+        }
+        # Warm both (the proxy already holds the manifest from the concurrent test) and
+        # check a sample response before trusting wrk.
+        for who, (port, paths) in targets.items():
+            for kind, path in paths.items():
+                for _ in range(2):
+                    body = self.fetch_manifest(port, path, f"{who} manifest by {kind}")
+                if hashlib.sha256(body).hexdigest() != image.manifest_digest.split(":")[1]:
+                    raise BenchError(f"{who} by {kind}: manifest body does not match digest")
+        results: dict[tuple[str, str], WrkResult] = {}
+        for kind in ("tag", "digest"):
+            for who in ("proxy", "peer"):
+                port, paths = targets[who]
+                mark = self.upstream.mark()
+                result = run_wrk(port, paths[kind], self.wrk_seconds, OCI_MANIFEST)
+                upstream_requests = self.upstream.count(since=mark)
+                results[(who, kind)] = result
+                status, _, _ = http_status(port, paths[kind], {"Accept": OCI_MANIFEST})
+                log(f"manifest by {kind} via {who}: {result.requests_per_second:,.0f} req/s "
+                    f"(latency avg {result.latency_avg}, {result.requests} requests, non-2xx "
+                    f"{result.non_2xx}, socket errors '{result.socket_errors or 'none'}', "
+                    f"upstream requests during run {upstream_requests}, status after {status})")
+                self.details[f"wrk_{who}_{kind}"] = {**asdict(result),
+                                                     "upstream_requests": upstream_requests}
+                if result.non_2xx or result.socket_errors:
+                    self.proxy_issues.append(
+                        f"wrk {who} by {kind}: non-2xx {result.non_2xx}, socket errors "
+                        f"{result.socket_errors or 'none'}")
+        for kind, bound in (("tag", 4.0), ("digest", 2.0)):
+            proxy_result, peer_result = results[("proxy", kind)], results[("peer", kind)]
+            note = "" if not proxy_result.non_2xx else f"{proxy_result.non_2xx} non-2xx"
+            self.metrics.append(Metric(
+                f"manifest_by_{kind}_rps", proxy_result.requests_per_second, "req/s",
+                peer_result.requests_per_second, "distribution proxy mode",
+                f"ratio >= {bound:g}", f"ratio>={bound}", note))
+        proxy_stderr_lines = len(proxy.stderr_text().splitlines())
+        self.details["proxy_stderr_lines_after_wrk"] = proxy_stderr_lines
+        if proxy_stderr_lines > 50:
+            self.proxy_issues.append(f"the proxy wrote {proxy_stderr_lines} stderr lines "
+                                     "during the manifest benchmark (per-request logging?)")
+        peer.stop()
+        self.retire_proxy(proxy)
+
+    def run(self) -> list[Metric]:
+        self.seed()
+        self.cold_and_warm()
+        proxy = self.concurrent_cold()
+        self.manifests(proxy)
+        return [m.judge() for m in self.metrics]
+
+
+# ---------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="256 MiB / 64 MiB blobs and 3 s wrk runs (smoke test)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    parser.add_argument("--workdir", type=Path, metavar="DIR",
+                        help="parent of the run's temp dir (default: /tmp); needs ~4 GiB")
+    parser.add_argument("--client", choices=("socket", "curl"), default="socket",
+                        help="blob download client for the warm/cold tests (default socket)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temp dir (logs, caches) for inspection")
+    parser.add_argument("--timeout", type=float, default=540.0,
+                        help="abort the whole run after this many seconds (default 540)")
+    return parser.parse_args(argv)
+
+
+def check_tools() -> None:
+    missing = [path for path in (PYTHON, NGINX, WRK, CURL, "/usr/bin/docker-registry")
+               if not os.access(path, os.X_OK)]
+    if missing:
+        raise SystemExit(f"missing executables: {', '.join(missing)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_tools()
+    parent = args.workdir or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="hpc-mirror-bench-", dir=parent))
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise Timeout(f"benchmark exceeded --timeout {args.timeout:.0f} s")
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.alarm(int(args.timeout))
+
+    cores = os.cpu_count() or 0
+    print(f"hpc-mirror benchmark ({'quick' if args.quick else 'full'}) on {platform.node()}: "
+          f"{cores} CPU cores, Python {platform.python_version()}, workdir {workdir}")
+    print(f"NOTE: load generators (wrk, download clients) and all servers share these "
+          f"{cores} cores; absolute numbers are lower bounds and ratios compare servers under "
+          "the same handicap. Everything is in the page cache: 'cold' means an empty proxy "
+          "cache, not a cold disk.", flush=True)
+    started = time.perf_counter()
+    metrics: list[Metric] = []
+    error: str | None = None
+    bench: Bench | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            bench = Bench(args, workdir, stack)
+            metrics = bench.run()
+    except (BenchError, Timeout, KeyboardInterrupt, OSError, subprocess.SubprocessError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        print(f"\nBENCHMARK ABORTED: {error}", file=sys.stderr, flush=True)
+        if bench is not None:
+            metrics = [m.judge() for m in bench.metrics]
+    finally:
+        signal.alarm(0)
+        if bench is not None:
+            # Processes are stopped by now (ExitStack); read what they left.
+            for proxy_dir in sorted(workdir.glob("proxy-*")):
+                stderr = proxy_dir / "stderr.log"
+                if stderr.exists() and not any(proxy_dir.name in issue
+                                               for issue in bench.proxy_issues):
+                    lines = [line for line in stderr.read_text(errors="replace").splitlines()
+                             if line.strip() and not line.startswith("hpc-mirror serving")]
+                    if lines:
+                        bench.proxy_issues.append(f"--- stderr of {proxy_dir.name} ---\n"
+                                                  + "\n".join(lines[-60:]))
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    elapsed = time.perf_counter() - started
+    if bench is not None and bench.proxy_issues:
+        print("\nPROXY ISSUES / LOG OUTPUT:")
+        for issue in bench.proxy_issues:
+            print(issue)
+    print_results(metrics)
+    print(f"({cores} cores shared by clients and servers; run took {elapsed:.0f} s"
+          f"{'; --quick sizes' if args.quick else ''})")
+    if args.json:
+        payload = {
+            "mode": "quick" if args.quick else "full", "cores": cores, "client": args.client,
+            "seconds": elapsed, "error": error,
+            "metrics": [asdict(m) for m in metrics],
+            "details": bench.details if bench else {},
+            "proxy_issues": bench.proxy_issues if bench else [],
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+    if error:
+        return 2
+    return 0 if all(m.verdict != "MISS" for m in metrics) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Fixtures: a real upstream registry (Debian's docker-registry) seeded over its HTTP API,
+and `mirror serve` processes in front of it on free loopback ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.proxy import ProxyProcess, proxy_config
+from tests.support.registry import RegistryProcess
+from tests.support.seed import RegistryClient, Seeded, seed_all
+
+UPSTREAM_PREFIX = "up.test"
+
+
+@pytest.fixture(scope="session")
+def upstream() -> RegistryProcess:
+    """One seeded anonymous upstream for the session. Tests that stop an upstream make
+    their own (see `private_upstream`)."""
+    with RegistryProcess() as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def seeded(upstream: RegistryProcess) -> Seeded:
+    client = RegistryClient(upstream.url)
+    try:
+        return seed_all(client)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def make_proxy(tmp_path: Path):
+    """Build and start proxies; each is stopped (by its own PID) after the test."""
+    started: list[ProxyProcess] = []
+
+    def make(upstreams: dict, *, env: dict | None = None, name: str = "proxy",
+             **cache) -> ProxyProcess:
+        workdir = tmp_path / f"{name}-{len(started)}"
+        proxy = ProxyProcess(workdir, proxy_config(workdir, upstreams, **cache), env=env)
+        started.append(proxy)
+        return proxy.start()
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+def upstream_entry(registry_url: str, **extra) -> dict:
+    return {"url": registry_url, "prefix": UPSTREAM_PREFIX, "default": True, **extra}
+
+
+@pytest.fixture
+def proxy(make_proxy, upstream: RegistryProcess, seeded: Seeded) -> ProxyProcess:
+    """A fresh proxy (empty cache) whose default upstream is the seeded registry."""
+    return make_proxy({"test": upstream_entry(upstream.url)})
+
+
+@pytest.fixture
+def private_upstream(tmp_path: Path) -> RegistryProcess:
+    """An upstream this test alone uses, so it may stop or restart it."""
+    with RegistryProcess(workdir=tmp_path / "registry") as registry:
+        yield registry
