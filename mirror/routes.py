@@ -85,7 +85,9 @@ async def manifest(request: web.Request) -> web.Response:
     repo = service.route(request.match_info["name"], request.query.get("ns"))
     reference = request.match_info["reference"]
     found = await service.get_manifest(repo, reference)
-    if not _acceptable(request.headers.get("Accept", ""), found.media_type):
+    # Go clients (containers/image) send one Accept header line per media type.
+    accept = ",".join(request.headers.getall("Accept", []))
+    if not _acceptable(accept, found.media_type):
         raise ManifestUnknown(f"manifest {reference!r} is a {found.media_type}, which the "
                               "request's Accept header does not allow")
     etag = f'"{found.digest}"'

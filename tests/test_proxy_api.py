@@ -253,3 +253,19 @@ def test_conditional_get_with_etag(proxy, seeded):
     response = _get(proxy, "/v2/tools/alpha/manifests/1.0",
                     headers={**ACCEPT, "If-None-Match": f'"{image.digest}"'})
     assert response.status_code == 304
+
+
+def test_accept_sent_as_several_header_lines(proxy, seeded):
+    """containers/image sends one Accept line per media type; all of them count."""
+    image = seeded["legacy/dockerimg:v2"]
+    connection = http.client.HTTPConnection(proxy.host, timeout=10)
+    try:
+        connection.putrequest("GET", f"/v2/{image.repository}/manifests/v2")
+        connection.putheader("Accept", oci.OCI_MANIFEST)
+        connection.putheader("Accept", oci.DOCKER_MANIFEST)
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.read() == image.manifest
+    finally:
+        connection.close()

@@ -20,7 +20,12 @@ import requests
 
 from tests.support import oci
 from tests.support.faulty import FAULT_MODES, FaultyUpstream
-from tests.support.registry import RegistryProcess, RegistryStartError, write_htpasswd
+from tests.support.registry import (
+    RegistryProcess,
+    RegistryStartError,
+    free_port,
+    write_htpasswd,
+)
 from tests.support.seed import BIG_BLOB_SIZE, RegistryClient, Seeded, seed_all
 from tests.support.sifwriter import (
     GO_ZERO_TIME,
@@ -113,6 +118,29 @@ def test_access_log_counts_exactly_the_requests_made(
     assert registry.mark() == since + 5
 
 
+def test_registry_proxy_mode_pulls_through_from_another_registry(
+    registry: RegistryProcess, seeded: Seeded
+) -> None:
+    image = seeded["sif/legacy:oras-go-v1"]
+    since = registry.mark()
+    with RegistryProcess(proxy_remote_url=registry.url) as mirror:
+        response = requests.get(
+            f"{mirror.url}/v2/sif/legacy/manifests/oras-go-v1",
+            headers={"Accept": oci.ACCEPT_ALL_MANIFESTS},
+            timeout=10,
+        )
+        assert response.status_code == 200 and response.content == image.manifest
+        assert requests.post(f"{mirror.url}/v2/x/blobs/uploads/", timeout=5).status_code == 405
+    assert registry.count("GET", "/v2/sif/legacy/manifests/", since=since) == 1
+
+
+def test_registry_proxy_mode_refuses_to_start_without_upstream() -> None:
+    """distribution 2.8 pings the remote at start-up and panics if it is down."""
+    with pytest.raises(RegistryStartError, match="panic: .*connection refused"):
+        with RegistryProcess(proxy_remote_url=f"http://127.0.0.1:{free_port()}"):
+            pass
+
+
 # --- seeded content -----------------------------------------------------------------------
 
 EXPECTED_REFERENCES = {
@@ -131,7 +159,8 @@ def test_seed_all_pushes_the_documented_set(seeded: Seeded) -> None:
     for reference, child_type in [("multi/app:1.0", oci.OCI_MANIFEST),
                                   ("legacy/dockerlist:v1", oci.DOCKER_MANIFEST)]:  # fmt: skip
         index = json.loads(seeded[reference].manifest)
-        platforms = {(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]}
+        platforms = {(m["platform"]["os"], m["platform"]["architecture"])
+                     for m in index["manifests"]}  # fmt: skip
         assert platforms == {("linux", "amd64"), ("linux", "arm64")}
         assert {c.media_type for c in seeded[reference].children} == {child_type}
 
@@ -165,6 +194,11 @@ def test_image_config_is_realistic_and_go_escaped(seeded: Seeded) -> None:
     assert len(config["rootfs"]["diff_ids"]) == len(alpha.layers) == len(config["history"])
 
 
+SIF_REFERENCES = (
+    "sif/tool:1.0", "sif/legacy:oras-go-v1", "sif/dockerv2:1.3.0", "sif/zeroconfig:3.7",
+)  # fmt: skip
+
+
 def test_sif_generations_have_their_media_types(seeded: Seeded) -> None:
     def manifest(ref: str) -> dict:
         return json.loads(seeded[ref].manifest)
@@ -183,7 +217,7 @@ def test_sif_generations_have_their_media_types(seeded: Seeded) -> None:
     assert zero["digest"] == (
         "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     )
-    for ref in ("sif/tool:1.0", "sif/legacy:oras-go-v1", "sif/dockerv2:1.3.0", "sif/zeroconfig:3.7"):
+    for ref in SIF_REFERENCES:
         image = seeded[ref]
         [layer] = manifest(ref)["layers"]
         assert layer["mediaType"] == oci.SIF_LAYER
@@ -209,8 +243,9 @@ def test_htpasswd_registry_rejects_anonymous_and_accepts_basic(tmp_path: Path) -
         anonymous = requests.get(f"{reg.url}/v2/", timeout=5)
         assert anonymous.status_code == 401
         assert anonymous.headers["WWW-Authenticate"].startswith("Basic ")
-        assert requests.get(f"{reg.url}/v2/", auth=("alice", "wrong"), timeout=5).status_code == 401
-        assert requests.get(f"{reg.url}/v2/", auth=("alice", "s3cret"), timeout=5).status_code == 200
+        for password, status in (("wrong", 401), ("s3cret", 200)):
+            response = requests.get(f"{reg.url}/v2/", auth=("alice", password), timeout=5)
+            assert response.status_code == status
 
         client = RegistryClient(reg.url, username="alice", password="s3cret")
         digest = client.push_manifest(*_tiny_image(client, "private/img"))
@@ -243,7 +278,10 @@ def test_token_registry_rejects_anonymous_and_accepts_issued_tokens(
         digest = client.push_manifest(*_tiny_image(client, "private/img"))
         assert client.get_manifest("private/img", "1").content
         assert issuer.issued_count == 3  # ours, the push scope, the pull scope
-        assert issuer.scopes[-2:] == ["repository:private/img:pull,push", "repository:private/img:pull"]
+        assert issuer.scopes[-2:] == [
+            "repository:private/img:pull,push",
+            "repository:private/img:pull",
+        ]
         assert digest.startswith("sha256:")
 
 
@@ -309,11 +347,16 @@ def test_example_sif_header_and_descriptors_follow_the_spec(squashfs: bytes) -> 
     assert deffile["offset"] == 32176 and deffile["created"] == 1_700_000_000
     assert data[deffile["offset"] : deffile["offset"] + deffile["size"]] == sif.definition.encode()
 
-    assert (metadata["type"], metadata["id"], metadata["name"]) == (0x4006, 2, b"inspect-metadata.json")
+    assert (metadata["type"], metadata["id"]) == (0x4006, 2)
+    assert metadata["name"] == b"inspect-metadata.json"
     assert metadata["offset"] == deffile["offset"] + deffile["size"]
     inspect = json.loads(data[metadata["offset"] : metadata["offset"] + metadata["size"]])
     assert inspect["type"] == "container"
-    assert inspect["data"]["attributes"]["labels"]["org.label-schema.build-arch"] == "amd64"
+    labels = inspect["data"]["attributes"]["labels"]
+    assert labels == sif.labels
+    assert labels["org.label-schema.build-arch"] == "amd64"
+    assert labels["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
+    assert labels["org.label-schema.build-date"] == "Tuesday_14_November_2023_22:13:20_UTC"
 
     assert (partition["type"], partition["id"]) == (0x4004, 3)
     assert partition["offset"] % 4096 == 0
@@ -344,6 +387,8 @@ def test_sif_variants_empty_legacy_deterministic_truncated(squashfs: bytes) -> N
     deterministic = example_sif(squashfs, created=GO_ZERO_TIME).data
     assert _i64(deterministic, 64) == _i64(deterministic, 72) == -62135596800
     assert _i64(deterministic, 4096 + 41) == -62135596800
+    undated = example_sif(squashfs, created=GO_ZERO_TIME).labels
+    assert "org.opencontainers.image.created" not in undated
 
     cut = build_sif([DefinitionFile(data=b"Bootstrap: scratch\n")], truncate_to=1000)
     assert len(cut) == 1000 and cut[32:42] == b"SIF_MAGIC\x00"

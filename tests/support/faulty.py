@@ -17,6 +17,7 @@ import socket
 import struct
 import threading
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Literal, get_args
 
 from aiohttp import web
@@ -185,7 +186,9 @@ class FaultyUpstream:
     # --- handlers -------------------------------------------------------------------------
 
     @web.middleware
-    async def _count_middleware(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+    async def _count_middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         with self._lock:
             self._counts[(request.method, request.path)] += 1
         return await handler(request)
@@ -196,7 +199,8 @@ class FaultyUpstream:
     async def _handle_manifest(self, request: web.Request) -> web.Response:
         name, reference = request.match_info["name"], request.match_info["reference"]
         if name != REPOSITORY or reference not in (TAG, self.manifest_digest):
-            return web.json_response(_error_body("MANIFEST_UNKNOWN", "manifest unknown"), status=404)
+            body = _error_body("MANIFEST_UNKNOWN", "manifest unknown")
+            return web.json_response(body, status=404)
         return web.Response(
             body=self.manifest,
             headers={

@@ -20,6 +20,7 @@ log has stopped growing before reading it.
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import re
@@ -47,6 +48,28 @@ AuthSpec = Union[
     tuple[Literal["htpasswd"], Union[str, Path]],
     tuple[Literal["token"], "TokenSettings"],
 ]
+
+
+_running: set[subprocess.Popen[bytes]] = set()
+"""Registry processes not yet stopped; ended at interpreter exit if a test forgot."""
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """End one child by its own PID: SIGTERM, then SIGKILL; always reap it."""
+    _running.discard(process)
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@atexit.register
+def _terminate_leftovers() -> None:
+    for process in list(_running):
+        _terminate(process)
 
 
 def free_port() -> int:
@@ -143,6 +166,7 @@ class RegistryProcess:
         self._secret = secrets.token_hex(16)
         self._process: subprocess.Popen[bytes] | None = None
         self._started_once = False
+        self._stderr_start = 0  # size of stderr.log when the current process started
 
     # --- addresses ------------------------------------------------------------------------
 
@@ -225,7 +249,7 @@ class RegistryProcess:
                 self._spawn_and_wait()
                 break
             except RegistryStartError:
-                port_taken = "address already in use" in self.stderr_tail()
+                port_taken = "address already in use" in self._failure_summary()
                 if attempt + 1 < attempts and port_taken:
                     self.port = free_port()
                     continue
@@ -237,6 +261,7 @@ class RegistryProcess:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config(), indent=2))
         # Append mode: a restart continues the same log, so marks stay valid.
+        self._stderr_start = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
         with open(self.access_log_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self._process = subprocess.Popen(
                 [REGISTRY_BINARY, "serve", str(self.config_path)],
@@ -245,6 +270,7 @@ class RegistryProcess:
                 stderr=err,
                 cwd=self.workdir,
             )
+        _running.add(self._process)
         try:
             self._wait_ready()
         except RegistryStartError:
@@ -258,14 +284,14 @@ class RegistryProcess:
             if self._process.poll() is not None:
                 raise RegistryStartError(
                     f"docker-registry exited with {self._process.returncode}:\n"
-                    + self.stderr_tail()
+                    + self._failure_summary()
                 )
             if self._probe() in (200, 401):
                 return
             time.sleep(0.05)
         raise RegistryStartError(
             f"docker-registry did not answer on {self.url} within "
-            f"{self.start_timeout} s:\n" + self.stderr_tail()
+            f"{self.start_timeout} s:\n" + self._failure_summary()
         )
 
     def _probe(self) -> int | None:
@@ -283,15 +309,8 @@ class RegistryProcess:
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the process (SIGTERM, then SIGKILL) and reap it. Idempotent."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            _terminate(process, timeout)
 
     def restart(self) -> "RegistryProcess":
         """Stop and start again on the same port with the same storage and logs."""
@@ -319,6 +338,15 @@ class RegistryProcess:
         except FileNotFoundError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def _failure_summary(self) -> str:
+        """This process's fatal/panic lines first (a Go panic trace buries them), then
+        the tail of its stderr."""
+        with open(self.stderr_path, "rb") as err:
+            err.seek(self._stderr_start)
+            lines = err.read().decode(errors="replace").splitlines()
+        fatal = [l for l in lines if l.startswith("panic:") or "level=fatal" in l]
+        return "\n".join(fatal + ["--- stderr tail ---"] + lines[-15:])
 
     def wait_quiet(self, quiet: float = 0.1, timeout: float = 3.0) -> None:
         """Wait until the access log has not grown for ``quiet`` seconds.

@@ -82,8 +82,8 @@ class RegistryClient:
         if scheme != "bearer" or "realm" not in params:
             raise RegistryError(f"unsupported challenge {response.headers!r}")
         query = {"service": params.get("service", "")}
-        if scope:
-            query["scope"] = scope
+        if scope or "scope" in params:  # our scope, else the one the registry named
+            query["scope"] = scope or params["scope"]
         token_response = self.session.get(
             params["realm"], params=query, auth=self.credentials, timeout=self.timeout
         )
@@ -360,10 +360,15 @@ def publish_index(
 
 BIG_BLOB_SIZE = 64 * 1024 * 1024 + 1
 
-_BASE = oci.make_layer("base-os", {"bin/busybox": 24_000, "etc/os-release": 200}, "ADD rootfs.tar /")
+# Small real .tar.gz layers (a few KiB each); _BASE is shared by several images.
+_BASE = oci.make_layer(
+    "base-os", {"bin/busybox": 24_000, "etc/os-release": 200}, "ADD rootfs.tar /"
+)
 _ALPHA = oci.make_layer("alpha", {"opt/alpha/bin/alpha": 16_000}, "COPY alpha /opt/alpha")
-_ALPHA_DATA = oci.make_layer("alpha-data", {"opt/alpha/share/data.bin": 9_000}, "COPY data /opt/alpha/share")
-_BETA = oci.make_layer("beta", {"opt/beta/bin/beta": 20_000}, "COPY beta /opt/beta")  # fmt: skip
+_ALPHA_DATA = oci.make_layer(
+    "alpha-data", {"opt/alpha/share/data.bin": 9_000}, "COPY data /opt/alpha/share"
+)
+_BETA = oci.make_layer("beta", {"opt/beta/bin/beta": 20_000}, "COPY beta /opt/beta")
 
 
 def _arch_layer(arch: str) -> oci.Layer:
@@ -389,14 +394,18 @@ def seed_oci_images(client: RegistryClient) -> list[SeededImage]:
     ) + publish_image(client, "tools/beta", ["2.0"], beta, [_BASE, _BETA])  # fmt: skip
 
 
-def _platform_children(client: RegistryClient, repository: str, docker: bool) -> dict[str, SeededImage]:
+def _platform_children(
+    client: RegistryClient, repository: str, docker: bool
+) -> dict[str, SeededImage]:
+    """Push linux/amd64 and linux/arm64 images by digest, keyed ``os/arch``."""
     children = {}
     for arch in ("amd64", "arm64"):
         spec = oci.ImageConfigSpec(
             title=repository.rsplit("/", 1)[-1], version="1.0", architecture=arch,
             variant="v8" if arch == "arm64" else None, cmd=("/usr/bin/app",),
         )  # fmt: skip
-        [child] = publish_image(client, repository, None, spec, [_BASE, _arch_layer(arch)], docker=docker)
+        layers = [_BASE, _arch_layer(arch)]
+        [child] = publish_image(client, repository, None, spec, layers, docker=docker)
         children[f"linux/{arch}"] = child
     return children
 
@@ -425,34 +434,44 @@ class SifGeneration:
 
     repository: str
     tag: str
-    manifest_type: str | None  # top-level mediaType field; None = absent
-    put_type: str
+    manifest_type: str | None  # top-level mediaType field; None = absent (oras-go v1)
     config_type: str
     config: bytes
     order: oci.DescriptorOrder
 
+    @property
+    def put_type(self) -> str:
+        """The PUT Content-Type: the manifest type, OCI when the field is absent."""
+        return self.manifest_type or oci.OCI_MANIFEST
+
 
 SIF_GENERATIONS = (
     # Apptainer 1.3.1-1.5.x, SingularityCE >= 4.3.3 (ggcr)
-    SifGeneration("sif/tool", "1.0", oci.OCI_MANIFEST, oci.OCI_MANIFEST, oci.SIF_CONFIG, b"{}", "ggcr"),
+    SifGeneration("sif/tool", "1.0", oci.OCI_MANIFEST, oci.SIF_CONFIG, b"{}", "ggcr"),
     # SingularityCE 3.8.4-3.11, Apptainer 1.0-1.2 (oras-go v1)
-    SifGeneration("sif/legacy", "oras-go-v1", None, oci.OCI_MANIFEST, oci.ORAS_UNKNOWN_CONFIG, b"{}", "image-spec"),
+    SifGeneration(
+        "sif/legacy", "oras-go-v1", None, oci.ORAS_UNKNOWN_CONFIG, b"{}", "image-spec"
+    ),
     # Apptainer 1.3.0, SingularityCE 4.0-4.3.2 (ggcr, Docker v2 manifest type)
-    SifGeneration("sif/dockerv2", "1.3.0", oci.DOCKER_MANIFEST, oci.DOCKER_MANIFEST, oci.SIF_CONFIG, b"{}", "ggcr"),
+    SifGeneration("sif/dockerv2", "1.3.0", oci.DOCKER_MANIFEST, oci.SIF_CONFIG, b"{}", "ggcr"),
     # Singularity 3.7 (oras + containerd, 0-byte config)
-    SifGeneration("sif/zeroconfig", "3.7", oci.OCI_MANIFEST, oci.OCI_MANIFEST, oci.SIF_CONFIG, b"", "image-spec"),
-)  # fmt: skip
+    SifGeneration("sif/zeroconfig", "3.7", oci.OCI_MANIFEST, oci.SIF_CONFIG, b"", "image-spec"),
+)
 
 
-def publish_sif(client: RegistryClient, generation: SifGeneration, squashfs: bytes) -> SeededImage:
+def publish_sif(
+    client: RegistryClient, generation: SifGeneration, squashfs: bytes
+) -> SeededImage:
     """Push one SIF as that generation would: one config blob, one SIF layer titled
     ``<name>_<tag>.sif``."""
     name = generation.repository.rsplit("/", 1)[-1]
     sif = example_sif(squashfs, name=name, version=generation.tag)
     title = f"{name}_{generation.tag}.sif"
-    config_desc = oci.descriptor_for(generation.config_type, generation.config, order=generation.order)
-    layer_desc = oci.descriptor_for(oci.SIF_LAYER, sif.data, order=generation.order,
-                                    annotations={oci.TITLE_ANNOTATION: title})  # fmt: skip
+    order = generation.order
+    config_desc = oci.descriptor_for(generation.config_type, generation.config, order=order)
+    layer_desc = oci.descriptor_for(
+        oci.SIF_LAYER, sif.data, order=order, annotations={oci.TITLE_ANNOTATION: title}
+    )
     manifest = oci.image_manifest(generation.manifest_type, config_desc, [layer_desc])
     [image] = publish(
         client, generation.repository, [generation.tag], generation.put_type, manifest,

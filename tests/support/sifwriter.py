@@ -16,6 +16,7 @@ All integers are little-endian and structures packed.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import struct
@@ -387,6 +388,22 @@ def _default_rootfs() -> dict[str, bytes]:
     }
 
 
+def _date_labels(created: int) -> dict[str, str]:
+    """The build-date labels Apptainer writes; none for unset (zero) times."""
+    if created <= 0:
+        return {}
+    when = dt.datetime.fromtimestamp(created, dt.timezone.utc)
+    # label-schema's odd format: Weekday_day_Month_year_h:m:s_UTC, fields unpadded
+    build_date = (
+        f"{when:%A}_{when.day}_{when:%B}_{when.year}_"
+        f"{when.hour}:{when.minute}:{when.second}_UTC"
+    )
+    return {
+        "org.label-schema.build-date": build_date,
+        "org.opencontainers.image.created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
 def pgp_like_signature(signed_text: str) -> bytes:
     """A clear-signed-looking message (not a real signature: nothing verifies it)."""
     fake = hashlib.sha512(signed_text.encode()).digest()
@@ -431,18 +448,16 @@ def example_sif(
         f"%labels\n    Name {name}\n    Version {version}\n\n"
         f"%runscript\n    exec /opt/tool/bin/tool \"$@\"\n"
     )
-    created_iso = "2023-11-14T22:13:20Z" if created == 1_700_000_000 else str(created)
     labels = {
         "Name": name,
         "Version": version,
         "org.label-schema.schema-version": "1.0",
         "org.label-schema.build-arch": arch,
-        "org.label-schema.build-date": "Tuesday_14_November_2023_22:13:20_UTC",
         "org.label-schema.usage.apptainer.version": "1.3.1",
         "org.label-schema.usage.singularity.deffile.bootstrap": "docker",
         "org.label-schema.usage.singularity.deffile.from": "alpine:3.20",
-        "org.opencontainers.image.created": created_iso,
         "org.opencontainers.image.title": f"{name} & friends <test>",
+        **_date_labels(created),
     }
     metadata = {
         "data": {

@@ -1,0 +1,116 @@
+"""The proxy pulls through upstreams that require Basic (htpasswd) and Bearer token auth,
+using its own configured credentials, caching tokens, and never leaking them."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import requests
+
+from tests.conftest import upstream_entry
+from tests.support import oci
+from tests.support.registry import RegistryProcess
+from tests.support.seed import RegistryClient, publish_image
+from tests.support.token_issuer import TokenIssuer
+
+USER, PASSWORD = "mirror-robot", "pa55-w0rd-not-in-logs"
+ACCEPT = {"Accept": oci.ACCEPT_ALL_MANIFESTS}
+
+
+def _seed(registry_url: str):
+    client = RegistryClient(registry_url, username=USER, password=PASSWORD)
+    try:
+        [image] = publish_image(client, "secure/app", ["1.0"],
+                                oci.ImageConfigSpec(title="secure", version="1.0"),
+                                [oci.make_layer("secure", {"s": 30000}, "S")])
+    finally:
+        client.close()
+    return image
+
+
+@pytest.fixture
+def htpasswd_upstream(tmp_path):
+    htpasswd = tmp_path / "htpasswd"
+    line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True,
+                          check=True).stdout
+    htpasswd.write_text(line)
+    with RegistryProcess(auth=("htpasswd", htpasswd), workdir=tmp_path / "reg") as registry:
+        yield registry
+
+
+@pytest.fixture
+def token_upstream(tmp_path):
+    with TokenIssuer(USER, PASSWORD, workdir=tmp_path) as issuer:
+        with RegistryProcess(auth=("token", issuer.settings),
+                             workdir=tmp_path / "reg") as registry:
+            yield registry, issuer
+
+
+def _pull_everything(proxy, image) -> None:
+    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0", headers=ACCEPT,
+                            timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.content == image.manifest
+    for blob in image.blobs:
+        got = requests.get(f"{proxy.url}/v2/secure/app/blobs/{blob['digest']}", timeout=30)
+        assert got.status_code == 200
+        assert got.headers["Docker-Content-Digest"] == blob["digest"]
+        assert len(got.content) == blob["size"]
+
+
+def _credentialed(registry_url: str) -> dict:
+    return upstream_entry(registry_url, username=USER, password_env="TEST_UPSTREAM_PASSWORD")
+
+
+def test_basic_auth_upstream(make_proxy, htpasswd_upstream):
+    image = _seed(htpasswd_upstream.url)
+    proxy = make_proxy({"basic": _credentialed(htpasswd_upstream.url)},
+                       env={"TEST_UPSTREAM_PASSWORD": PASSWORD})
+    _pull_everything(proxy, image)
+    assert PASSWORD not in proxy.log()
+    assert PASSWORD not in proxy.config_path.read_text()
+
+
+def test_token_auth_upstream_caches_the_token(make_proxy, token_upstream):
+    registry, issuer = token_upstream
+    image = _seed(registry.url)
+    proxy = make_proxy({"token": _credentialed(registry.url)},
+                       env={"TEST_UPSTREAM_PASSWORD": PASSWORD})
+    issued_before = issuer.issued_count
+    _pull_everything(proxy, image)
+    # one scope (repository:secure/app:pull): one token for the manifest and every blob
+    assert issuer.issued_count - issued_before == 1
+    assert issuer.scopes[-1] == "repository:secure/app:pull"
+    log = proxy.log()
+    assert PASSWORD not in log and "Bearer" not in log and "eyJ" not in log
+
+
+def test_missing_credentials_give_denied_not_a_crash(make_proxy, htpasswd_upstream):
+    _seed(htpasswd_upstream.url)
+    proxy = make_proxy({"basic": upstream_entry(htpasswd_upstream.url)})
+    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0", headers=ACCEPT,
+                            timeout=30)
+    assert response.status_code == 403
+    assert response.json()["errors"][0]["code"] == "DENIED"
+
+
+def test_wrong_credentials_are_refused(make_proxy, token_upstream):
+    registry, _ = token_upstream
+    _seed(registry.url)
+    proxy = make_proxy({"token": _credentialed(registry.url)},
+                       env={"TEST_UPSTREAM_PASSWORD": "Wr0ng-S3cret-77"})
+    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0", headers=ACCEPT,
+                            timeout=30)
+    assert response.status_code == 403
+    assert "Wr0ng-S3cret-77" not in proxy.log()
+
+
+def test_client_credentials_are_not_forwarded(make_proxy, htpasswd_upstream):
+    """A client's own Authorization header never reaches the upstream: the mirror uses
+    only its configured credentials (here: none, so the upstream refuses)."""
+    _seed(htpasswd_upstream.url)
+    proxy = make_proxy({"basic": upstream_entry(htpasswd_upstream.url)})
+    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0",
+                            headers=ACCEPT, auth=(USER, PASSWORD), timeout=30)
+    assert response.status_code == 403
