@@ -3,14 +3,17 @@ using its own configured credentials, caching tokens, and never leaking them."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
 from tests.conftest import upstream_entry
 from tests.support import oci
-from tests.support.registry import RegistryProcess
+from tests.support.registry import RegistryProcess, free_port
 from tests.support.seed import RegistryClient, publish_image
 from tests.support.token_issuer import TokenIssuer
 
@@ -114,3 +117,70 @@ def test_client_credentials_are_not_forwarded(make_proxy, htpasswd_upstream):
     response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0",
                             headers=ACCEPT, auth=(USER, PASSWORD), timeout=30)
     assert response.status_code == 403
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    """Registry host A (Basic auth, redirects blobs) or storage host B (records headers)."""
+
+    role = "registry"
+    storage_url = ""
+    blob = b""
+    seen_authorization: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        if self.role == "storage":
+            type(self).seen_authorization.append(self.headers.get("Authorization"))
+            self._answer(200, self.blob)
+        elif self.headers.get("Authorization") != _basic_header():
+            self._answer(401, b"{}", {"WWW-Authenticate": 'Basic realm="test"'})
+        else:
+            self._answer(307, b"", {"Location": self.storage_url + "/storage/blob?sig=abc"})
+
+    def _answer(self, status: int, body: bytes, headers: dict | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _basic_header() -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+@pytest.fixture
+def redirecting_upstream():
+    """A registry on 127.0.0.1 that redirects blob GETs to storage on 127.0.0.2, a different
+    host: a cross-host redirect the filesystem-backed docker-registry cannot produce."""
+    blob = b"redirected blob bytes" * 1000
+    storage_port, registry_port = free_port(), free_port()
+    storage_cls = type("Storage", (_RecordingHandler,), {"role": "storage", "blob": blob,
+                                                           "seen_authorization": []})
+    registry_cls = type("Registry", (_RecordingHandler,), {
+        "role": "registry", "storage_url": f"http://127.0.0.2:{storage_port}"})
+    servers = [ThreadingHTTPServer(("127.0.0.2", storage_port), storage_cls),
+               ThreadingHTTPServer(("127.0.0.1", registry_port), registry_cls)]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    yield f"http://127.0.0.1:{registry_port}", blob, storage_cls
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_redirect_to_another_host_drops_authorization(make_proxy, redirecting_upstream):
+    url, blob, storage = redirecting_upstream
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    proxy = make_proxy({"redirecting": _credentialed(url)},
+                       env={"TEST_UPSTREAM_PASSWORD": PASSWORD})
+    response = requests.get(f"{proxy.url}/v2/some/repo/blobs/{digest}", timeout=30)
+    assert response.status_code == 200 and response.content == blob
+    assert storage.seen_authorization == [None]
+    assert "sig=abc" not in proxy.log()

@@ -280,21 +280,19 @@ def publish(
     media_type: str,
     manifest: bytes,
     blobs: list[tuple[dict[str, Any], BlobContent]],
-    *,
-    put_content_type: str | None = None,
 ) -> list[SeededImage]:
     """Push ``blobs`` and then ``manifest`` under each tag (or by digest if ``tags`` is
     None); return one :class:`SeededImage` per tag.
 
-    ``put_content_type`` overrides the PUT Content-Type (oras-go v1 manifests carry no
-    mediaType field but are sent as OCI manifests).
+    ``media_type`` is both the PUT Content-Type and what the registry is expected to
+    serve back (for a manifest without a ``mediaType`` field, the type it was sent as).
     """
     for desc, content in blobs:
         client.push_blob(repository, content, desc["mediaType"])
     digest = oci.sha256_digest(manifest)
     references = tags or [digest]
     for reference in references:
-        client.push_manifest(repository, reference, manifest, put_content_type or media_type)
+        client.push_manifest(repository, reference, manifest, media_type)
     small = {
         desc["digest"]: content
         for desc, content in blobs

@@ -1,0 +1,72 @@
+"""The content store: verified, atomic, content-addressed writes on a plain filesystem."""
+
+import hashlib
+
+import pytest
+
+from mirror.errors import DigestMismatch
+from mirror.reference import Digest, Repository
+from mirror.store import ContentStore, TagRecord
+
+REPO = Repository("up.test", "tools/alpha")
+
+
+def _digest(data: bytes) -> Digest:
+    return Digest(hashlib.sha256(data).hexdigest())
+
+
+def test_verified_write_appears_only_when_committed(tmp_path):
+    store = ContentStore(tmp_path)
+    data = b"layer bytes" * 1000
+    digest = _digest(data)
+    writer = store.new_writer(digest)
+    writer.write(data[:500])
+    assert store.blob_size(digest) is None  # nothing under the final path mid-write
+    writer.write(data[500:])
+    writer.commit()
+    assert store.read_blob(digest) == data
+    assert store.blob_path(digest) == tmp_path / "blobs" / "sha256" / digest.hex[:2] / digest.hex
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_digest_mismatch_leaves_nothing(tmp_path):
+    store = ContentStore(tmp_path)
+    digest = _digest(b"expected")
+    writer = store.new_writer(digest)
+    writer.write(b"something else")
+    with pytest.raises(DigestMismatch):
+        writer.commit()
+    assert store.blob_size(digest) is None
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_put_bytes_verifies(tmp_path):
+    store = ContentStore(tmp_path)
+    with pytest.raises(DigestMismatch):
+        store.put_bytes(_digest(b"a"), b"b")
+    store.put_bytes(_digest(b"a"), b"a")
+    assert store.read_blob(_digest(b"a")) == b"a"
+
+
+def test_repository_links_and_tags(tmp_path):
+    store = ContentStore(tmp_path)
+    digest = _digest(b"{}")
+    store.link_manifest(REPO, digest, "application/vnd.oci.image.manifest.v1+json")
+    assert store.manifest_media_type(REPO, digest) == "application/vnd.oci.image.manifest.v1+json"
+    assert store.manifest_media_type(Repository("up.test", "other"), digest) is None
+    assert not store.blob_linked(REPO, digest)
+    store.link_blob(REPO, digest)
+    assert store.blob_linked(REPO, digest)
+    record = TagRecord(digest, "application/x", 123.5)
+    store.write_tag(REPO, "1.0", record)
+    assert store.read_tag(REPO, "1.0") == record
+    assert store.list_tags(REPO) == ["1.0"]
+    assert store.list_repositories() == [REPO]
+
+
+def test_a_torn_tag_file_reads_as_absent(tmp_path):
+    store = ContentStore(tmp_path)
+    path = store.repo_dir(REPO) / "_tags" / "1.0"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"digest": "sha256:12')
+    assert store.read_tag(REPO, "1.0") is None
