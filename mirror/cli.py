@@ -35,7 +35,8 @@ def _load(path: Path | None, overrides: dict | None = None) -> config_module.Con
 @app.command()
 def serve(
     config: ConfigOption = None,
-    host: Annotated[Optional[str], typer.Option(help="Bind address (overrides server.host).")] = None,
+    host: Annotated[Optional[str], typer.Option(
+        help="Bind address (overrides server.host).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (overrides server.port).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:

@@ -9,8 +9,14 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .errors import (ManifestUnknown, MirrorError, NameUnknown, PaginationInvalid,
-                     RangeInvalid, Unsupported)
+from .errors import (
+    ManifestUnknown,
+    MirrorError,
+    NameUnknown,
+    PaginationInvalid,
+    RangeInvalid,
+    Unsupported,
+)
 from .fill import BlobSource, read_chunk
 from .policy import parse_range
 from .reference import Digest

@@ -15,20 +15,36 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import ClientResponse
+
 from .config import Config, UpstreamConfig
-from .errors import (BlobUnknown, DigestMismatch, ManifestUnknown, MirrorError, NameUnknown,
-                     UpstreamBadGateway, UpstreamFailed)
+from .errors import (
+    BlobUnknown,
+    DigestMismatch,
+    ManifestUnknown,
+    MirrorError,
+    NameUnknown,
+    UpstreamBadGateway,
+    UpstreamFailed,
+)
 from .fill import BlobFill, BlobSource, CachedBlob
 from .index import MetadataIndex
 from .manifests import parse as parse_manifest
 from .policy import tag_is_fresh
-from .reference import (MANIFEST_MEDIA_TYPES, Digest, Repository, check_name, check_tag,
-                        is_digest)
+from .reference import (
+    MANIFEST_MEDIA_TYPES,
+    Digest,
+    Repository,
+    check_name,
+    check_tag,
+    is_digest,
+)
 from .store import ContentStore, TagRecord
 from .upstream import RegistryClient, Upstreams
 
@@ -147,6 +163,23 @@ class ProxyService:
     def _client(self, repo: Repository) -> RegistryClient:
         return self.upstreams.client(repo.prefix)
 
+    @asynccontextmanager
+    async def _upstream_ok(self, repo: Repository, method: str, path: str,
+                           not_found: MirrorError, accept: str | None = None
+                           ) -> AsyncIterator[ClientResponse]:
+        """An upstream response for `repo` that is a 200: a 404 raises `not_found`, any
+        other status is the upstream's failure."""
+        headers = {"Accept": accept} if accept else None
+        async with self._client(repo).request(method, f"/v2/{repo.name}/{path}",
+                                              scope=f"repository:{repo.name}:pull",
+                                              headers=headers) as response:
+            if response.status == 404:
+                raise not_found
+            if response.status != 200:
+                raise UpstreamBadGateway(f"upstream answered {response.status} to {method} "
+                                         f"{path.split('/')[0]}")
+            yield response
+
     # -- manifests -------------------------------------------------------------------------
     async def get_manifest(self, repo: Repository, reference: str) -> Manifest:
         if is_digest(reference):
@@ -218,13 +251,9 @@ class ProxyService:
             return stale
 
     async def _head_manifest_digest(self, repo: Repository, tag: str) -> Digest | None:
-        async with self._client(repo).request(
-                "HEAD", f"/v2/{repo.name}/manifests/{tag}", scope=_pull_scope(repo),
-                headers={"Accept": UPSTREAM_ACCEPT}) as response:
-            if response.status == 404:
-                raise ManifestUnknown(f"manifest {tag!r} of {repo} is unknown upstream")
-            if response.status != 200:
-                raise UpstreamBadGateway(f"upstream answered {response.status} for a manifest")
+        unknown = ManifestUnknown(f"manifest {tag!r} of {repo} is unknown upstream")
+        async with self._upstream_ok(repo, "HEAD", f"manifests/{tag}", unknown,
+                                     UPSTREAM_ACCEPT) as response:
             header = response.headers.get("Docker-Content-Digest", "")
         try:
             return Digest.parse(header)
@@ -234,13 +263,9 @@ class ProxyService:
     async def _fetch_manifest(self, repo: Repository, reference: str,
                               expected: Digest | None) -> Manifest:
         """GET a manifest from upstream, verify it, store it byte-exact, link it to `repo`."""
-        async with self._client(repo).request(
-                "GET", f"/v2/{repo.name}/manifests/{reference}", scope=_pull_scope(repo),
-                headers={"Accept": UPSTREAM_ACCEPT}) as response:
-            if response.status == 404:
-                raise ManifestUnknown(f"manifest {reference!r} of {repo} is unknown upstream")
-            if response.status != 200:
-                raise UpstreamBadGateway(f"upstream answered {response.status} for a manifest")
+        unknown = ManifestUnknown(f"manifest {reference!r} of {repo} is unknown upstream")
+        async with self._upstream_ok(repo, "GET", f"manifests/{reference}", unknown,
+                                     UPSTREAM_ACCEPT) as response:
             if (response.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise UpstreamBadGateway("upstream manifest is larger than the mirror accepts")
             body = await _read_limited(response, MAX_MANIFEST_BYTES)
@@ -314,13 +339,13 @@ class ProxyService:
         return True
 
     async def _head_blob(self, repo: Repository, digest: Digest) -> int | None:
-        async with self._client(repo).request("HEAD", f"/v2/{repo.name}/blobs/{digest}",
-                                              scope=_pull_scope(repo)) as response:
-            if response.status == 404:
-                return None
-            if response.status != 200:
-                raise UpstreamBadGateway(f"upstream answered {response.status} for a blob")
-            return response.content_length
+        """The blob's size if `repo`'s upstream has it, else None."""
+        try:
+            async with self._upstream_ok(repo, "HEAD", f"blobs/{digest}",
+                                         BlobUnknown()) as response:
+                return response.content_length
+        except BlobUnknown:
+            return None
 
     def _start_fill(self, repo: Repository, digest: Digest) -> BlobFill:
         fill = BlobFill(self.store.new_writer(digest), self._executor)
@@ -332,13 +357,9 @@ class ProxyService:
 
     async def _run_fill(self, repo: Repository, fill: BlobFill) -> None:
         try:
-            async with self._client(repo).request(
-                    "GET", f"/v2/{repo.name}/blobs/{fill.digest}",
-                    scope=_pull_scope(repo)) as response:
-                if response.status == 404:
-                    raise BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
-                if response.status != 200:
-                    raise UpstreamBadGateway(f"upstream answered {response.status} for a blob")
+            unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
+            async with self._upstream_ok(repo, "GET", f"blobs/{fill.digest}",
+                                         unknown) as response:
                 await fill.run(response.content_length,
                                response.content.iter_chunked(_BODY_CHUNK))
             if fill.verified:
@@ -361,12 +382,8 @@ class ProxyService:
     async def list_tags(self, repo: Repository) -> list[str]:
         """The upstream's tags when it answers, else the tags cached for `repo`."""
         try:
-            async with self._client(repo).request("GET", f"/v2/{repo.name}/tags/list",
-                                                  scope=_pull_scope(repo)) as response:
-                if response.status == 404:
-                    raise NameUnknown(f"repository {repo} is unknown upstream")
-                if response.status != 200:
-                    raise UpstreamBadGateway(f"upstream answered {response.status} for tags")
+            unknown = NameUnknown(f"repository {repo} is unknown upstream")
+            async with self._upstream_ok(repo, "GET", "tags/list", unknown) as response:
                 body = await response.json(content_type=None)
             tags = body.get("tags") if isinstance(body, dict) else None
             return sorted(t for t in tags or [] if isinstance(t, str))
@@ -381,10 +398,6 @@ class ProxyService:
 
     async def _run_io(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
-
-
-def _pull_scope(repo: Repository) -> str:
-    return f"repository:{repo.name}:pull"
 
 
 async def _read_limited(response: Any, limit: int) -> bytes:

@@ -26,8 +26,14 @@ import aiohttp
 
 from . import __version__, policy
 from .config import ClientConfig, UpstreamConfig
-from .errors import (Denied, MirrorError, UpstreamBadGateway, UpstreamFailed, UpstreamTimeout,
-                     UpstreamUnavailable)
+from .errors import (
+    Denied,
+    MirrorError,
+    UpstreamBadGateway,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +78,8 @@ class RegistryClient:
     # -- public API ------------------------------------------------------------------------
     @asynccontextmanager
     async def request(self, method: str, path: str, *, scope: str,
-                      headers: dict[str, str] | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+                      headers: dict[str, str] | None = None
+                      ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send an idempotent request for `path` (starting with /v2/) and yield the final
         response, body unread. Retries and auth happen here; the caller maps statuses."""
         response = await self._send_with_retries(method, self.upstream.url + path, scope,

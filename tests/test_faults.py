@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from tests.support.faulty import FaultyUpstream, REPOSITORY
+from tests.support.faulty import FaultyUpstream
 
 
 @pytest.fixture
