@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -134,12 +135,27 @@ def tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
-class QuietRegistry(RegistryProcess):
-    """docker-registry without an access log and with error-level logging: the baseline
-    pull-through peer should not pay for per-request logging the proxy does not do."""
+def _with_blob_descriptor_cache(cfg: dict) -> dict:
+    # Debian's shipped /etc/docker/registry/config.yml enables this cache; use it too.
+    cfg["storage"]["cache"] = {"blobdescriptor": "inmemory"}
+    return cfg
+
+
+class UpstreamRegistry(RegistryProcess):
+    """The upstream: access log on (the benchmark counts requests from it), error-level
+    structured log, in-memory blob descriptor cache as in Debian's default config."""
 
     def config(self) -> dict:
-        cfg = super().config()
+        return _with_blob_descriptor_cache(super().config())
+
+
+class BaselineRegistry(RegistryProcess):
+    """distribution's own pull-through cache as the baseline: no access log, error-level
+    logging and the in-memory blob descriptor cache, so it pays for no per-request logging
+    the proxy (run with --log-level warning) does not do either."""
+
+    def config(self) -> dict:
+        cfg = _with_blob_descriptor_cache(super().config())
         cfg["log"]["level"] = "error"
         cfg["log"]["accesslog"] = {"disabled": True}
         return cfg
@@ -210,7 +226,8 @@ class ProxyProcess:
 
 
 class NginxProcess:
-    """nginx in the foreground serving one directory with sendfile."""
+    """nginx in the foreground serving one directory with sendfile. `master_process off`
+    makes the one process that serves the PID we started, so its CPU time can be read."""
 
     def __init__(self, workdir: Path, root: Path) -> None:
         self.workdir = workdir
@@ -228,6 +245,7 @@ class NginxProcess:
             w = self.workdir
             conf = w / "nginx.conf"
             conf.write_text(f"""
+master_process off;
 worker_processes 1;
 pid {w}/nginx.pid;
 error_log {self.error_log} warn;
@@ -275,17 +293,85 @@ http {{
 
 
 # ---------------------------------------------------------------------------------------
+# CPU accounting
+# ---------------------------------------------------------------------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads, from /proc."""
+    if pid is None:
+        return (0.0, 0.0)
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return (0.0, 0.0)
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
+def own_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process plus its reaped children (curl, wrk)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime
+
+
+class CpuMeter:
+    """CPU seconds used by named processes (and by the client, i.e. this script and the
+    children it reaped) between `start` and `stop`."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self._before: dict[str, tuple[float, float]] = {}
+        self.used: dict[str, tuple[float, float]] = {}
+
+    def _sample(self) -> dict[str, tuple[float, float]]:
+        sample = {name: proc_cpu(pid) for name, pid in self.pids.items()}
+        sample["client"] = own_cpu()
+        return sample
+
+    def __enter__(self) -> "CpuMeter":
+        self._before = self._sample()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        after = self._sample()
+        self.used = {name: (after[name][0] - before[0], after[name][1] - before[1])
+                     for name, before in self._before.items()}
+
+    def total(self, name: str) -> float:
+        user, system = self.used.get(name, (0.0, 0.0))
+        return user + system
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {u:.2f} user + {s:.2f} sys"
+                         for name, (u, s) in self.used.items())
+
+
+# ---------------------------------------------------------------------------------------
 # Seeding the upstream
 # ---------------------------------------------------------------------------------------
+
+def random_stream() -> Callable[[int], bytes]:
+    """A source of random bytes: AES-CTR keystream when `cryptography` is importable
+    (about 20x faster than os.urandom here), else os.urandom."""
+    try:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    except ImportError:
+        return os.urandom
+    encryptor = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16))).encryptor()
+    return lambda count: encryptor.update(bytes(count))
+
 
 def random_file(path: Path, size: int) -> str:
     """Write `size` random bytes to `path`, hashing while writing; return the hex digest."""
     digest = hashlib.sha256()
-    chunk = 8 * MIB
+    source = random_stream()
     with open(path, "wb") as out:
         left = size
         while left:
-            data = os.urandom(min(chunk, left))
+            data = source(min(8 * MIB, left))
             digest.update(data)
             out.write(data)
             left -= len(data)
@@ -304,19 +390,16 @@ def push_blob(port: int, repo: str, source: Path | bytes, hex_digest: str) -> No
     url = f"{location}{separator}digest=sha256:{hex_digest}"
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=300, blocksize=4 * MIB)
     try:
-        if isinstance(source, bytes):
-            size, stream = len(source), source
-        else:
-            size, stream = source.stat().st_size, open(source, "rb")
-        try:
+        with contextlib.ExitStack() as files:
+            if isinstance(source, bytes):
+                size, stream = len(source), source
+            else:
+                size, stream = source.stat().st_size, files.enter_context(open(source, "rb"))
             conn.request("PUT", url, body=stream, headers={
                 "Content-Type": "application/octet-stream", "Content-Length": str(size),
                 "User-Agent": USER_AGENT})
             response = conn.getresponse()
             reply = response.read()
-        finally:
-            if not isinstance(stream, bytes):
-                stream.close()
     finally:
         conn.close()
     if response.status != 201:
@@ -324,7 +407,7 @@ def push_blob(port: int, repo: str, source: Path | bytes, hex_digest: str) -> No
 
 
 def push_image(port: int, repo: str, layer_path: Path, layer_hex: str,
-               layer_size: int) -> tuple[str, bytes]:
+               layer_size: int) -> str:
     """Push a config blob, the layer and an OCI manifest tagged TAG; return its digest."""
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_hex}"]}},
@@ -350,7 +433,7 @@ def push_image(port: int, repo: str, layer_path: Path, layer_hex: str,
         conn.close()
     if response.status != 201:
         raise BenchError(f"manifest PUT for {repo} answered {response.status}: {reply[:200]!r}")
-    return "sha256:" + hashlib.sha256(manifest).hexdigest(), manifest
+    return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------
@@ -364,6 +447,7 @@ class Fetch:
     seconds: float
     sha256: str | None = None
     error: str | None = None
+    cpu: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def mib_s(self) -> float:
@@ -373,15 +457,14 @@ class Fetch:
 def socket_get(port: int, path: str, *, hash_body: bool = False,
                headers: dict[str, str] | None = None, timeout: float = 120.0) -> Fetch:
     """HTTP/1.1 GET over a raw socket; the body is read with recv_into a 4 MiB buffer and
-    discarded (or hashed). Time runs from the request to the last body byte."""
+    discarded (or hashed). Time runs from sending the request to the last body byte."""
     request = (f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
                f"User-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n")
     for key, value in (headers or {}).items():
         request += f"{key}: {value}\r\n"
     request += "\r\n"
     digest = hashlib.sha256() if hash_body else None
-    buffer = bytearray(RECV_BUFFER)
-    view = memoryview(buffer)
+    view = memoryview(bytearray(RECV_BUFFER))
     received = 0
     status = 0
     start = time.perf_counter()
@@ -418,14 +501,14 @@ def socket_get(port: int, path: str, *, hash_body: bool = False,
             if length is not None and received != length:
                 return Fetch(status, received, elapsed, None,
                              f"connection closed after {received} of {length} bytes")
-    except (OSError, BenchError, ValueError, KeyError) as exc:
+    except (OSError, BenchError, ValueError, KeyError, IndexError) as exc:
         return Fetch(status, received, time.perf_counter() - start, None,
                      f"{type(exc).__name__}: {exc}")
     return Fetch(status, received, elapsed, digest.hexdigest() if digest else None)
 
 
 def curl_get(port: int, path: str, *, timeout: float = 120.0) -> Fetch:
-    """curl -o /dev/null; curl's own size and speed_download."""
+    """curl -o /dev/null; curl's own size and total time."""
     url = f"http://{LOOPBACK}:{port}{path}"
     try:
         result = subprocess.run(
@@ -440,8 +523,13 @@ def curl_get(port: int, path: str, *, timeout: float = 120.0) -> Fetch:
     return Fetch(int(parts[0]), int(float(parts[1])), float(parts[2]))
 
 
-def get_blob(client: str, port: int, path: str, expected_size: int, what: str) -> Fetch:
-    fetch = (curl_get if client == "curl" else socket_get)(port, path)
+def get_blob(client: str, port: int, path: str, expected_size: int, what: str,
+             pids: dict[str, int | None] | None = None) -> Fetch:
+    """Download a blob, discarding it; raise unless it is a complete 200. With `pids`,
+    record the CPU seconds those processes (and the client) used meanwhile."""
+    with CpuMeter(pids or {}) as meter:
+        fetch = (curl_get if client == "curl" else socket_get)(port, path)
+    fetch.cpu = meter.used
     if fetch.error or fetch.status != 200 or fetch.size != expected_size:
         raise BenchError(f"{what}: GET {path} -> status {fetch.status}, {fetch.size} of "
                          f"{expected_size} bytes, error {fetch.error}")
@@ -495,10 +583,9 @@ class Metric:
     peer: float | None = None
     peer_name: str = ""
     target: str = ""
-    # "ratio>=X", "value>=X" or "value==X"; empty means informational
-    check: str = ""
+    check: str = ""  # "ratio>=X", "value>=X", "value==X"; empty: informational
     notes: str = ""
-    ratio: float | None = field(default=None)
+    ratio: float | None = None
     verdict: str = "info"
 
     def judge(self) -> "Metric":
@@ -507,14 +594,13 @@ class Metric:
         if not self.check:
             self.verdict = "info"
             return self
-        kind, _, bound_text = self.check.partition(">=")
-        if "==" in self.check:
-            kind, _, bound_text = self.check.partition("==")
+        operator = "==" if "==" in self.check else ">="
+        kind, _, bound_text = self.check.partition(operator)
         bound = float(bound_text)
         subject = self.ratio if kind == "ratio" else self.value
         if subject is None:
             self.verdict = "MISS"
-        elif "==" in self.check:
+        elif operator == "==":
             self.verdict = "PASS" if subject == bound else "MISS"
         else:
             self.verdict = "PASS" if subject >= bound else "MISS"
@@ -528,15 +614,16 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def print_results(metrics: list[Metric]) -> None:
     print()
     print("RESULTS")
-    header = (f"{'metric':<34} {'value':>11} {'unit':<8} {'peer':>11} {'ratio':>7} "
-              f"{'target':<22} verdict")
+    header = (f"{'metric':<38} {'value':>10} {'unit':<8} {'peer':>10} {'ratio':>6}  "
+              f"{'target':<16} {'verdict':<7} peer")
     print(header)
-    print("-" * len(header))
+    print("-" * (len(header) + 20))
     for m in metrics:
         digits = 0 if m.unit in ("GETs", "failures", "req/s") else (2 if m.unit == "s" else 1)
         ratio = f"{m.ratio:.2f}" if m.ratio is not None else "-"
-        print(f"{m.name:<34} {fmt(m.value, digits):>11} {m.unit:<8} {fmt(m.peer, digits):>11} "
-              f"{ratio:>7} {m.target or '-':<22} {m.verdict}")
+        print(f"{m.name:<38} {fmt(m.value, digits):>10} {m.unit:<8} {fmt(m.peer, digits):>10} "
+              f"{ratio:>6}  {m.target or '-':<16} {m.verdict:<7} {m.peer_name or '-'}"
+              + (f"  [{m.notes}]" if m.notes else ""))
     print()
 
 
@@ -552,32 +639,51 @@ class Image:
     manifest_digest: str
 
 
+def speeds(fetches: list[Fetch]) -> tuple[float, float]:
+    values = [f.mib_s for f in fetches]
+    return max(values), statistics.median(values)
+
+
+def cpu_per_gib(fetches: list[Fetch]) -> dict[str, float]:
+    """Median CPU seconds per GiB moved, per process name."""
+    names = {name for f in fetches for name in f.cpu}
+    return {name: statistics.median(sum(f.cpu.get(name, (0.0, 0.0))) / (f.size / (1 << 30))
+                                    for f in fetches)
+            for name in sorted(names)}
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack):
         self.args = args
         self.workdir = workdir
+        self.cache_parent = Path(tempfile.mkdtemp(prefix="caches-", dir=args.cache_dir)) \
+            if args.cache_dir else workdir
         self.stack = stack
         self.client = args.client
+        self.reps = args.reps
         self.big_size = (256 if args.quick else 1024) * MIB
         self.mid_size = (64 if args.quick else 256) * MIB
         self.wrk_seconds = 3 if args.quick else 10
         self.metrics: list[Metric] = []
         self.details: dict[str, Any] = {}
+        self.cpu_lines: list[str] = []
         self.proxy_issues: list[str] = []
-        self._proxy_count = 0
-        self.upstream: RegistryProcess | None = None
+        self._count = 0
+        self.upstream: UpstreamRegistry | None = None
         self.big: Image | None = None
         self.mid: Image | None = None
 
     # -- helpers -----------------------------------------------------------------------
+    def _next(self, kind: str) -> Path:
+        self._count += 1
+        return self.cache_parent / f"{kind}-{self._count}"
+
     def new_proxy(self) -> ProxyProcess:
-        self._proxy_count += 1
         assert self.upstream is not None
-        proxy = ProxyProcess(self.workdir / f"proxy-{self._proxy_count}", self.upstream.url)
+        proxy = ProxyProcess(self._next("proxy"), self.upstream.url)
         self.stack.callback(proxy.stop)
         proxy.start()
-        log(f"hpc-mirror #{self._proxy_count} pid {proxy.pid} on port {proxy.port} "
-            f"(cache {proxy.cache_root})")
+        log(f"hpc-mirror pid {proxy.pid} on port {proxy.port} (cache {proxy.cache_root})")
         return proxy
 
     def retire_proxy(self, proxy: ProxyProcess, remove_cache: bool = True) -> None:
@@ -587,14 +693,24 @@ class Bench:
             shutil.rmtree(proxy.workdir / "cache", ignore_errors=True)
             shutil.rmtree(proxy.workdir / "index", ignore_errors=True)
 
+    def new_baseline(self) -> BaselineRegistry:
+        assert self.upstream is not None
+        peer = BaselineRegistry(workdir=self._next("distproxy"),
+                                proxy_remote_url=self.upstream.url)
+        self.stack.callback(peer.stop)
+        peer.start()
+        return peer
+
+    def retire_baseline(self, peer: BaselineRegistry) -> None:
+        peer.stop()
+        shutil.rmtree(peer.storage_dir, ignore_errors=True)
+
     def collect_proxy_issues(self, proxy: ProxyProcess) -> None:
-        text = proxy.stderr_text()
-        lines = [line for line in text.splitlines() if line.strip()]
-        interesting = [line for line in lines if not line.startswith("hpc-mirror serving")]
-        if interesting:
-            self.proxy_issues.append(f"--- stderr of {proxy.workdir.name} "
-                                     f"({len(interesting)} lines) ---\n"
-                                     + "\n".join(interesting[-60:]))
+        lines = [line for line in proxy.stderr_text().splitlines()
+                 if line.strip() and not line.startswith("hpc-mirror serving")]
+        if lines:
+            self.proxy_issues.append(f"--- stderr of {proxy.workdir.name} ({len(lines)} lines, "
+                                     "last 60) ---\n" + "\n".join(lines[-60:]))
 
     def proxy_blob_path(self, image: Image) -> str:
         return f"/v2/{PREFIX}/{image.repo}/blobs/sha256:{image.layer_hex}"
@@ -602,15 +718,53 @@ class Bench:
     def proxy_manifest_path(self, image: Image, reference: str) -> str:
         return f"/v2/{PREFIX}/{image.repo}/manifests/{reference}"
 
+    @staticmethod
+    def plain_blob_path(image: Image) -> str:
+        return f"/v2/{image.repo}/blobs/sha256:{image.layer_hex}"
+
+    @staticmethod
+    def plain_manifest_path(image: Image, reference: str) -> str:
+        return f"/v2/{image.repo}/manifests/{reference}"
+
     def fetch_manifest(self, port: int, path: str, what: str) -> bytes:
-        status, headers, body = http_status(port, path, {"Accept": OCI_MANIFEST}, timeout=30)
+        status, _, body = http_status(port, path, {"Accept": OCI_MANIFEST}, timeout=30)
         if status != 200:
             raise BenchError(f"{what}: GET {path} answered {status}: {body[:300]!r}")
         return body
 
     # -- phases ------------------------------------------------------------------------
+    def ceilings(self) -> None:
+        """What this machine allows: one core of sha256, and writing the big blob's size
+        (write + fsync) to the filesystem that holds the proxy caches."""
+        data = random_stream()(8 * MIB)
+        digest = hashlib.sha256()
+        started = time.perf_counter()
+        for _ in range(64):
+            digest.update(data)
+        sha_speed = 512 / (time.perf_counter() - started)
+        target = self.cache_parent / "write-ceiling.bin"
+        started = time.perf_counter()
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            left = self.big_size
+            while left:
+                left -= os.write(fd, data[:min(len(data), left)])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            target.unlink()
+        write_speed = self.big_size / MIB / (time.perf_counter() - started)
+        log(f"machine: sha256 {sha_speed:,.0f} MiB/s on one core; write+fsync of "
+            f"{self.big_size // MIB} MiB to {self.cache_parent} at {write_speed:,.0f} MiB/s")
+        self.metrics += [
+            Metric("ceiling_sha256_one_core", sha_speed, "MiB/s",
+                   notes="hashlib, 8 MiB updates"),
+            Metric(f"ceiling_cache_fs_write_fsync_{self.big_size // MIB}M", write_speed,
+                   "MiB/s", notes=f"new file in {self.cache_parent}"),
+        ]
+
     def seed(self) -> None:
-        self.upstream = RegistryProcess(workdir=self.workdir / "upstream", log_level="error")
+        self.upstream = UpstreamRegistry(workdir=self.workdir / "upstream", log_level="error")
         self.stack.callback(self.upstream.stop)
         self.upstream.start()
         log(f"upstream docker-registry pid {self.upstream.pid} on {self.upstream.url}")
@@ -620,45 +774,64 @@ class Bench:
             started = time.perf_counter()
             layer_hex = random_file(source, size)
             generated = time.perf_counter()
-            digest, _ = push_image(self.upstream.port, repo, source, layer_hex, size)
+            digest = push_image(self.upstream.port, repo, source, layer_hex, size)
             source.unlink()
-            log(f"seeded {repo}:{TAG} layer {size // MIB} MiB sha256:{layer_hex[:12]}... "
-                f"(random+hash {generated - started:.1f} s, push "
-                f"{time.perf_counter() - generated:.1f} s) manifest {digest[:19]}...")
+            log(f"seeded {repo}:{TAG}: layer {size // MIB} MiB sha256:{layer_hex[:12]}... "
+                f"(random+hash+write {generated - started:.1f} s, push "
+                f"{time.perf_counter() - generated:.1f} s), manifest {digest[:19]}...")
             images.append(Image(repo, layer_hex, size, digest))
         self.big, self.mid = images
 
     def cold_and_warm(self) -> None:
         assert self.upstream and self.big
         image = self.big
-        size_label = f"{image.layer_size // MIB} MiB"
-        upstream_path = f"/v2/{image.repo}/blobs/sha256:{image.layer_hex}"
-        # Touch the upstream's copy once so both sides start from the page cache.
-        get_blob(self.client, self.upstream.port, upstream_path, image.layer_size,
+        label = f"{image.layer_size // MIB}M"
+        upstream = self.upstream
+        # Read the upstream's copy once so every variant starts from the page cache.
+        get_blob(self.client, upstream.port, self.plain_blob_path(image), image.layer_size,
                  "upstream warm-up")
 
         cold_proxy: list[Fetch] = []
         cold_direct: list[Fetch] = []
+        cold_dist: list[Fetch] = []
+        upstream_gets: list[int] = []
         proxy: ProxyProcess | None = None
-        for rep in range(REPETITIONS):
+        for rep in range(self.reps):
             if proxy is not None:
                 self.retire_proxy(proxy)
             proxy = self.new_proxy()
             # A real pull reads the manifest first; that links the layer to the repository
-            # so the blob GET is just the fill (not timed).
+            # so the timed blob GET is the fill itself.
             self.fetch_manifest(proxy.port, self.proxy_manifest_path(image, TAG),
                                 "cold manifest")
-            mark = self.upstream.mark()
+            mark = upstream.mark()
             fetch = get_blob(self.client, proxy.port, self.proxy_blob_path(image),
-                             image.layer_size, "cold proxy GET")
-            gets = self.upstream.count("GET", image.layer_hex, since=mark)
+                             image.layer_size, "cold proxy GET",
+                             {"proxy": proxy.pid, "upstream": upstream.pid})
+            upstream_gets.append(upstream.count("GET", image.layer_hex, since=mark))
             cold_proxy.append(fetch)
-            direct = get_blob(self.client, self.upstream.port, upstream_path,
-                              image.layer_size, "direct upstream GET")
+
+            direct = get_blob(self.client, upstream.port, self.plain_blob_path(image),
+                              image.layer_size, "direct upstream GET",
+                              {"upstream": upstream.pid})
             cold_direct.append(direct)
-            log(f"cold {size_label} rep {rep + 1}: proxy {fetch.mib_s:,.0f} MiB/s "
-                f"({fetch.seconds:.2f} s, upstream blob GETs {gets}), upstream direct "
-                f"{direct.mib_s:,.0f} MiB/s ({direct.seconds:.2f} s)")
+
+            dist = self.new_baseline()
+            try:
+                self.fetch_manifest(dist.port, self.plain_manifest_path(image, TAG),
+                                    "distribution proxy cold manifest")
+                dist_fetch = get_blob(self.client, dist.port, self.plain_blob_path(image),
+                                      image.layer_size, "distribution proxy cold GET",
+                                      {"distproxy": dist.pid, "upstream": upstream.pid})
+            finally:
+                self.retire_baseline(dist)
+            cold_dist.append(dist_fetch)
+            log(f"cold {label} rep {rep + 1}: proxy {fetch.mib_s:,.0f} MiB/s "
+                f"({fetch.seconds:.2f} s, upstream blob GETs {upstream_gets[-1]}); upstream "
+                f"direct {direct.mib_s:,.0f} MiB/s; distribution proxy {dist_fetch.mib_s:,.0f} "
+                f"MiB/s")
+            log(f"    CPU s/GiB: proxy path [{_cpu_text(fetch)}]; direct [{_cpu_text(direct)}];"
+                f" distribution [{_cpu_text(dist_fetch)}]")
 
         # Warm: the last proxy keeps its cache; nginx serves the very same directory.
         assert proxy is not None
@@ -668,40 +841,43 @@ class Bench:
         nginx = NginxProcess(self.workdir / "nginx", proxy.cache_root / "blobs" / "sha256")
         self.stack.callback(nginx.stop)
         nginx.start()
-        log(f"nginx pid {nginx.process.pid if nginx.process else '?'} on port {nginx.port} "
-            f"serving {nginx.root}")
+        nginx_pid = nginx.process.pid if nginx.process else None
+        log(f"nginx pid {nginx_pid} on port {nginx.port} serving {nginx.root}")
         nginx_path = f"/{image.layer_hex[:2]}/{image.layer_hex}"
-        mark = self.upstream.mark()
+        mark = upstream.mark()
         warm_proxy: list[Fetch] = []
         warm_nginx: list[Fetch] = []
         get_blob(self.client, proxy.port, self.proxy_blob_path(image), image.layer_size,
                  "warm-up proxy GET")
         get_blob(self.client, nginx.port, nginx_path, image.layer_size, "warm-up nginx GET")
-        for rep in range(REPETITIONS):
-            fetch = get_blob(self.client, proxy.port, self.proxy_blob_path(image),
-                             image.layer_size, "warm proxy GET")
-            reference = get_blob(self.client, nginx.port, nginx_path, image.layer_size,
-                                 "nginx GET")
-            warm_proxy.append(fetch)
-            warm_nginx.append(reference)
-            log(f"warm {size_label} rep {rep + 1}: proxy {fetch.mib_s:,.0f} MiB/s, nginx "
-                f"{reference.mib_s:,.0f} MiB/s")
-        warm_upstream = self.upstream.count(since=mark)
+        for rep in range(self.reps):
+            # Alternate who goes first so drift in the machine's speed hits both alike.
+            order = ["proxy", "nginx"] if rep % 2 == 0 else ["nginx", "proxy"]
+            for who in order:
+                if who == "proxy":
+                    warm_proxy.append(get_blob(self.client, proxy.port,
+                                               self.proxy_blob_path(image), image.layer_size,
+                                               "warm proxy GET", {"proxy": proxy.pid}))
+                else:
+                    warm_nginx.append(get_blob(self.client, nginx.port, nginx_path,
+                                               image.layer_size, "nginx GET",
+                                               {"nginx": nginx_pid}))
+            log(f"warm {label} rep {rep + 1}: proxy {warm_proxy[-1].mib_s:,.0f} MiB/s "
+                f"[{_cpu_text(warm_proxy[-1])}], nginx {warm_nginx[-1].mib_s:,.0f} MiB/s "
+                f"[{_cpu_text(warm_nginx[-1])}]")
+        warm_upstream = upstream.count(since=mark)
         if warm_upstream:
             self.proxy_issues.append(f"warm blob GETs caused {warm_upstream} upstream "
                                      "requests (expected 0)")
         nginx.stop()
         self.retire_proxy(proxy)
 
-        def speeds(fetches: list[Fetch]) -> tuple[float, float]:
-            values = [f.mib_s for f in fetches]
-            return max(values), statistics.median(values)
-
         wp_best, wp_med = speeds(warm_proxy)
         wn_best, wn_med = speeds(warm_nginx)
         cp_best, cp_med = speeds(cold_proxy)
         cd_best, cd_med = speeds(cold_direct)
-        label = f"{image.layer_size // MIB}M"
+        dist_best, dist_med = speeds(cold_dist)
+        extra_gets = [g for g in upstream_gets if g != 1]
         self.metrics += [
             Metric(f"warm_blob_{label}_best", wp_best, "MiB/s", wn_best, "nginx sendfile",
                    "ratio >= 0.9", "ratio>=0.9"),
@@ -710,12 +886,26 @@ class Bench:
             Metric(f"cold_blob_{label}_best", cp_best, "MiB/s", cd_best, "upstream direct",
                    ">= 1000 MiB/s", "value>=1000"),
             Metric(f"cold_blob_{label}_median", cp_med, "MiB/s", cd_med, "upstream direct",
-                   ">= 1000 MiB/s", "value>=1000"),
+                   ">= 1000 MiB/s", "value>=1000",
+                   notes=f"upstream GETs per cold GET {upstream_gets}" if extra_gets else ""),
+            Metric(f"cold_blob_{label}_best_vs_distproxy", cp_best, "MiB/s", dist_best,
+                   "distribution proxy, cold"),
+            Metric(f"cold_blob_{label}_median_vs_distproxy", cp_med, "MiB/s", dist_med,
+                   "distribution proxy, cold"),
         ]
+        for name, fetches in (("cold via proxy", cold_proxy), ("cold upstream direct",
+                                                              cold_direct),
+                              ("cold via distribution proxy", cold_dist),
+                              ("warm via proxy", warm_proxy), ("warm via nginx", warm_nginx)):
+            per = cpu_per_gib(fetches)
+            self.cpu_lines.append(f"{name:<28} " + ", ".join(f"{k} {v:.2f}"
+                                                            for k, v in per.items()))
         self.details["warm"] = {"proxy": [asdict(f) for f in warm_proxy],
                                 "nginx": [asdict(f) for f in warm_nginx]}
         self.details["cold"] = {"proxy": [asdict(f) for f in cold_proxy],
-                                "upstream_direct": [asdict(f) for f in cold_direct]}
+                                "upstream_direct": [asdict(f) for f in cold_direct],
+                                "distribution_proxy": [asdict(f) for f in cold_dist],
+                                "upstream_blob_gets_per_proxy_get": upstream_gets}
 
     def concurrent_cold(self) -> ProxyProcess:
         """32 clients at once on an empty cache, each: manifest by tag, then the layer,
@@ -750,12 +940,14 @@ class Bench:
                    for i in range(CONCURRENT_CLIENTS)]
         for thread in threads:
             thread.start()
-        barrier.wait(timeout=30)
-        started = time.perf_counter()
-        for thread in threads:
-            thread.join(timeout=240)
-        wall = max(finished) - started if all(finished) else time.perf_counter() - started
+        with CpuMeter({"proxy": proxy.pid, "upstream": self.upstream.pid}) as meter:
+            barrier.wait(timeout=30)
+            started = time.perf_counter()
+            deadline = started + 240
+            for thread in threads:
+                thread.join(timeout=max(0.1, deadline - time.perf_counter()))
         hung = sum(1 for thread in threads if thread.is_alive())
+        wall = (max(finished) if not hung else time.perf_counter()) - started
 
         failures = []
         for index, fetch in enumerate(results):
@@ -769,106 +961,129 @@ class Bench:
             elif fetch.sha256 != image.layer_hex:
                 failures.append(f"client {index}: sha256 {fetch.sha256} != {image.layer_hex}")
         requests = self.upstream.requests()[mark:]
-        blob_gets = sum(1 for r in requests if r.method == "GET" and image.layer_hex in r.path
-                        and "/blobs/" in r.path)
+        blob_gets = sum(1 for r in requests if r.method == "GET" and image.layer_hex in r.path)
         blob_heads = sum(1 for r in requests if r.method == "HEAD" and "/blobs/" in r.path)
-        manifest_gets = sum(1 for r in requests if "/manifests/" in r.path)
+        manifest_requests = sum(1 for r in requests if "/manifests/" in r.path)
         good = [f for f in results if f is not None and not f.error and f.status == 200]
         per_client = [f.mib_s for f in good]
+        moved_gib = len(good) * image.layer_size / (1 << 30)
         log(f"{CONCURRENT_CLIENTS} concurrent cold clients of {image.layer_size // MIB} MiB: "
             f"wall {wall:.2f} s, per-client median "
-            f"{statistics.median(per_client) if per_client else 0:,.0f} MiB/s, upstream blob "
-            f"GETs {blob_gets}, blob HEADs {blob_heads}, manifest requests {manifest_gets}, "
-            f"failures {len(failures)}, hung {hung}")
+            f"{statistics.median(per_client) if per_client else 0:,.0f} MiB/s, upstream: "
+            f"{blob_gets} blob GETs, {blob_heads} blob HEADs, {manifest_requests} manifest "
+            f"requests; failures {len(failures)}, hung {hung}")
+        log(f"    CPU s: {meter.describe()} (client includes sha256 of every body)")
+        if moved_gib:
+            self.cpu_lines.append(
+                f"{'32 concurrent, per GiB served':<28} "
+                + ", ".join(f"{name} {meter.total(name) / moved_gib:.2f}"
+                            for name in meter.used))
         if failures:
             banner = "!" * 78
             print(f"{banner}\nINTEGRITY FAILURES in the {CONCURRENT_CLIENTS}-client test:\n"
                   + "\n".join(failures) + f"\n{banner}", flush=True)
             self.proxy_issues.append("concurrent clients failed:\n" + "\n".join(failures))
-        label = f"{image.layer_size // MIB}M"
-        aggregate = (len(good) * image.layer_size / MIB / wall) if wall > 0 else None
+        label = f"{CONCURRENT_CLIENTS}x{image.layer_size // MIB}M"
+        aggregate = len(good) * image.layer_size / MIB / wall if wall > 0 else None
         self.metrics += [
-            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_upstream_GETs", blob_gets, "GETs",
-                   target="== 1", check="value==1"),
-            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_integrity_failures",
-                   len(failures), "failures", target="== 0", check="value==0"),
-            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_wall", wall, "s"),
-            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_client_median",
+            Metric(f"concurrent{label}_upstream_blob_GETs", blob_gets, "GETs",
+                   target="== 1", check="value==1",
+                   notes=f"{blob_heads} HEADs, {manifest_requests} manifest reqs"),
+            Metric(f"concurrent{label}_integrity_failures", len(failures), "failures",
+                   target="== 0", check="value==0"),
+            Metric(f"concurrent{label}_wall", wall, "s"),
+            Metric(f"concurrent{label}_client_median",
                    statistics.median(per_client) if per_client else None, "MiB/s"),
-            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_client_min",
+            Metric(f"concurrent{label}_client_min",
                    min(per_client) if per_client else None, "MiB/s"),
-            Metric(f"concurrent{CONCURRENT_CLIENTS}_{label}_aggregate", aggregate, "MiB/s"),
+            Metric(f"concurrent{label}_aggregate", aggregate, "MiB/s"),
         ]
         self.details["concurrent"] = {
             "clients": [asdict(f) if f else None for f in results],
             "wall_seconds": wall, "upstream_blob_gets": blob_gets,
-            "upstream_blob_heads": blob_heads, "upstream_manifest_requests": manifest_gets,
-            "failures": failures}
+            "upstream_blob_heads": blob_heads, "upstream_manifest_requests": manifest_requests,
+            "cpu_seconds": meter.used, "failures": failures}
         return proxy
 
     def manifests(self, proxy: ProxyProcess) -> None:
         assert self.upstream and self.mid
         image = self.mid
-        peer = QuietRegistry(workdir=self.workdir / "peer", proxy_remote_url=self.upstream.url)
-        self.stack.callback(peer.stop)
-        peer.start()
+        upstream = self.upstream
+        peer = self.new_baseline()
         log(f"distribution proxy-mode peer pid {peer.pid} on {peer.url}")
         targets = {
-            "proxy": (proxy.port, {"tag": self.proxy_manifest_path(image, TAG),
-                                   "digest": self.proxy_manifest_path(image,
-                                                                      image.manifest_digest)}),
-            "peer": (peer.port, {"tag": f"/v2/{image.repo}/manifests/{TAG}",
-                                 "digest": f"/v2/{image.repo}/manifests/"
-                                           f"{image.manifest_digest}"}),
+            "proxy": (proxy.port, proxy.pid, {
+                "tag": self.proxy_manifest_path(image, TAG),
+                "digest": self.proxy_manifest_path(image, image.manifest_digest)}),
+            "distproxy": (peer.port, peer.pid, {
+                "tag": self.plain_manifest_path(image, TAG),
+                "digest": self.plain_manifest_path(image, image.manifest_digest)}),
         }
-        # Warm both (the proxy already holds the manifest from the concurrent test) and
-        # check a sample response before trusting wrk.
-        for who, (port, paths) in targets.items():
+        # Warm both (the proxy holds the manifest since the concurrent test) and check
+        # sample responses before trusting wrk.
+        for who, (port, _, paths) in targets.items():
             for kind, path in paths.items():
                 for _ in range(2):
                     body = self.fetch_manifest(port, path, f"{who} manifest by {kind}")
-                if hashlib.sha256(body).hexdigest() != image.manifest_digest.split(":")[1]:
+                if "sha256:" + hashlib.sha256(body).hexdigest() != image.manifest_digest:
                     raise BenchError(f"{who} by {kind}: manifest body does not match digest")
         results: dict[tuple[str, str], WrkResult] = {}
         for kind in ("tag", "digest"):
-            for who in ("proxy", "peer"):
-                port, paths = targets[who]
-                mark = self.upstream.mark()
-                result = run_wrk(port, paths[kind], self.wrk_seconds, OCI_MANIFEST)
-                upstream_requests = self.upstream.count(since=mark)
+            for who in ("proxy", "distproxy"):
+                port, pid, paths = targets[who]
+                mark = upstream.mark()
+                with CpuMeter({who: pid, "upstream": upstream.pid}) as meter:
+                    result = run_wrk(port, paths[kind], self.wrk_seconds, OCI_MANIFEST)
+                upstream_requests = upstream.count(since=mark)
                 results[(who, kind)] = result
-                status, _, _ = http_status(port, paths[kind], {"Accept": OCI_MANIFEST})
+                status = http_status(port, paths[kind], {"Accept": OCI_MANIFEST})[0]
                 log(f"manifest by {kind} via {who}: {result.requests_per_second:,.0f} req/s "
                     f"(latency avg {result.latency_avg}, {result.requests} requests, non-2xx "
                     f"{result.non_2xx}, socket errors '{result.socket_errors or 'none'}', "
-                    f"upstream requests during run {upstream_requests}, status after {status})")
+                    f"upstream requests during run {upstream_requests}, status after: "
+                    f"{status})")
+                if result.requests:
+                    per_request = ", ".join(
+                        f"{name} {meter.total(name) / result.requests * 1e6:.0f}"
+                        for name in meter.used)
+                    self.cpu_lines.append(f"{'manifest by ' + kind + ' via ' + who:<28} "
+                                          f"CPU us/request: {per_request}")
                 self.details[f"wrk_{who}_{kind}"] = {**asdict(result),
-                                                     "upstream_requests": upstream_requests}
-                if result.non_2xx or result.socket_errors:
+                                                     "upstream_requests": upstream_requests,
+                                                     "cpu_seconds": meter.used}
+                if result.non_2xx or result.socket_errors or status != 200:
                     self.proxy_issues.append(
                         f"wrk {who} by {kind}: non-2xx {result.non_2xx}, socket errors "
-                        f"{result.socket_errors or 'none'}")
+                        f"{result.socket_errors or 'none'}, status after the run {status}")
         for kind, bound in (("tag", 4.0), ("digest", 2.0)):
-            proxy_result, peer_result = results[("proxy", kind)], results[("peer", kind)]
-            note = "" if not proxy_result.non_2xx else f"{proxy_result.non_2xx} non-2xx"
+            mine, theirs = results[("proxy", kind)], results[("distproxy", kind)]
+            notes = []
+            if mine.non_2xx or theirs.non_2xx:
+                notes.append(f"non-2xx proxy {mine.non_2xx} / peer {theirs.non_2xx}")
             self.metrics.append(Metric(
-                f"manifest_by_{kind}_rps", proxy_result.requests_per_second, "req/s",
-                peer_result.requests_per_second, "distribution proxy mode",
-                f"ratio >= {bound:g}", f"ratio>={bound}", note))
-        proxy_stderr_lines = len(proxy.stderr_text().splitlines())
-        self.details["proxy_stderr_lines_after_wrk"] = proxy_stderr_lines
-        if proxy_stderr_lines > 50:
-            self.proxy_issues.append(f"the proxy wrote {proxy_stderr_lines} stderr lines "
-                                     "during the manifest benchmark (per-request logging?)")
-        peer.stop()
+                f"manifest_by_{kind}_rps", mine.requests_per_second, "req/s",
+                theirs.requests_per_second, "distribution proxy mode",
+                f"ratio >= {bound:g}", f"ratio>={bound}", "; ".join(notes)))
+        stderr_lines = len(proxy.stderr_text().splitlines())
+        self.details["proxy_stderr_lines_after_wrk"] = stderr_lines
+        if stderr_lines > 50:
+            self.proxy_issues.append(f"the proxy wrote {stderr_lines} stderr lines by the end "
+                                     "of the manifest benchmark (per-request logging?)")
+        self.retire_baseline(peer)
         self.retire_proxy(proxy)
 
     def run(self) -> list[Metric]:
+        self.ceilings()
         self.seed()
         self.cold_and_warm()
         proxy = self.concurrent_cold()
         self.manifests(proxy)
         return [m.judge() for m in self.metrics]
+
+
+def _cpu_text(fetch: Fetch) -> str:
+    gib = fetch.size / (1 << 30) or 1.0
+    return ", ".join(f"{name} {sum(used) / gib:.2f}" for name, used in fetch.cpu.items())
 
 
 # ---------------------------------------------------------------------------------------
@@ -882,14 +1097,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="256 MiB / 64 MiB blobs and 3 s wrk runs (smoke test)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     parser.add_argument("--workdir", type=Path, metavar="DIR",
-                        help="parent of the run's temp dir (default: /tmp); needs ~4 GiB")
+                        help="parent of the run's temp dir (default: the system temp dir, "
+                             "/tmp); needs about 4 GiB free for a full run")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR",
+                        help="parent for the proxies' caches and the distribution peers' "
+                             "storage (default: inside the run's temp dir); e.g. /dev/shm "
+                             "to take the disk out of the cold measurements")
     parser.add_argument("--client", choices=("socket", "curl"), default="socket",
                         help="blob download client for the warm/cold tests (default socket)")
+    parser.add_argument("--reps", type=int, default=REPETITIONS,
+                        help=f"repetitions of each blob GET (default {REPETITIONS})")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temp dir (logs, caches) for inspection")
     parser.add_argument("--timeout", type=float, default=540.0,
                         help="abort the whole run after this many seconds (default 540)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    return args
 
 
 def check_tools() -> None:
@@ -914,15 +1139,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.signal(signal.SIGTERM, on_term)
-    signal.alarm(int(args.timeout))
+    signal.alarm(max(1, int(args.timeout)))
 
     cores = os.cpu_count() or 0
     print(f"hpc-mirror benchmark ({'quick' if args.quick else 'full'}) on {platform.node()}: "
-          f"{cores} CPU cores, Python {platform.python_version()}, workdir {workdir}")
-    print(f"NOTE: load generators (wrk, download clients) and all servers share these "
-          f"{cores} cores; absolute numbers are lower bounds and ratios compare servers under "
-          "the same handicap. Everything is in the page cache: 'cold' means an empty proxy "
-          "cache, not a cold disk.", flush=True)
+          f"{cores} CPU cores, Python {platform.python_version()}, client {args.client}, "
+          f"workdir {workdir}")
+    print(f"NOTE: the load generators (wrk, the download clients) and every server share "
+          f"these {cores} cores, so absolute numbers are lower bounds and the ratios compare "
+          "servers under the same handicap. All content is in the page cache: 'cold' means "
+          "an empty proxy cache, not a cold disk.", flush=True)
     started = time.perf_counter()
     metrics: list[Metric] = []
     error: str | None = None
@@ -931,7 +1157,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             bench = Bench(args, workdir, stack)
             metrics = bench.run()
-    except (BenchError, Timeout, KeyboardInterrupt, OSError, subprocess.SubprocessError) as exc:
+    except (BenchError, Timeout, KeyboardInterrupt, OSError, subprocess.SubprocessError,
+            threading.BrokenBarrierError) as exc:
         error = f"{type(exc).__name__}: {exc}"
         print(f"\nBENCHMARK ABORTED: {error}", file=sys.stderr, flush=True)
         if bench is not None:
@@ -939,34 +1166,38 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.alarm(0)
         if bench is not None:
-            # Processes are stopped by now (ExitStack); read what they left.
-            for proxy_dir in sorted(workdir.glob("proxy-*")):
-                stderr = proxy_dir / "stderr.log"
-                if stderr.exists() and not any(proxy_dir.name in issue
-                                               for issue in bench.proxy_issues):
-                    lines = [line for line in stderr.read_text(errors="replace").splitlines()
-                             if line.strip() and not line.startswith("hpc-mirror serving")]
-                    if lines:
-                        bench.proxy_issues.append(f"--- stderr of {proxy_dir.name} ---\n"
-                                                  + "\n".join(lines[-60:]))
+            # Every process is stopped by now (ExitStack); read what the proxies left.
+            for proxy_dir in sorted(bench.cache_parent.glob("proxy-*")):
+                if any(f"stderr of {proxy_dir.name} " in issue for issue in bench.proxy_issues):
+                    continue
+                proxy = ProxyProcess(proxy_dir, "")
+                bench.collect_proxy_issues(proxy)
+            if bench.cache_parent != workdir and not args.keep:
+                shutil.rmtree(bench.cache_parent, ignore_errors=True)
         if args.keep:
-            print(f"kept {workdir}")
+            print(f"kept {workdir}" + (f" and {bench.cache_parent}" if bench and
+                                       bench.cache_parent != workdir else ""))
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
     elapsed = time.perf_counter() - started
+    if bench is not None and bench.cpu_lines:
+        print("\nCPU seconds per GiB moved (median of reps; user+system, all threads):")
+        for line in bench.cpu_lines:
+            print("  " + line)
     if bench is not None and bench.proxy_issues:
-        print("\nPROXY ISSUES / LOG OUTPUT:")
+        print("\nPROXY ISSUES / PROXY LOG OUTPUT:")
         for issue in bench.proxy_issues:
             print(issue)
     print_results(metrics)
-    print(f"({cores} cores shared by clients and servers; run took {elapsed:.0f} s"
+    print(f"({cores} CPU cores shared by clients and servers; run took {elapsed:.0f} s"
           f"{'; --quick sizes' if args.quick else ''})")
     if args.json:
         payload = {
             "mode": "quick" if args.quick else "full", "cores": cores, "client": args.client,
             "seconds": elapsed, "error": error,
             "metrics": [asdict(m) for m in metrics],
+            "cpu": bench.cpu_lines if bench else [],
             "details": bench.details if bench else {},
             "proxy_issues": bench.proxy_issues if bench else [],
         }

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .config import Config
 from .index import MetadataIndex
-from .routes import SERVICE, add_routes, error_middleware
+from .routes import SERVICE, add_catalog_routes, add_routes, error_middleware
 from .service import ProxyService
 from .store import ContentStore
 from .upstream import Upstreams
@@ -27,6 +27,8 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app.cleanup_ctx.append(_proxy_service)
     add_routes(app)
+    if config.catalog.serve:
+        add_catalog_routes(app, config.catalog.out)
     return app
 
 

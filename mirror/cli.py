@@ -55,5 +55,21 @@ def serve(
                 access_log_format='%a "%r" %s %b %Tfs')
 
 
+@app.command()
+def render(
+    config: ConfigOption = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Output directory (overrides catalog.out, default site/).")] = None,
+) -> None:
+    """Render the static HTML catalog of the cache (reads the store only, never upstreams)."""
+    from .catalog import render as render_catalog
+
+    cfg = _load(config)
+    report = render_catalog(cfg, out)
+    typer.echo(f"rendered {report.repositories} repositories, {report.tags} tags into "
+               f"{report.out} ({report.pages_written} files written, "
+               f"{report.pages_reused} pages unchanged)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -46,6 +46,14 @@ class ClientConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CatalogConfig:
+    mirror_url: str  # host[:port] users pull from, shown in every command of the catalog
+    title: str
+    out: Path
+    serve: bool  # publish the rendered site at / from `mirror serve`
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
     url: str
@@ -68,6 +76,7 @@ class Config:
     cache: CacheConfig
     client: ClientConfig
     upstreams: tuple[UpstreamConfig, ...]
+    catalog: CatalogConfig
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
@@ -129,9 +138,10 @@ class _Parser:
         cache = self._cache()
         client = self._client()
         upstreams = self._upstreams()
+        catalog = self._catalog(server)
         if self.problems:
             raise ConfigError(self.source, self.problems)
-        return Config(self.source, server, cache, client, upstreams)
+        return Config(self.source, server, cache, client, upstreams, catalog)
 
     def _table(self, name: str) -> dict[str, Any]:
         table = self.data.get(name, {})
@@ -197,6 +207,19 @@ class _Parser:
                 self.problems.append(f"client.{key}: must be positive")
             values[key] = value
         return ClientConfig(**values)
+
+    def _catalog(self, server: ServerConfig) -> CatalogConfig:
+        table = self._table("catalog")
+        self._unknown_keys(table, "catalog", {"mirror_url", "title", "out", "serve"})
+        mirror_url = self._get(table, "catalog", "mirror_url", str, "")
+        if "://" in mirror_url or mirror_url.endswith("/"):
+            self.problems.append("catalog.mirror_url: give host[:port][/path] without a "
+                                 f"scheme or trailing slash, got {mirror_url!r}")
+        return CatalogConfig(
+            mirror_url=mirror_url or f"{server.host}:{server.port}",
+            title=self._get(table, "catalog", "title", str, "hpc-mirror"),
+            out=self._path(self._get(table, "catalog", "out", str, "./site")),
+            serve=self._get(table, "catalog", "serve", bool, False))
 
     def _upstreams(self) -> tuple[UpstreamConfig, ...]:
         table = self._table("upstreams")

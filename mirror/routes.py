@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
@@ -38,6 +39,17 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/v2/{name:.+}/blobs/uploads/{tail:.*}", unsupported)
     app.router.add_route("*", "/v2/{name:.+}/blobs/{digest}", blob)
     app.router.add_route("*", "/v2/{name:.+}/tags/list", tags_list)
+
+
+def add_catalog_routes(app: web.Application, site_dir: Path) -> None:
+    """Publish the rendered catalog at / next to /v2/. The directory is looked up per
+    request, so a new render (swapped in atomically) is served at once."""
+    async def site_root(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/index.html")
+
+    site_dir.mkdir(parents=True, exist_ok=True)
+    app.router.add_get("/", site_root)
+    app.router.add_static("/", site_dir, follow_symlinks=False, show_index=False)
 
 
 def oci_error(error: MirrorError) -> web.Response:
