@@ -123,6 +123,10 @@ def _sif_facts(store: ContentStore, facts: dict[str, Any], layer: Descriptor) ->
     except SifError as exc:
         facts["problems"].append(f"the layer is not a readable SIF file: {exc}")
         return
+    except OSError as exc:  # evicted or unreadable between listing and reading
+        facts["problems"].append(f"the SIF file could not be read: {exc.strerror}")
+        facts["complete"] = False
+        return
     sif = _jsonable(asdict(info))
     sif["signed"] = info.signed
     sif["created_best"] = _jsonable(info.created_best)

@@ -7,6 +7,7 @@ safe to inspect. Layout and codes: /work/shared/reference/sif-oras-facts.md part
 stops us reading the header or descriptor table raises SifError; damage further in (objects
 past EOF, bad JSON, bad superblocks) is listed in SifInfo.problems.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -208,6 +209,7 @@ class _Reader:
         first: dict[object, SifObject] = {}  # first object of each type (JSON: of each name)
         for obj, _ in entries:
             first.setdefault(obj.name if obj.type_code == 0x4006 else obj.type_code, obj)
+        definition = self.load(first.get(0x4001), text=True)
         metadata = self.load(first.get("inspect-metadata.json"))
         attrs = _dict(_dict(metadata).get("data")).get("attributes")
         if metadata is not None and not isinstance(attrs, dict):
@@ -226,7 +228,7 @@ class _Reader:
             created=_time(created), modified=_time(modified), descriptors_total=total,
             descriptors_free=free, data_offset=data_offset, data_size=data_size,
             file_size=self.file_size, objects=tuple(o for o, _ in entries),
-            definition=self.load(first.get(0x4001), text=True),
+            definition=definition,
             labels=_str_map(attrs["labels"] if "labels" in attrs
                             else self.load(first.get(0x4003))),
             environment=_str_map(attrs.get("environment")),

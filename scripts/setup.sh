@@ -2,7 +2,9 @@
 # Set up hpc-mirror on a fresh Debian 12 machine with Python 3.11: a virtualenv in .venv
 # with the package installed. With --test, also the test dependencies: Python packages and
 # the Debian packages the integration tests run for real (the upstream registry, skopeo,
-# squashfs-tools for SIF fixtures, nginx and wrk for the benchmarks).
+# squashfs-tools for SIF fixtures, Chromium for the catalog's browser test (driven by
+# Playwright with executable_path=/usr/bin/chromium: no browser download), nginx and wrk
+# for the benchmarks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +12,7 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 if [[ $want_test == 1 ]]; then
-  debs=(docker-registry skopeo squashfs-tools nginx-light wrk apache2-utils curl)
+  debs=(docker-registry skopeo squashfs-tools nginx-light wrk apache2-utils curl chromium)
   missing=()
   for deb in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")

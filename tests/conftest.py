@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.catalog_cache import filled, site  # noqa: F401 (session fixtures)
 from tests.support.proxy import ProxyProcess, proxy_config
 from tests.support.registry import RegistryProcess
 from tests.support.seed import RegistryClient, Seeded, seed_all

@@ -9,96 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import oras.client
-import pytest
 import requests
 
-from mirror import config as config_module
 from mirror.catalog import render
 from tests.conftest import UPSTREAM_PREFIX
-from tests.support import oci
+from tests.support.catalog_cache import XSS
 from tests.support.proxy import ProxyProcess, proxy_config, toml_text
-from tests.support.seed import RegistryClient, publish, publish_image
-from tests.support.sifwriter import example_sif, make_squashfs
-
-XSS = '<script>window.__xss = 1</script>'
-DAMAGED = ("bad/config:1.0", "bad/sif:1.0")
-
-
-def _seed_hostile_and_damaged(upstream_url: str, tmp: Path) -> dict:
-    """Images a catalog must render safely: script in labels, unparsable config, a SIF
-    layer that is not a SIF, and a SIF with a script in its definition file."""
-    client = RegistryClient(upstream_url)
-    try:
-        spec = oci.ImageConfigSpec(title=XSS, version="1", description=XSS,
-                                   extra_labels=(("evil", XSS),))
-        [hostile] = publish_image(client, "hostile/labels", ["1.0"], spec,
-                                  [oci.make_layer("hostile", {"x": 10}, XSS)])
-        config = b"{not json"
-        config_desc = oci.descriptor_for(oci.OCI_CONFIG, config)
-        layer = b"layer"
-        layer_desc = oci.descriptor_for(oci.OCI_LAYER_TAR, layer)
-        manifest = oci.image_manifest(oci.OCI_MANIFEST, config_desc, [layer_desc])
-        publish(client, "bad/config", ["1.0"], oci.OCI_MANIFEST, manifest,
-                [(config_desc, config), (layer_desc, layer)])
-        not_sif = b"\x00" * 100 + b"definitely not a SIF"
-        sif_desc = oci.descriptor_for(oci.SIF_LAYER, not_sif)
-        empty = oci.descriptor_for(oci.SIF_CONFIG, b"{}")
-        manifest = oci.image_manifest(oci.OCI_MANIFEST, empty, [sif_desc])
-        publish(client, "bad/sif", ["1.0"], oci.OCI_MANIFEST, manifest,
-                [(empty, b"{}"), (sif_desc, not_sif)])
-    finally:
-        client.close()
-    return {"hostile": hostile}
-
-
-def _pull_all(proxy: ProxyProcess, seeded, tmp: Path) -> None:
-    """Real clients through the proxy: skopeo for images, the oras SDK for SIFs, plain
-    HTTP for what those tools do not fetch whole."""
-    prefix = f"{proxy.host}/{UPSTREAM_PREFIX}"
-    for reference, dest, extra in (("tools/alpha:1.0", "oci:{}:x", []),
-                                   ("multi/app:1.0", "oci:{}:x", ["--all"]),
-                                   ("legacy/dockerimg:v2", "dir:{}", []),
-                                   ("hostile/labels:1.0", "oci:{}:x", [])):
-        target = dest.format(tmp / reference.replace("/", "_").replace(":", "_"))
-        subprocess.run(["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", *extra,
-                        f"docker://{prefix}/{reference}", target], check=True,
-                       capture_output=True, timeout=120)
-    client = oras.client.OrasClient(hostname=proxy.host, insecure=True)
-    for reference in ("sif/tool:1.0", "sif/legacy:oras-go-v1", "sif/zeroconfig:3.7"):
-        client.pull(target=f"{prefix}/{reference}", outdir=str(tmp / "oras"))
-    accept = {"Accept": oci.ACCEPT_ALL_MANIFESTS}
-    for reference in ("tools/alpha:latest", "tools/beta:2.0") + DAMAGED:
-        repository, tag = reference.split(":")
-        body = requests.get(f"{proxy.url}/v2/{repository}/manifests/{tag}", headers=accept,
-                            timeout=30).json()
-        for blob in [body["config"]] + body["layers"]:
-            requests.get(f"{proxy.url}/v2/{repository}/blobs/{blob['digest']}", timeout=30)
-
-
-@pytest.fixture(scope="module")
-def filled(upstream, seeded, tmp_path_factory):
-    """A cache filled by real pulls, with the proxy stopped (so nothing changes)."""
-    work = tmp_path_factory.mktemp("catalog")
-    extra = _seed_hostile_and_damaged(upstream.url, work)
-    proxy = ProxyProcess(work / "proxy", proxy_config(
-        work / "proxy", {"test": {"url": upstream.url, "prefix": UPSTREAM_PREFIX,
-                                  "default": True}}))
-    with proxy:
-        _pull_all(proxy, seeded, work)
-        requests.get(f"{proxy.url}/v2/tools/alpha/manifests/1.0",
-                     headers={"Accept": oci.ACCEPT_ALL_MANIFESTS}, timeout=30)
-    cfg = config_module.load(proxy.config_path, {"catalog": {"mirror_url": "mirror.site:5000"}})
-    return cfg, seeded, extra
-
-
-@pytest.fixture(scope="module")
-def site(filled, tmp_path_factory):
-    cfg, _, _ = filled
-    out = tmp_path_factory.mktemp("site") / "site"
-    report = render(cfg, out)
-    assert report.repositories >= 10
-    return out
 
 
 def _page(site: Path, repository: str, digest: str, *, raw: bool = False) -> str:
@@ -129,12 +45,14 @@ def test_index_lists_every_repository_grouped_by_upstream(site, seeded):
 def test_repository_page_has_pull_commands_and_snippets(site, seeded):
     page = (site / "r" / UPSTREAM_PREFIX / "sif" / "tool" / "index.html").read_text()
     image = seeded["sif/tool:1.0"]
-    assert f"apptainer pull --no-https oras://mirror.site:5000/{UPSTREAM_PREFIX}/sif/tool:1.0" in page
+    mirror = f"mirror.site:5000/{UPSTREAM_PREFIX}"
+    assert f"apptainer pull --no-https oras://{mirror}/sif/tool:1.0" in page
     assert f"oras://mirror.site:5000/{UPSTREAM_PREFIX}/sif/tool@{image.digest}" in page
     assert "[[registry.mirror]]" in page and 'capabilities = [&#34;pull&#34;' in page
     oci_page = (site / "r" / UPSTREAM_PREFIX / "tools" / "beta" / "index.html").read_text()
-    assert f"podman pull --tls-verify=false mirror.site:5000/{UPSTREAM_PREFIX}/tools/beta:2.0" in oci_page
-    assert f"apptainer pull --no-https docker://mirror.site:5000/{UPSTREAM_PREFIX}/tools/beta:2.0" in oci_page
+    beta = f"mirror.site:5000/{UPSTREAM_PREFIX}/tools/beta:2.0"
+    assert f"podman pull --tls-verify=false {beta}" in oci_page
+    assert f"apptainer pull --no-https docker://{beta}" in oci_page
 
 
 def test_oci_image_page_shows_config_layers_and_history(site, seeded):
