@@ -15,7 +15,7 @@ import ctypes.util
 import json
 import os
 import shutil
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 STATE_FILE = ".render-state.json"
 _RENAME_EXCHANGE = 2
@@ -82,11 +82,11 @@ class SiteWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def _target(self, relpath: str) -> Path:
-        pure = PurePosixPath(relpath)
-        if pure.is_absolute() or any(part in ("", ".", "..") for part in pure.parts) or \
-                "\x00" in relpath or "\\" in relpath:
+        parts = relpath.split("/")
+        if any(part in ("", ".", "..") for part in parts) or "\x00" in relpath or \
+                "\\" in relpath:
             raise UnsafePath(f"refusing to write outside the site: {relpath!r}")
-        target = self.staging.joinpath(*pure.parts)
+        target = self.staging.joinpath(*parts)
         if not target.resolve().is_relative_to(self.staging.resolve()):
             raise UnsafePath(f"refusing to write outside the site: {relpath!r}")
         return target
