@@ -168,3 +168,35 @@ def test_cli_render_and_serve_publishes_the_site(filled, tmp_path):
         css = requests.get(proxy.url + "/assets/style.css", timeout=10)
         assert css.status_code == 200 and "prefers-color-scheme" in css.text
         assert requests.get(proxy.url + "/v2/", timeout=10).status_code == 200
+
+
+def test_one_new_tag_rerenders_only_the_pages_it_touches(make_proxy, private_upstream, tmp_path):
+    from mirror import config as config_module
+    from tests.conftest import upstream_entry
+    from tests.support import oci
+    from tests.support.seed import RegistryClient, publish_image
+
+    client = RegistryClient(private_upstream.url)
+    accept = {"Accept": oci.ACCEPT_ALL_MANIFESTS}
+
+    def push_and_pull(repository: str, tag: str) -> None:
+        spec = oci.ImageConfigSpec(title=repository, version=tag)
+        publish_image(client, repository, [tag], spec,
+                      [oci.make_layer(f"{repository}:{tag}", {"f": 100}, "F")])
+        assert requests.get(f"{proxy.url}/v2/{repository}/manifests/{tag}", headers=accept,
+                            timeout=30).ok
+
+    proxy = make_proxy({"u": upstream_entry(private_upstream.url)})
+    for repository in ("app/one", "app/two", "app/three"):
+        push_and_pull(repository, "1.0")
+    cfg = config_module.load(None, {"cache": {"root": str(proxy.cache_root),
+                                              "index_dir": str(tmp_path / "render-index")}})
+    out = tmp_path / "site"
+    first = render(cfg, out)
+    push_and_pull("app/two", "2.0")
+    second = render(cfg, out)
+    client.close()
+    # new: the 2.0 manifest page; changed: app/two's page, index.html, stats.html
+    assert second.pages_written - _always_written(out) == 4
+    assert second.pages_reused == first.pages_written - _always_written(out) - 3
+    assert "2.0" in (out / "r" / UPSTREAM_PREFIX / "app" / "two" / "index.html").read_text()
