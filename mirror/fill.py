@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
+import socket
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from typing import IO, Protocol
 
-from .errors import MirrorError, UpstreamBadGateway
+from .errors import MirrorError, UpstreamBadGateway, UpstreamTimeout
 from .reference import Digest
 from .store import BlobWriter
+
+_MAX_BATCH = 16 * 1024 * 1024
+_RECEIVE_BUFFER = 1024 * 1024
+_RECEIVE_BUFFERS = 8
+_PROGRESS_STEP = 4 * 1024 * 1024
 
 
 class BlobSource(Protocol):
@@ -64,6 +72,7 @@ class BlobFill:
         self.started = asyncio.Event()  # set once the size is known or the fill failed
         self._progress = asyncio.Event()
         self._executor = executor
+        self._stop = False  # set to end a worker-thread receive early
 
     def open_reader(self) -> "FillReader":
         """A reader with its own descriptor on the temp file: it stays valid after the file
@@ -71,35 +80,126 @@ class BlobFill:
         return FillReader(self, open(self.writer.temp_path, "rb"))
 
     async def run(self, size: int | None, chunks: AsyncIterator[bytes]) -> None:
-        """Consume the upstream body; set `verified` or `error`. Never raises."""
+        """Consume the upstream body; set `verified` or `error`. Never raises.
+
+        Chunks arrive as the socket delivers them and are batched while the worker thread
+        hashes and writes the previous batch: no join copies, one thread hop per batch,
+        and at most `_MAX_BATCH` bytes held in memory.
+        """
         loop = asyncio.get_running_loop()
         self.size = size
         self.started.set()
         pending: asyncio.Future | None = None
+        batch: list[bytes] = []
+        batched = 0
         try:
             async for chunk in chunks:
-                if pending is not None:
+                batch.append(chunk)
+                batched += len(chunk)
+                if pending is not None and (pending.done() or batched >= _MAX_BATCH):
                     self._advance(await pending)
-                pending = loop.run_in_executor(self._executor, self._write, chunk)
+                    pending = None
+                if pending is None:
+                    pending = loop.run_in_executor(self._executor, self._write, batch)
+                    batch, batched = [], 0
             if pending is not None:
                 self._advance(await pending)
                 pending = None
+            if batch:
+                self._advance(await loop.run_in_executor(self._executor, self._write, batch))
             if size is not None and self.written != size:
                 raise UpstreamBadGateway(f"upstream sent {self.written} of {size} bytes of "
                                          f"{self.digest}")
-            await loop.run_in_executor(self._executor, self.writer.commit)
-            self.verified = True
+            await self._verify_and_persist(loop)
         except BaseException as exc:  # cancellation included: never leave a temp file behind
             if pending is not None:
                 await asyncio.gather(pending, return_exceptions=True)
             await loop.run_in_executor(self._executor, self.writer.abort)
             self.error = exc if isinstance(exc, MirrorError) else UpstreamBadGateway(
                 f"download of {self.digest} from upstream failed")
-            if not isinstance(exc, (MirrorError, Exception)):
+            if not isinstance(exc, Exception):
                 raise
         finally:
             self.started.set()
             self._notify()
+
+    async def run_from_socket(self, size: int, prefix: bytes, sock: socket.socket,
+                              timeout: float) -> None:
+        """Like `run`, for a body detached from the event loop: one worker thread receives
+        into a reused buffer, hashes and writes; the loop only hears of progress."""
+        loop = asyncio.get_running_loop()
+        self.size = size
+        self.started.set()
+        try:
+            await loop.run_in_executor(self._executor, self._receive, loop, size, prefix,
+                                       sock, timeout)
+            await self._verify_and_persist(loop)
+        except BaseException as exc:
+            self._stop = True
+            await loop.run_in_executor(self._executor, self.writer.abort)
+            self.error = exc if isinstance(exc, MirrorError) else UpstreamBadGateway(
+                f"download of {self.digest} from upstream failed")
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            sock.close()
+            self.started.set()
+            self._notify()
+
+    async def _verify_and_persist(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Release the held-back last bytes as soon as the digest matches; the fsync and
+        rename (slow on a disk with a lot of dirty data) happen after that."""
+        self.writer.verify()
+        self.verified = True
+        self._notify()
+        await loop.run_in_executor(self._executor, self.writer.persist)
+
+    def _receive(self, loop: asyncio.AbstractEventLoop, size: int, prefix: bytes,
+                 sock: socket.socket, timeout: float) -> None:
+        """Worker thread: receive into reused buffers and append them to the temp file,
+        while a second thread hashes them (each of the three releases the GIL)."""
+        sock.settimeout(timeout)
+        self.writer.write(prefix)
+        received = len(prefix)
+        reported = 0
+        free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(_RECEIVE_BUFFERS):
+            free.put(memoryview(bytearray(_RECEIVE_BUFFER)))
+        to_hash: queue.SimpleQueue = queue.SimpleQueue()
+        hasher = threading.Thread(target=self._hash_buffers, args=(to_hash, free),
+                                  name="mirror-hash", daemon=True)
+        hasher.start()
+        try:
+            while received < size and not self._stop:
+                buffer = free.get()
+                count = self._recv(sock, buffer, size - received)
+                if count == 0:
+                    break
+                self.writer.append([buffer[:count]])
+                to_hash.put(buffer[:count])
+                received += count
+                if received - reported >= _PROGRESS_STEP or received == size:
+                    loop.call_soon_threadsafe(self._advance, received - reported)
+                    reported = received
+        finally:
+            to_hash.put(None)
+            hasher.join()
+        if received != size:
+            raise UpstreamBadGateway(f"upstream sent {received} of {size} bytes of "
+                                     f"{self.digest}")
+
+    def _recv(self, sock: socket.socket, buffer: memoryview, remaining: int) -> int:
+        try:
+            return sock.recv_into(buffer, min(len(buffer), remaining))
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream stalled sending {self.digest}") from None
+        except OSError:
+            raise UpstreamBadGateway(f"connection lost while receiving {self.digest}") from None
+
+    def _hash_buffers(self, to_hash: queue.SimpleQueue, free: queue.SimpleQueue) -> None:
+        while (view := to_hash.get()) is not None:
+            self.writer.hash(view)
+            free.put(view.obj if isinstance(view.obj, memoryview) else memoryview(view.obj))
 
     def fail(self, error: MirrorError) -> None:
         """Fail before any byte arrived (upstream refused the request)."""
@@ -108,9 +208,9 @@ class BlobFill:
         self.started.set()
         self._notify()
 
-    def _write(self, chunk: bytes) -> int:
-        self.writer.write(chunk)
-        return len(chunk)
+    def _write(self, batch: list[bytes]) -> int:
+        self.writer.write_many(batch)
+        return sum(map(len, batch))
 
     def _advance(self, count: int) -> None:
         self.written += count

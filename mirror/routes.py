@@ -180,6 +180,9 @@ async def _send_blob(request: web.Request, source: BlobSource,
         if request.transport is not None:
             request.transport.abort()
         return response
+    except ConnectionError:
+        log.debug("client went away during %s", request.path)  # the fill goes on
+        return response
     await response.write_eof()
     return response
 
@@ -192,7 +195,7 @@ async def _send_span(request: web.Request, response: web.StreamResponse, source:
         bound = await source.sendable(position, end)
         transport = request.transport
         if transport is None or transport.is_closing():
-            raise ConnectionResetError("client went away")
+            raise ConnectionResetError("client went away")  # handled by _send_blob
         if request.secure:
             await _write_chunks(response, source, position, bound)
         else:

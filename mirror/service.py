@@ -46,14 +46,13 @@ from .reference import (
     is_digest,
 )
 from .store import ContentStore, TagRecord
-from .upstream import RegistryClient, Upstreams
+from .upstream import RegistryClient, Upstreams, detach_body
 
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 UPSTREAM_ACCEPT = ",".join(MANIFEST_MEDIA_TYPES)
 STALE_WARNING = '111 hpc-mirror "Revalidation Failed"'
-_BODY_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,8 +359,14 @@ class ProxyService:
             unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
             async with self._upstream_ok(repo, "GET", f"blobs/{fill.digest}",
                                          unknown) as response:
-                await fill.run(response.content_length,
-                               response.content.iter_chunked(_BODY_CHUNK))
+                detached = detach_body(response)
+                if detached is None:
+                    await fill.run(response.content_length, _body_chunks(response))
+                else:
+                    await fill.run_from_socket(response.content_length, detached.prefix,
+                                               detached.sock,
+                                               self.config.client.read_timeout_seconds)
+                    response.close()
             if fill.verified:
                 self.index.link_blob(repo, fill.digest)
             else:
@@ -398,6 +403,15 @@ class ProxyService:
 
     async def _run_io(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+
+async def _body_chunks(response: ClientResponse) -> AsyncIterator[bytes]:
+    """The body as the socket delivers it, without aiohttp joining pieces (a copy)."""
+    while True:
+        chunk, _ = await response.content.readchunk()
+        if not chunk:
+            return
+        yield chunk
 
 
 async def _read_limited(response: Any, limit: int) -> bytes:

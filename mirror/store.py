@@ -53,26 +53,49 @@ class BlobWriter:
         self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.size = 0
 
-    def write(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self.size += len(chunk)
+    def write(self, chunk: bytes | memoryview) -> None:
+        self.write_many([chunk])
 
-    def commit(self) -> None:
-        """Verify the digest, fsync and rename into place; on mismatch delete and raise."""
+    def write_many(self, chunks: list[bytes] | list[memoryview]) -> None:
+        """Hash and append chunks (one writev where the kernel takes them all)."""
+        for chunk in chunks:
+            self.hash(chunk)
+        self.append(chunks)
+
+    def hash(self, chunk: bytes | memoryview) -> None:
+        """Feed the digest; with `append`, lets two threads share one blob's work."""
+        self._hash.update(chunk)
+
+    def append(self, chunks: list[bytes] | list[memoryview]) -> None:
+        views = [memoryview(chunk) for chunk in chunks if chunk]
+        while views:
+            written = os.writev(self._fd, views)
+            self.size += written
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if written:
+                views[0] = views[0][written:]
+
+    def verify(self) -> None:
+        """Check the digest of everything written; on mismatch delete the file and raise."""
         actual = self._hash.hexdigest()
         if actual != self.digest.hex:
             self.abort()
             raise DigestMismatch(f"upstream content for {self.digest} hashed to sha256:{actual}")
+
+    def persist(self) -> None:
+        """fsync and rename the verified file into place, read-only."""
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.temp_path, 0o444)
         os.rename(self.temp_path, self.final_path)
+
+    def commit(self) -> None:
+        self.verify()
+        self.persist()
 
     def abort(self) -> None:
         if self._fd >= 0:

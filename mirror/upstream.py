@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -228,6 +230,43 @@ class RegistryClient:
                                          "non-HTTP location")
             url = target
         raise UpstreamBadGateway(f"upstream {self.upstream.name} redirected too many times")
+
+
+@dataclass
+class DetachedBody:
+    """A plain-HTTP response body handed from the event loop to a worker thread: the bytes
+    aiohttp had already buffered, then a blocking socket holding the rest."""
+
+    prefix: bytes
+    sock: socket.socket
+
+
+def detach_body(response: aiohttp.ClientResponse) -> DetachedBody | None:
+    """Take over the rest of a plain-HTTP body with a known length, so a worker thread can
+    receive, hash and write it without the event loop copying every byte (the loop is the
+    bottleneck of a cold fill otherwise). None where that is not possible (TLS, chunked
+    encoding, no connection): the caller reads through aiohttp as usual.
+
+    The connection is closed afterwards (its parser never saw the body), never reused.
+    """
+    connection = response.connection
+    if connection is None or response.content_length is None or connection.transport is None:
+        return None
+    transport = connection.transport
+    if transport.get_extra_info("sslcontext") is not None or \
+            transport.get_extra_info("ssl_object") is not None:
+        return None
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return None
+    prefix = response.content.read_nowait(-1)  # may resume reading; paused right below
+    if connection.protocol is not None:
+        connection.protocol.pause_reading()  # also stops aiohttp's read timer
+    else:
+        transport.pause_reading()
+    sock = socket.socket(fileno=os.dup(raw.fileno()))
+    sock.setblocking(True)
+    return DetachedBody(prefix, sock)
 
 
 class Upstreams:

@@ -35,7 +35,7 @@ def test_concurrent_misses_of_one_blob_cost_one_upstream_get(proxy, upstream, se
         results = list(pool.map(lambda _: _fetch_sha256(url), range(clients)))
     assert results == [(200, blob.digest, blob.size)] * clients
     assert upstream.count("GET", f"/blobs/{blob.digest}", since=since) == 1
-    assert proxy.stored_blobs()[blob.digest.split(":")[1]] == blob.size
+    assert proxy.wait_stored(blob.digest) == blob.size
     assert proxy.temp_files() == []
 
 

@@ -81,7 +81,7 @@ def test_retry_after_a_transient_error_succeeds(make_proxy, faulty):
     response = requests.get(proxy.url + server.layer_path, timeout=30)
     assert response.status_code == 200 and len(response.content) == server.layer_size
     assert server.count("GET", "/blobs/sha256") == 2
-    assert server.layer_digest.split(":")[1] in proxy.stored_blobs()
+    assert proxy.wait_stored(server.layer_digest) == server.layer_size
 
 
 def test_hung_upstream_times_out_with_504(make_proxy, faulty):

@@ -153,7 +153,7 @@ def test_big_blob_streams_complete_and_verified(proxy, seeded):
         for chunk in response.iter_content(1 << 20):
             digest.update(chunk)
     assert f"sha256:{digest.hexdigest()}" == blob.digest
-    assert proxy.stored_blobs()[blob.digest.split(":")[1]] == blob.size
+    assert proxy.wait_stored(blob.digest) == blob.size
 
 
 def test_tags_list_with_pagination(proxy, seeded):

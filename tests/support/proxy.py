@@ -123,6 +123,17 @@ class ProxyProcess:
         root = self.cache_root / "blobs" / "sha256"
         return {p.name: p.stat().st_size for p in root.glob("*/*")} if root.exists() else {}
 
+    def wait_stored(self, digest: str, timeout: float = 20.0) -> int:
+        """Size of a blob once it is under its final path. Clients get their last byte
+        when the digest verifies; the fsync and rename into place follow right after."""
+        hex_digest = digest.split(":")[-1]
+        deadline = time.monotonic() + timeout
+        while (size := self.stored_blobs().get(hex_digest)) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{digest} never appeared in the store")
+            time.sleep(0.05)
+        return size
+
     def temp_files(self) -> list[Path]:
         tmp = self.cache_root / "tmp"
         return list(tmp.iterdir()) if tmp.exists() else []
