@@ -19,25 +19,35 @@ What it does, all local and in one temp directory (removed at the end unless --k
    * ~2 % multi-arch OCI indexes (linux/amd64 + linux/arm64, children stored and linked);
    * ~2 % SIF artifacts (Apptainer's ORAS layout: SIF config + one SIF layer): a handful of
      distinct SIF files built with `tests/support/sifwriter.py`, shared across tags; each
-     tag's manifest is distinct (a created annotation).
+     tag's manifest is distinct (created and ref.name annotations).
    About 10 % of tags get pull counts in the metadata index, for the "most pulled" list.
    Synthesis skips fsync (the store fsyncs every blob, ~1 ms each here); --fsync keeps it.
 2. Times `render()` in-process with time.perf_counter:
    a. full render, cold: empty output dir and no facts cache (`<index_dir>/catalog-facts`);
    b. re-render with nothing changed (median of --repeat runs);
    c. incremental: one new tag added to one repository before each run (median);
-   d. full render with a warm facts cache into an empty output dir;
+   d. full render with a warm facts cache into an empty output dir (run last, skipped
+      when it would not fit in --timeout);
    and `python -m mirror.cli render --config ...` once as a subprocess after one more new
    tag, wall time including interpreter start and imports.
-3. Prints a RESULTS block (seconds, target, PASS/MISS, pages written/reused).
+3. Prints a RESULTS block (seconds, target, PASS/MISS, pages written/reused, load average
+   before and after: the machine is shared, so read the numbers with it).
    Targets: full render <= 10 s, incremental render after one new tag <= 1 s (2 cores).
-4. When a target is missed (or with --profile), profiles that render with cProfile and
-   prints a per-phase breakdown and the top functions by cumulative and own time.
+4. When a target is missed (or with --profile), profiles that scenario again: py-spy
+   (default when installed; samples a child process at 100 Hz with idle frames included,
+   so time blocked in filesystem calls counts) or cProfile (--profiler cprofile,
+   in-process, ~2-3x slower). Either way the child also times the render's phases by
+   wrapping mirror functions in memory (no file is changed). Prints the phase table, the
+   top functions by cumulative time and the top lines (py-spy) or functions by own time.
+   A profile that would not fit in the remaining --timeout is skipped, and says so.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_render.py [--tags 10000] [--json PATH] [--workdir DIR]
-        [--repeat 3] [--profile | --no-profile] [--keep] [--fsync]
+        [--repeat 3] [--profile | --no-profile] [--profiler auto|py-spy|cprofile]
+        [--no-cli] [--no-warm-full] [--keep] [--fsync] [--timeout 290]
+
+Exit status: 0 all targets met, 1 a target missed, 2 the run failed or timed out.
 """
 
 from __future__ import annotations
@@ -249,7 +259,8 @@ class Synthesiser:
                                        LABEL + "base.name": "docker.io/library/ubuntu:24.04"}
         return compact(manifest), blobs
 
-    def sif_manifest(self, tag: str, created: datetime) -> tuple[bytes, list[Digest]]:
+    def sif_manifest(self, repo: Repository, tag: str,
+                     created: datetime) -> tuple[bytes, list[Digest]]:
         sif = self._sifs[self._counter % len(self._sifs)]
         self._counter += 1
         config = b"{}"
@@ -258,7 +269,8 @@ class Synthesiser:
                     "config": descriptor(SIF_CONFIG, config),
                     "layers": [descriptor(SIF_LAYER, sif, annotations={
                         LABEL + "title": f"image-{tag}.sif"})],
-                    "annotations": {LABEL + "created": iso(created)}}
+                    "annotations": {LABEL + "created": iso(created),
+                                    LABEL + "ref.name": f"{repo}:{tag}"}}
         return compact(manifest), blobs
 
     def build_sifs(self) -> None:
@@ -294,7 +306,7 @@ class Synthesiser:
             self.shape.indexes += 1
         else:
             if kind == "sif":
-                body, blobs = self.sif_manifest(tag, created)
+                body, blobs = self.sif_manifest(repo, tag, created)
                 self.shape.sifs += 1
             else:
                 body, blobs = self.image_manifest(repo, tag, "amd64", created)
@@ -500,11 +512,14 @@ class Bench:
         self.measure(Metric("unchanged", "re-render, nothing changed"), lambda: None, repeat)
         self.measure(Metric("incremental", "incremental render after 1 new tag",
                             target=INCREMENTAL_TARGET), self.add_new_tag, repeat)
-        self.measure(Metric("full_warm_facts", "full render, warm facts, empty out",
-                            target=FULL_TARGET), self.reset_output, 1)
         if not self.args.no_cli:
             self.metrics.append(self.cli_render())
         return self.metrics
+
+    def full_warm(self) -> None:
+        """(d), run last because it is optional: facts cached, output dir empty."""
+        self.measure(Metric("full_warm_facts", "full render, warm facts, empty out",
+                            target=FULL_TARGET), self.reset_output, 1)
 
     def cli_render(self) -> Metric:
         self.add_new_tag()
@@ -659,19 +674,21 @@ class PhaseTimer:
         ("  store.list_tags", catalog_module.ContentStore, "list_tags"),
         ("  store.read_tag", catalog_module.ContentStore, "read_tag"),
         ("  index.pull_stats (diskcache get)", catalog_module.MetadataIndex, "pull_stats"),
-        ("  FactsCache.get (diskcache / facts)", catalog_module.FactsCache, "get"),
-        ("    manifest_facts (cache misses)", catalog_module, "manifest_facts"),
-        ("render_all", catalog_module._Renderer, "render_all"),
+        ("  FactsCache.get (per-render memo)", catalog_module.FactsCache, "get"),
+        ("    manifest_facts", catalog_module, "manifest_facts"),
+        ("render_repositories", catalog_module._Renderer, "render_repositories"),
         ("  _dumps (page fingerprints, repo.json, catalog.json)", catalog_module, "_dumps"),
         ("  _page (fingerprint + reuse/render)", catalog_module._Renderer, "_page"),
-        ("    SiteWriter.unchanged (hard link)", sitewriter_module.SiteWriter, "unchanged"),
+        ("    SiteWriter.unchanged (fingerprint match)", sitewriter_module.SiteWriter,
+         "unchanged"),
         ("    Template.render", None, None),
         ("    SiteWriter.write", sitewriter_module.SiteWriter, "write"),
         ("      SiteWriter._target (in unchanged+write)", sitewriter_module.SiteWriter, "_target"),
         ("  _stats -> _blob_totals (blob scan)", catalog_module, "_blob_totals"),
         ("  summarize", catalog_module, "summarize"),
         ("SiteWriter.__init__ (read old state)", sitewriter_module.SiteWriter, "__init__"),
-        ("SiteWriter.commit (state, swap, rmtree)", sitewriter_module.SiteWriter, "commit"),
+        ("SiteWriter.commit (delete removed files, state)", sitewriter_module.SiteWriter,
+         "commit"),
     )
 
     def __init__(self) -> None:
@@ -736,10 +753,12 @@ def du(path: Path) -> int:
 # Report
 # ---------------------------------------------------------------------------------------
 
-def results_block(metrics: list[Metric], shape: CacheShape) -> str:
+def results_block(metrics: list[Metric], shape: CacheShape, load_before: tuple,
+                  load_after: tuple) -> str:
     lines = [f"RESULTS  hpc-mirror catalog render: {shape.tags} tags in {shape.repositories} "
              f"repositories ({shape.indexes} multi-arch, {shape.sifs} SIF), "
-             f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+             f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average "
+             f"{load_before[0]:.2f} before, {load_after[0]:.2f} after",
              f"{'metric':<48} {'seconds':>8}  {'target':>8}  {'status':<6} "
              f"{'written':>8} {'reused':>8}  samples"]
     for m in metrics:
@@ -750,8 +769,8 @@ def results_block(metrics: list[Metric], shape: CacheShape) -> str:
                      f"{run.pages_written:>8} {run.pages_reused:>8}  {samples}")
         if m.note:
             lines.append(f"{'':<50}({m.note})")
-    lines.append("written = files written (pages + repo.json/catalog.json/assets, which are "
-                 "always rewritten); reused = pages hard-linked from the previous render")
+    lines.append("written = files written (pages, repo.json, catalog.json, assets) because "
+                 "their inputs changed; reused = files left as the previous render wrote them")
     return "\n".join(lines)
 
 
@@ -792,6 +811,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     group.add_argument("--profile", action="store_true", help="profile even if targets pass")
     group.add_argument("--no-profile", action="store_true", help="never profile")
     parser.add_argument("--no-cli", action="store_true", help="skip the CLI subprocess run")
+    parser.add_argument("--no-warm-full", action="store_true",
+                        help="skip (d), the full render with a warm facts cache")
     parser.add_argument("--fsync", action="store_true", help="fsync while synthesising")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto",
@@ -832,6 +853,8 @@ def main(argv: list[str] | None = None) -> int:
     bench: Bench | None = None
     profiles: list[dict[str, Any]] = []
     skipped: list[str] = []
+    skipped_runs: list[str] = []
+    load_before = os.getloadavg()
     error = None
     try:
         bench = Bench(args, workdir)
@@ -859,6 +882,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             log(f"profiling {which} with {tool}")
             profiles.append(bench.profile(which, tool))
+        cold = next(m.seconds for m in bench.metrics if m.key == "full_cold")
+        left = args.timeout - (time.perf_counter() - started)
+        if args.no_warm_full or not bench.facts_dir().exists():
+            pass  # the catalog keeps no facts between renders any more: (d) equals (a)
+        elif cold * 1.3 + 5 > left - 10:
+            skipped_runs.append(f"full render with warm facts (needs ~{cold * 1.3 + 5:.0f} s, "
+                                f"{left:.0f} s left of --timeout)")
+            log(f"skipping: {skipped_runs[-1]}")
+        else:
+            bench.full_warm()
     except (Timeout, KeyboardInterrupt, OSError, RuntimeError,
             subprocess.SubprocessError) as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -873,7 +906,11 @@ def main(argv: list[str] | None = None) -> int:
     if bench is None:
         return 2
     print()
-    print(results_block(bench.metrics, bench.base_shape))
+    order = ["full_cold", "unchanged", "incremental", "full_warm_facts", "cli_incremental"]
+    bench.metrics.sort(key=lambda m: order.index(m.key))
+    print(results_block(bench.metrics, bench.base_shape, load_before, os.getloadavg()))
+    for note in skipped_runs:
+        print(f"run skipped: {note}")
     for profile in profiles:
         print()
         print(profile_block(profile))
@@ -887,7 +924,8 @@ def main(argv: list[str] | None = None) -> int:
             "cache": asdict(bench.base_shape), "tags_added_during_run": bench.new_tags,
             "targets": {"full_seconds": FULL_TARGET, "incremental_seconds": INCREMENTAL_TARGET},
             "results": [m.as_dict() for m in bench.metrics], "profiles": profiles,
-            "profiles_skipped": skipped,
+            "profiles_skipped": skipped, "runs_skipped": skipped_runs,
+            "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "error": error, "elapsed_seconds": round(elapsed, 2)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1) + "\n")

@@ -123,11 +123,18 @@ class MetadataIndex:
             last, self._last_pulled = self._last_pulled, {}
         if not pulls:
             return
+        by_repo: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
+        for (prefix, name, reference), count in pulls.items():
+            by_repo.setdefault((prefix, name), {})[reference] = (count,
+                                                                 last[prefix, name, reference])
         with self._cache.transact():
-            for key, count in pulls.items():
-                old_count, _ = self._cache.get(("pulls",) + key, (0, 0.0))
-                self._cache.set(("pulls",) + key, (old_count + count, last[key]))
+            for (prefix, name), counts in by_repo.items():
+                key = ("pulls", prefix, name)
+                stats = dict(self._cache.get(key, {}))
+                for reference, (count, when) in counts.items():
+                    stats[reference] = (stats.get(reference, (0, 0.0))[0] + count, when)
+                self._cache.set(key, stats)
 
-    def pull_stats(self, repo: Repository, reference: str) -> tuple[int, float]:
-        """(pull count, last pulled Unix time) of one tag or digest; (0, 0.0) if never."""
-        return self._cache.get(("pulls", repo.prefix, repo.name, reference), (0, 0.0))
+    def pull_stats(self, repo: Repository) -> dict[str, tuple[int, float]]:
+        """Per tag or digest of `repo`: (pull count, last pulled Unix time)."""
+        return self._cache.get(("pulls", repo.prefix, repo.name), {})

@@ -1,25 +1,24 @@
-"""Writes a static site atomically, reusing unchanged pages from the previous render.
+"""Writes a static site in place, file by file, so that readers never see a broken site.
 
-The new site is built in a sibling directory on the same filesystem: a page whose
-fingerprint matches the previous render is hard-linked from the old tree, others are
-written fresh. The finished tree then takes the output directory's place in one step
-(renameat2 RENAME_EXCHANGE), so a reader (a web server, a browser on file://) sees either
-the old site or the new one, never a mix. Every path is checked to stay inside the output
-directory whatever a repository is called.
+Each file is replaced atomically (written beside itself, then renamed over the old one);
+a file that did not exist before is written directly, since nothing links to it yet. The
+catalog writes leaves first (manifest pages, then repository pages, then the index), and
+files that left the site are deleted only at `commit`, after every page that linked to
+them was rewritten: a reader on file:// or behind a web server never opens a half-written
+page or follows a link to a missing one. A file whose fingerprint matches the previous
+render is not touched at all, which is what makes an incremental render cheap. Every path
+is checked to stay inside the output directory whatever a repository is called.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
+from typing import Any
 
 STATE_FILE = ".render-state.json"
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 
 
 class UnsafePath(ValueError):
@@ -27,86 +26,114 @@ class UnsafePath(ValueError):
 
 
 class SiteWriter:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, old_files: dict[str, str] | None = None) -> None:
+        """`old_files` makes a helper writer for another process: it writes files but
+        leaves reading and committing the state to the main writer (see `merge`)."""
+        out.mkdir(parents=True, exist_ok=True)
         self.out = out.resolve()
-        self.staging = self.out.parent / f".{self.out.name}.new-{os.getpid()}"
-        self._old_state = self._read_state()
-        self._state: dict[str, str] = {}
+        state = self._read_state() if old_files is None else {"files": old_files}
+        self.previous: dict[str, Any] = state.get("extra", {})
+        self._old_files: dict[str, str] = state.get("files", {})
+        self._files: dict[str, str] = {}
+        self._safe_dirs: set[str] = {""}
         self.written = 0
         self.reused = 0
-        if self.staging.exists():
-            shutil.rmtree(self.staging)
-        self.staging.mkdir(parents=True)
+
+    def write(self, relpath: str, content: str | bytes, fingerprint: str = "") -> None:
+        """Make `relpath` hold `content`; untouched if its fingerprint (by default the
+        content's hash) is what the previous render wrote."""
+        data = content.encode() if isinstance(content, str) else content
+        fingerprint = fingerprint or hashlib.sha256(data).hexdigest()
+        if self.unchanged(relpath, fingerprint):
+            return
+        target = self._target(relpath)
+        if relpath in self._old_files and target.exists():
+            temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            temp.write_bytes(data)
+            os.rename(temp, target)
+        else:
+            target.write_bytes(data)
+        self._files[relpath] = fingerprint
+        self.written += 1
 
     def unchanged(self, relpath: str, fingerprint: str) -> bool:
-        """Reuse the previous render of `relpath` if its inputs are the same; True if so."""
-        target = self._target(relpath)
-        old = self.out / relpath
-        if self._old_state.get(relpath) != fingerprint or not old.is_file():
+        """True (and the file kept) when the previous render wrote `relpath` with the same
+        fingerprint; the caller can then skip rendering it."""
+        if self._old_files.get(relpath) != fingerprint:
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(old, target)
-        except OSError:  # filesystems without hard links: copy
-            shutil.copyfile(old, target)
-        self._state[relpath] = fingerprint
+        self._files[relpath] = fingerprint
         self.reused += 1
         return True
 
-    def write(self, relpath: str, content: str | bytes, fingerprint: str = "") -> None:
-        target = self._target(relpath)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = content.encode() if isinstance(content, str) else content
-        target.write_bytes(data)
-        if fingerprint:
-            self._state[relpath] = fingerprint
-        self.written += 1
+    def keep(self, relpath: str) -> bool:
+        """Keep a file of the previous render as it is; False if there was none."""
+        fingerprint = self._old_files.get(relpath)
+        if fingerprint is None:
+            return False
+        self._files[relpath] = fingerprint
+        self.reused += 1
+        return True
 
-    def commit(self) -> None:
-        """Carry over top-level dotfiles (.gitkeep, .htaccess), then swap the trees."""
-        if self.out.is_dir():
-            for entry in self.out.iterdir():
-                if entry.name.startswith(".") and entry.name != STATE_FILE and entry.is_file():
-                    shutil.copy2(entry, self.staging / entry.name)
-        (self.staging / STATE_FILE).write_text(json.dumps(self._state, sort_keys=True))
-        if self.out.is_dir() and _exchange(self.staging, self.out):
-            shutil.rmtree(self.staging)  # holds the previous site now
-            return
-        previous = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-        if self.out.exists():
-            os.rename(self.out, previous)
-        os.rename(self.staging, self.out)
-        shutil.rmtree(previous, ignore_errors=True)
+    def old_files_under(self, prefixes: list[str]) -> dict[str, str]:
+        """The previous render's files below these directories (for a helper writer)."""
+        wanted = tuple(f"{prefix}/" for prefix in prefixes)
+        return {path: fp for path, fp in self._old_files.items() if path.startswith(wanted)}
 
-    def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+    @property
+    def files(self) -> dict[str, str]:
+        return dict(self._files)
+
+    def merge(self, files: dict[str, str], written: int, reused: int) -> None:
+        """Adopt what a helper writer in another process wrote or kept."""
+        self._files.update(files)
+        self.written += written
+        self.reused += reused
+
+    def commit(self, extra: dict[str, Any] | None = None) -> None:
+        """Delete what left the site (last: nothing links to it any more), then record
+        what this render wrote, with the caller's `extra` state for the next render."""
+        for relpath in sorted(set(self._old_files) - set(self._files), reverse=True):
+            path = self.out / relpath
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            self._remove_empty_parents(path.parent)
+        state = {"files": self._files, "extra": extra or {}}
+        temp = self.out / f".{STATE_FILE}.{os.getpid()}.tmp"
+        temp.write_text(json.dumps(state, sort_keys=True, separators=(",", ":")))
+        os.rename(temp, self.out / STATE_FILE)
 
     def _target(self, relpath: str) -> Path:
         parts = relpath.split("/")
-        if any(part in ("", ".", "..") for part in parts) or "\x00" in relpath or \
-                "\\" in relpath:
+        if any(part in ("", ".", "..") or part.startswith(".") for part in parts) or \
+                "\x00" in relpath or "\\" in relpath:
             raise UnsafePath(f"refusing to write outside the site: {relpath!r}")
-        target = self.staging.joinpath(*parts)
-        if not target.resolve().is_relative_to(self.staging.resolve()):
-            raise UnsafePath(f"refusing to write outside the site: {relpath!r}")
+        parent = "/".join(parts[:-1])
+        if parent not in self._safe_dirs:
+            directory = self.out.joinpath(*parts[:-1])
+            directory.mkdir(parents=True, exist_ok=True)
+            # A symlink planted anywhere on the way would lead outside: resolve once per
+            # directory, not once per file.
+            if not directory.resolve().is_relative_to(self.out):
+                raise UnsafePath(f"refusing to write outside the site: {relpath!r}")
+            self._safe_dirs.add(parent)
+        target = self.out.joinpath(*parts)
+        if target.is_symlink():
+            raise UnsafePath(f"refusing to write through a symlink: {relpath!r}")
         return target
 
-    def _read_state(self) -> dict[str, str]:
+    def _remove_empty_parents(self, directory: Path) -> None:
+        while directory != self.out and directory.is_relative_to(self.out):
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    def _read_state(self) -> dict[str, Any]:
         try:
             state = json.loads((self.out / STATE_FILE).read_text())
         except (OSError, ValueError):
             return {}
         return state if isinstance(state, dict) else {}
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2); False where unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return result == 0

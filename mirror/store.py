@@ -199,11 +199,27 @@ class ContentStore:
     def list_repositories(self) -> list[Repository]:
         """Every repository with at least one cached manifest, sorted."""
         found = []
-        for prefix_dir in sorted(self.repos_dir.iterdir()):
-            for manifests_dir in prefix_dir.glob("**/_manifests"):
-                name = manifests_dir.parent.relative_to(prefix_dir).as_posix()
-                found.append(Repository(prefix_dir.name, name))
+        for prefix_entry in _subdirs(self.repos_dir):
+            stack = [(prefix_entry.path, "")]
+            while stack:
+                path, name = stack.pop()
+                for entry in _subdirs(path):
+                    if entry.name == "_manifests" and name:
+                        found.append(Repository(prefix_entry.name, name))
+                    elif not entry.name.startswith("_"):
+                        stack.append((entry.path, f"{name}/{entry.name}" if name else entry.name))
         return sorted(found, key=str)
+
+    def repo_signature(self, repo: Repository) -> list[int]:
+        """Changes whenever a tag or manifest link of `repo` is added, moved or replaced
+        (every write renames into these directories): a cheap 'did it change' check."""
+        signature = []
+        for part in ("_tags", "_manifests"):
+            try:
+                signature.append(os.stat(self.repo_dir(repo) / part).st_mtime_ns)
+            except FileNotFoundError:
+                signature.append(0)
+        return signature
 
     # -- small files -----------------------------------------------------------------------
     def _write_small(self, path: Path, data: bytes) -> None:
@@ -220,3 +236,12 @@ class ContentStore:
             return path.read_text()
         except FileNotFoundError:
             return None
+
+
+def _subdirs(path: Path | str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted((e for e in entries if e.is_dir(follow_symlinks=False)),
+                          key=lambda e: e.name)
+    except FileNotFoundError:
+        return []

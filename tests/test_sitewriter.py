@@ -1,4 +1,5 @@
-"""The site writer: atomic swap, reuse of unchanged pages, and no path outside the site."""
+"""The site writer: atomic per-file replacement, untouched unchanged files, deletion last,
+and no path outside the site."""
 
 import os
 
@@ -10,77 +11,80 @@ from mirror.sitewriter import SiteWriter, UnsafePath
 def _build(out, pages: dict[str, str]) -> SiteWriter:
     writer = SiteWriter(out)
     for path, text in pages.items():
-        if not writer.unchanged(path, f"fp-{text}"):
-            writer.write(path, text, f"fp-{text}")
+        writer.write(path, text)
     writer.commit()
     return writer
 
 
-def test_commit_replaces_the_site_and_keeps_top_level_dotfiles(tmp_path):
+def test_files_are_written_and_removed_pages_deleted_at_commit(tmp_path):
     out = tmp_path / "site"
-    out.mkdir()
-    (out / ".gitkeep").write_text("")
-    (out / "stale.html").write_text("old")
-    _build(out, {"index.html": "new", "r/a/b/index.html": "deep"})
-    assert (out / "index.html").read_text() == "new"
-    assert (out / "r/a/b/index.html").read_text() == "deep"
-    assert (out / ".gitkeep").exists()
-    assert not (out / "stale.html").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["site"]  # no staging left behind
+    _build(out, {"index.html": "v1", "r/a/b/index.html": "deep", "gone.html": "old"})
+    writer = SiteWriter(out)
+    writer.write("index.html", "v2")
+    assert (out / "gone.html").exists()  # still linked from what readers may hold open
+    writer.commit()
+    assert (out / "index.html").read_text() == "v2"
+    assert not (out / "gone.html").exists()
+    assert not (out / "r").exists()  # emptied directories go too
+    assert sorted(p.name for p in out.iterdir()) == [".render-state.json", "index.html"]
 
 
-def test_unchanged_pages_are_reused_by_hard_link(tmp_path):
+def test_a_replaced_file_is_swapped_in_whole(tmp_path):
+    """Readers holding the old file keep reading a whole old file; the path names the
+    whole new one (rename over it, not truncate-and-write)."""
+    out = tmp_path / "site"
+    _build(out, {"index.html": "old content"})
+    with open(out / "index.html") as held:
+        _build(out, {"index.html": "new content"})
+        assert held.read() == "old content"
+    assert (out / "index.html").read_text() == "new content"
+    assert [p.name for p in out.iterdir() if ".tmp" in p.name] == []
+
+
+def test_unchanged_files_are_not_touched(tmp_path):
     out = tmp_path / "site"
     _build(out, {"a.html": "A", "b.html": "B"})
-    inode = os.stat(out / "a.html").st_ino
+    before = os.stat(out / "a.html")
     second = _build(out, {"a.html": "A", "b.html": "B2"})
     assert (second.reused, second.written) == (1, 1)
-    assert os.stat(out / "a.html").st_ino == inode
+    after = os.stat(out / "a.html")
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert (out / "b.html").read_text() == "B2"
 
 
-def test_a_failed_render_leaves_the_old_site_untouched(tmp_path):
+def test_keep_carries_a_file_over_without_rewriting(tmp_path):
     out = tmp_path / "site"
-    _build(out, {"index.html": "good"})
+    _build(out, {"a.html": "A", "b.html": "B"})
     writer = SiteWriter(out)
-    writer.write("index.html", "half")
-    writer.abort()
-    assert (out / "index.html").read_text() == "good"
-    assert [p.name for p in tmp_path.iterdir()] == ["site"]
+    assert writer.keep("a.html") and not writer.keep("never.html")
+    writer.commit()
+    assert (out / "a.html").read_text() == "A" and not (out / "b.html").exists()
 
 
-def test_the_swap_is_one_step(tmp_path):
-    """Readers holding the old directory open keep a whole old site; the path names the
-    whole new site right after commit (renameat2 exchange, not delete-then-rename)."""
+def test_commit_records_state_for_the_next_render(tmp_path):
     out = tmp_path / "site"
-    _build(out, {"index.html": "v1", "page.html": "v1"})
-    old_fd = os.open(out, os.O_RDONLY)
-    try:
-        _build(out, {"index.html": "v2", "page.html": "v2"})
-        assert (out / "index.html").read_text() == "v2"
-        assert (out / "page.html").read_text() == "v2"
-    finally:
-        os.close(old_fd)
+    writer = SiteWriter(out)
+    writer.write("a.html", "A")
+    writer.commit({"repos": {"x": 1}})
+    assert SiteWriter(out).previous == {"repos": {"x": 1}}
 
 
 @pytest.mark.parametrize("path", ["../escape.html", "/etc/passwd", "a/../../b", "a//b",
-                                  "./a", "a\\..\\b", "nul\x00.html"])
+                                  "./a", "a\\..\\b", "nul\x00.html", ".render-state.json"])
 def test_paths_outside_the_site_are_refused(tmp_path, path):
     writer = SiteWriter(tmp_path / "site")
-    try:
+    with pytest.raises(UnsafePath):
+        writer.write(path, "x")
+    assert not (tmp_path / "escape.html").exists()
+
+
+def test_a_planted_symlink_cannot_redirect_writes(tmp_path):
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "r").symlink_to(tmp_path)
+    (out / "page.html").symlink_to(tmp_path / "target.html")
+    writer = SiteWriter(out)
+    for path in ("r/escape.html", "page.html"):
         with pytest.raises(UnsafePath):
             writer.write(path, "x")
-    finally:
-        writer.abort()
-    assert not (tmp_path / "escape.html").exists()
-
-
-def test_a_symlink_planted_in_the_staging_tree_cannot_redirect_writes(tmp_path):
-    writer = SiteWriter(tmp_path / "site")
-    (writer.staging / "r").symlink_to(tmp_path)
-    try:
-        with pytest.raises(UnsafePath):
-            writer.write("r/escape.html", "x")
-    finally:
-        writer.abort()
-    assert not (tmp_path / "escape.html").exists()
+    assert not (tmp_path / "escape.html").exists() and not (tmp_path / "target.html").exists()
