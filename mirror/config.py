@@ -34,6 +34,7 @@ class CacheConfig:
     root: Path
     index_dir: Path
     tag_ttl_seconds: float
+    max_stale_seconds: float  # longest a cached tag stands in for a failing upstream
     manifest_memory_mib: int
 
 
@@ -43,6 +44,8 @@ class ClientConfig:
     read_timeout_seconds: float
     retries: int
     max_retry_wait_seconds: float
+    breaker_failures: int  # consecutive failed requests that open an upstream's breaker
+    breaker_cooldown_seconds: float  # how long an open breaker fails requests at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class UpstreamConfig:
     prefix: str
     default: bool = False
     library_namespace: str = ""
+    offline: bool = False  # mode = "offline": never connect, serve only what is cached
     username: str = ""
     password: str = field(default="", repr=False)
 
@@ -182,26 +186,29 @@ class _Parser:
     def _cache(self) -> CacheConfig:
         table = self._table("cache")
         self._unknown_keys(table, "cache", {"root", "index_dir", "tag_ttl_seconds",
-                                            "manifest_memory_mib"})
+                                            "max_stale_seconds", "manifest_memory_mib"})
         root = self._path(self._get(table, "cache", "root", str, "./cache"))
         index_text = self._get(table, "cache", "index_dir", str, "")
         index_dir = self._path(index_text) if index_text else _default_index_dir(root)
         ttl = self._get(table, "cache", "tag_ttl_seconds", (int, float), 300)
         if ttl < 0:
             self.problems.append("cache.tag_ttl_seconds: must be >= 0")
+        stale = self._get(table, "cache", "max_stale_seconds", (int, float), 604800)
+        if stale < 0:
+            self.problems.append("cache.max_stale_seconds: must be >= 0")
         memory = self._get(table, "cache", "manifest_memory_mib", int, 64)
         if memory < 0:
             self.problems.append("cache.manifest_memory_mib: must be >= 0")
-        return CacheConfig(root, index_dir, float(ttl), memory)
+        return CacheConfig(root, index_dir, float(ttl), float(stale), memory)
 
     def _client(self) -> ClientConfig:
         table = self._table("client")
         keys = {"connect_timeout_seconds", "read_timeout_seconds", "retries",
-                "max_retry_wait_seconds"}
+                "max_retry_wait_seconds", "breaker_failures", "breaker_cooldown_seconds"}
         self._unknown_keys(table, "client", keys)
         values = {}
         for key in sorted(keys):
-            kind = int if key == "retries" else (int, float)
+            kind = int if key in ("retries", "breaker_failures") else (int, float)
             value = self._get(table, "client", key, kind, 1)
             if value < 0 or (key.endswith("timeout_seconds") and value == 0):
                 self.problems.append(f"client.{key}: must be positive")
@@ -242,8 +249,8 @@ class _Parser:
             self.problems.append(f"{where}: must be a table")
             return None
         self._unknown_keys(entry, where, {"url", "prefix", "default", "library_namespace",
-                                          "username", "password_env", "password_file",
-                                          "password"})
+                                          "mode", "username", "password_env",
+                                          "password_file", "password"})
         if "password" in entry:
             self.problems.append(f"{where}.password: never put a password in the config file; "
                                  "use password_env or password_file")
@@ -257,13 +264,17 @@ class _Parser:
             self.problems.append(f"{where}.prefix: must look like a registry host name "
                                  f"(lowercase, dots), got {prefix!r}")
         library = self._get(entry, where, "library_namespace", str, "")
+        mode = self._get(entry, where, "mode", str, "online")
+        if mode not in ("online", "offline"):
+            self.problems.append(f'{where}.mode: must be "online" or "offline", got {mode!r}')
         username = self._get(entry, where, "username", str, "")
         password = self._password(entry, where)
         if password and not username:
             self.problems.append(f"{where}.username: required when a password is configured")
         return UpstreamConfig(name=name, url=url.rstrip("/"), prefix=prefix,
                               default=self._get(entry, where, "default", bool, False),
-                              library_namespace=library, username=username, password=password)
+                              library_namespace=library, offline=mode == "offline",
+                              username=username, password=password)
 
     def _password(self, entry: dict[str, Any], where: str) -> str:
         if "password_env" in entry and "password_file" in entry:

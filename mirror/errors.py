@@ -76,6 +76,12 @@ class UpstreamUnavailable(UpstreamFailed):
     status = 503
 
 
+class UpstreamOffline(UpstreamFailed):
+    """The upstream is configured offline: the mirror never connects to it."""
+
+    status = 503
+
+
 class UpstreamBadGateway(UpstreamFailed):
     """The upstream answered with an error or something the mirror cannot use."""
 

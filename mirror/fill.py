@@ -152,7 +152,14 @@ class BlobFill:
         self.writer.verify()
         self.verified = True
         self._notify()
-        await loop.run_in_executor(self._executor, self.writer.persist)
+        persist = loop.run_in_executor(self._executor, self.writer.persist)
+        try:
+            await asyncio.shield(persist)
+        except asyncio.CancelledError:
+            # Shutting down: the content is valid, let the rename finish first (the
+            # caller's cleanup must not race a rename in progress).
+            await asyncio.wait([persist])
+            raise
 
     def _receive(self, loop: asyncio.AbstractEventLoop, size: int, prefix: bytes,
                  sock: socket.socket, timeout: float) -> None:

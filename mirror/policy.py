@@ -11,6 +11,44 @@ def tag_is_fresh(confirmed_at: float, now: float, ttl_seconds: float) -> bool:
     return 0 <= now - confirmed_at < ttl_seconds
 
 
+class CircuitBreaker:
+    """Stops every request from waiting on an upstream that keeps failing.
+
+    After `threshold` consecutive failures the breaker opens: requests fail at once for
+    `cooldown` seconds. Then one trial request is let through (half-open); its success
+    closes the breaker, its failure opens it again. Time is passed in.
+    """
+
+    def __init__(self, threshold: int, cooldown: float) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._trial_running = False
+
+    def allow(self, now: float) -> bool:
+        if self.opened_at is None or self.threshold <= 0:
+            return True
+        if now - self.opened_at < self.cooldown or self._trial_running:
+            return False
+        self._trial_running = True  # half-open: exactly one request tries
+        return True
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self._trial_running = False
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        self._trial_running = False
+        if self.threshold > 0 and (self.failures >= self.threshold or self.opened_at):
+            self.opened_at = now
+
+    def retry_in(self, now: float) -> float:
+        return max(0.0, (self.opened_at or now) + self.cooldown - now)
+
+
 def retry_delay(attempt: int, retry_after: str | None, now: float, max_wait: float) -> float:
     """Seconds to wait before retry number `attempt` (1-based).
 

@@ -199,7 +199,9 @@ class ProxyService:
 
     async def _manifest_by_tag(self, repo: Repository, tag: str) -> Manifest:
         now = self.clock()
-        ttl = self.config.cache.tag_ttl_seconds
+        # An offline upstream is never asked: whatever is cached is the answer.
+        ttl = float("inf") if self._by_prefix[repo.prefix].offline else \
+            self.config.cache.tag_ttl_seconds
         record = self.index.tag(repo, tag)
         if record is not None and not tag_is_fresh(record.confirmed_at, now, ttl):
             record = self.index.tag(repo, tag, from_store=True)  # another node may have asked
@@ -240,7 +242,8 @@ class ProxyService:
                         return cached
             return await self._fetch_manifest(repo, tag, None)
         except UpstreamFailed as exc:
-            if record is None:
+            age = self.clock() - record.confirmed_at if record is not None else 0.0
+            if record is None or age > self.config.cache.max_stale_seconds:
                 raise
             stale = self._manifest_from_record(repo, record, STALE_WARNING)
             if stale is None:

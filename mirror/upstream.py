@@ -33,6 +33,7 @@ from .errors import (
     MirrorError,
     UpstreamBadGateway,
     UpstreamFailed,
+    UpstreamOffline,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -73,6 +74,8 @@ class RegistryClient:
         self._session = session
         self._settings = settings
         self._origin = _origin(upstream.url)
+        self._breaker = policy.CircuitBreaker(settings.breaker_failures,
+                                              settings.breaker_cooldown_seconds)
         self._challenge: Challenge | None = None
         self._tokens: dict[tuple[str, str, str], tuple[str, float, float]] = {}
         self._token_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
@@ -94,6 +97,31 @@ class RegistryClient:
     # -- retries ---------------------------------------------------------------------------
     async def _send_with_retries(self, method: str, url: str, scope: str,
                                  headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """Offline and open-breaker upstreams fail at once; otherwise the request is tried
+        and retried, and its outcome feeds the breaker."""
+        if self.upstream.offline:
+            raise UpstreamOffline(f"the mirror is offline for upstream {self.upstream.name}: "
+                                  "only cached content is served")
+        if not self._breaker.allow(time.monotonic()):
+            raise UpstreamUnavailable(
+                f"upstream {self.upstream.name} keeps failing; the mirror asks it again in "
+                f"{self._breaker.retry_in(time.monotonic()):.0f}s")
+        try:
+            response = await self._attempts(method, url, scope, headers)
+        except (UpstreamFailed, asyncio.CancelledError) as exc:
+            if isinstance(exc, UpstreamFailed):
+                self._breaker.failed(time.monotonic())
+            else:
+                self._breaker.succeeded()  # nothing learnt; do not leave a trial hanging
+            raise
+        except BaseException:
+            self._breaker.succeeded()
+            raise
+        self._breaker.succeeded()
+        return response
+
+    async def _attempts(self, method: str, url: str, scope: str,
+                        headers: dict[str, str]) -> aiohttp.ClientResponse:
         attempts = self._settings.retries + 1
         for attempt in range(1, attempts + 1):
             last = attempt == attempts

@@ -38,9 +38,11 @@ def make_proxy(tmp_path: Path):
     started: list[ProxyProcess] = []
 
     def make(upstreams: dict, *, env: dict | None = None, name: str = "proxy",
-             **cache) -> ProxyProcess:
+             client: dict | None = None, **cache) -> ProxyProcess:
         workdir = tmp_path / f"{name}-{len(started)}"
-        proxy = ProxyProcess(workdir, proxy_config(workdir, upstreams, **cache), env=env)
+        config = proxy_config(workdir, upstreams, **cache)
+        config["client"].update(client or {})
+        proxy = ProxyProcess(workdir, config, env=env)
         started.append(proxy)
         return proxy.start()
 

@@ -41,3 +41,26 @@ def test_retry_delay_backoff_and_retry_after():
 ])
 def test_parse_range(header, size, expected):
     assert policy.parse_range(header, size) == expected
+
+
+def test_circuit_breaker_opens_cools_down_and_tries_once():
+    breaker = policy.CircuitBreaker(threshold=3, cooldown=10)
+    for now in (0, 1):
+        breaker.failed(now)
+        assert breaker.allow(now + 0.1)
+    breaker.failed(2)
+    assert not breaker.allow(2.5) and not breaker.allow(11.9)
+    assert breaker.retry_in(5) == 7
+    assert breaker.allow(12)       # half-open: one trial request
+    assert not breaker.allow(12.1)  # while it runs, others still fail fast
+    breaker.failed(13)              # the trial failed: open again at once
+    assert not breaker.allow(14) and breaker.allow(23)
+    breaker.succeeded()
+    assert breaker.allow(23.1) and breaker.failures == 0
+
+
+def test_a_zero_threshold_disables_the_breaker():
+    breaker = policy.CircuitBreaker(threshold=0, cooldown=10)
+    for now in range(10):
+        breaker.failed(now)
+    assert breaker.allow(10)
