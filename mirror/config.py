@@ -36,6 +36,7 @@ class CacheConfig:
     tag_ttl_seconds: float
     max_stale_seconds: float  # longest a cached tag stands in for a failing upstream
     manifest_memory_mib: int
+    sif_tree: Path | None  # where verified SIFs also appear as <prefix>/<repo>/<tag>.sif
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +187,8 @@ class _Parser:
     def _cache(self) -> CacheConfig:
         table = self._table("cache")
         self._unknown_keys(table, "cache", {"root", "index_dir", "tag_ttl_seconds",
-                                            "max_stale_seconds", "manifest_memory_mib"})
+                                            "max_stale_seconds", "manifest_memory_mib",
+                                            "sif_tree"})
         root = self._path(self._get(table, "cache", "root", str, "./cache"))
         index_text = self._get(table, "cache", "index_dir", str, "")
         index_dir = self._path(index_text) if index_text else _default_index_dir(root)
@@ -199,7 +201,9 @@ class _Parser:
         memory = self._get(table, "cache", "manifest_memory_mib", int, 64)
         if memory < 0:
             self.problems.append("cache.manifest_memory_mib: must be >= 0")
-        return CacheConfig(root, index_dir, float(ttl), float(stale), memory)
+        sif_tree = self._get(table, "cache", "sif_tree", str, "")
+        return CacheConfig(root, index_dir, float(ttl), float(stale), memory,
+                           self._path(sif_tree) if sif_tree else None)
 
     def _client(self) -> ClientConfig:
         table = self._table("client")

@@ -35,6 +35,7 @@ from .errors import (
 )
 from .fill import BlobFill, BlobSource, CachedBlob
 from .index import MetadataIndex
+from .manifests import Kind, ParsedManifest
 from .manifests import parse as parse_manifest
 from .policy import tag_is_fresh
 from .reference import (
@@ -45,6 +46,7 @@ from .reference import (
     check_tag,
     is_digest,
 )
+from .siftree import SifTree
 from .store import ContentStore, TagRecord
 from .upstream import RegistryClient, Upstreams, detach_body
 
@@ -119,6 +121,9 @@ class ProxyService:
         self._memory = ManifestMemory(config.cache.manifest_memory_mib * 1024 * 1024)
         self._flights = SingleFlight()
         self._fills: dict[str, BlobFill] = {}
+        self._sif_tree = SifTree(config.cache.sif_tree, store) if config.cache.sif_tree \
+            else None
+        self._sif_waiting: dict[str, set[tuple[Repository, str]]] = {}  # layer -> tags
         self._fill_tasks: set[asyncio.Task] = set()
         # Hashing and file writes of fills; sha256 releases the GIL, so two threads use
         # both cores of a small node while the event loop moves bytes.
@@ -282,10 +287,12 @@ class ProxyService:
         if not media_type:
             media_type = _media_type_from_body(body)
         await self._run_io(self.store.put_bytes, digest, body)
-        self.index.link_manifest(repo, digest, media_type, parse_manifest(body, media_type))
+        parsed = parse_manifest(body, media_type)
+        self.index.link_manifest(repo, digest, media_type, parsed)
         if expected is None:
             self.index.put_tag(repo, reference, TagRecord(digest, media_type, self.clock()))
             self.index.forget_repositories()
+            self._publish_sif(repo, reference, parsed)
         self._memory.put(digest, body)
         return Manifest(digest, media_type, body)
 
@@ -372,6 +379,8 @@ class ProxyService:
                     response.close()
             if fill.verified:
                 self.index.link_blob(repo, fill.digest)
+                for waiting_repo, tag in self._sif_waiting.pop(fill.digest.hex, ()):
+                    self._sif_tree.publish(waiting_repo, tag, fill.digest)
             else:
                 log.warning("fill of %s for %s failed: %s", fill.digest, repo,
                             fill.error.message if fill.error else "?")
@@ -385,6 +394,16 @@ class ProxyService:
             raise
         finally:
             self._fills.pop(fill.digest.hex, None)
+
+    def _publish_sif(self, repo: Repository, tag: str, parsed: ParsedManifest) -> None:
+        """Put a SIF tag in the SIF tree now if its file is cached, else once it is."""
+        if self._sif_tree is None or parsed.kind is not Kind.SIF:
+            return
+        layer = parsed.layers[0].digest
+        if self.store.blob_size(layer) is not None:
+            self._sif_tree.publish(repo, tag, layer)
+        else:
+            self._sif_waiting.setdefault(layer.hex, set()).add((repo, tag))
 
     # -- listings --------------------------------------------------------------------------
     async def list_tags(self, repo: Repository) -> list[str]:

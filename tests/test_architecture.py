@@ -18,8 +18,9 @@ ALLOWED = {
     "index": {"manifests", "reference", "store"},
     "upstream": {"config", "errors", "policy"},
     "fill": {"errors", "reference", "store"},
+    "siftree": {"reference", "store"},
     "service": {"config", "errors", "fill", "index", "manifests", "policy", "reference",
-                "store", "upstream"},
+                "siftree", "store", "upstream"},
     "routes": {"errors", "fill", "policy", "reference", "service"},
     "app": {"config", "index", "routes", "service", "store", "upstream"},
     # The catalog reads the store and index only: never the upstream client or service.

@@ -1,0 +1,53 @@
+"""The SIF tree: every verified SIF artifact, as a plain file at a predictable path.
+
+`<sif_tree>/<prefix>/<repository>/<tag>.sif` is a hard link to the SIF layer's blob in the
+store (a symlink where the tree is on another filesystem), so a job runs
+`apptainer exec /path/to/tool/1.0.sif` on any node with no pull at all. Blobs are
+read-only, and so is every link to them. When a tag moves, its path is switched to the
+new blob in one rename: a running job keeps the file it opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .reference import Digest, Repository
+from .store import ContentStore
+
+log = logging.getLogger(__name__)
+
+
+class SifTree:
+    def __init__(self, root: Path, store: ContentStore) -> None:
+        self.root = root
+        self._store = store
+
+    def path(self, repo: Repository, tag: str) -> Path:
+        return self.root / repo.prefix / repo.name / f"{tag}.sif"
+
+    def publish(self, repo: Repository, tag: str, layer: Digest) -> None:
+        """Point `repo:tag` at the cached SIF blob `layer` (which must be in the store)."""
+        blob = self._store.blob_path(layer)
+        target = self.path(repo, tag)
+        try:
+            if _same_file(target, blob):
+                return
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            temp.unlink(missing_ok=True)
+            try:
+                os.link(blob, temp)
+            except OSError:  # another filesystem: a symlink still gives a path to run
+                os.symlink(blob, temp)
+            os.rename(temp, target)
+        except OSError as exc:  # the tree is a convenience; never fail a pull over it
+            log.warning("could not publish %s:%s in the SIF tree: %s", repo, tag, exc)
+
+
+def _same_file(path: Path, blob: Path) -> bool:
+    try:
+        return os.path.samefile(path, blob)
+    except OSError:
+        return False
