@@ -12,9 +12,7 @@ from aiohttp import web
 from .config import Config
 from .index import MetadataIndex
 from .routes import SERVICE, add_catalog_routes, add_routes, error_middleware
-from .service import ProxyService
-from .store import ContentStore
-from .upstream import Upstreams
+from .service import running_service
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +31,17 @@ def create_app(config: Config) -> web.Application:
 
 
 async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
-    """The service and what it owns live exactly as long as the app. Nothing here contacts
-    an upstream, so the proxy starts (and serves its cache) with every upstream down."""
-    config = app[CONFIG]
-    store = ContentStore(config.cache.root)
-    index = MetadataIndex(config.cache.index_dir, store)
-    async with Upstreams(config.upstreams, config.client) as upstreams:
-        service = ProxyService(config, store, index, upstreams)
+    """The service lives exactly as long as the app; pull statistics are flushed in the
+    background."""
+    async with running_service(app[CONFIG]) as service:
         app[SERVICE] = service
-        flusher = asyncio.ensure_future(_flush_pull_stats(index))
+        flusher = asyncio.ensure_future(_flush_pull_stats(service.index))
         try:
             yield
         finally:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-            await service.close()
-            index.close()
 
 
 async def _flush_pull_stats(index: MetadataIndex) -> None:

@@ -29,6 +29,7 @@ from .index import MetadataIndex
 from .reference import Digest, Repository
 from .sitewriter import SiteWriter
 from .store import ContentStore
+from .units import human_size
 
 TEMPLATES = Path(__file__).parent / "templates"
 # Bump when templates or facts change shape, so cached facts and pages are rebuilt.
@@ -390,14 +391,3 @@ def _iso(timestamp: float) -> str | None:
     if not timestamp:
         return None
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"

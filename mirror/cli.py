@@ -71,5 +71,38 @@ def render(
                f"{report.pages_reused} pages unchanged)")
 
 
+@app.command()
+def prefetch(
+    images: Annotated[Optional[list[str]], typer.Argument(
+        help="Images as pulled through the mirror: docker.io/library/alpine:3.20, "
+             "ghcr.io/org/tool@sha256:...")] = None,
+    file: Annotated[Optional[Path], typer.Option(
+        "--file", "-f", help="A file with one image per line (# starts a comment).")] = None,
+    platform: Annotated[Optional[str], typer.Option(
+        help="Only this platform of multi-arch images, e.g. linux/amd64 (default: all).")] = None,
+    parallel: Annotated[int, typer.Option(help="Blob downloads at once.")] = 4,
+    config: ConfigOption = None,
+) -> None:
+    """Fill the cache with images, without a client; a rerun fetches only what is missing."""
+    import asyncio
+
+    from .prefetch_cli import run_prefetch
+
+    wanted = list(images or [])
+    if file is not None:
+        try:
+            lines = file.read_text().splitlines()
+        except OSError as exc:
+            typer.echo(f"error: cannot read {file}: {exc.strerror}", err=True)
+            raise typer.Exit(2) from None
+        wanted += [line.split("#", 1)[0].strip() for line in lines]
+    wanted = [image for image in wanted if image]
+    if not wanted:
+        typer.echo("error: name images as arguments or with --file", err=True)
+        raise typer.Exit(2)
+    failed = asyncio.run(run_prefetch(_load(config), wanted, platform, parallel))
+    raise typer.Exit(1 if failed else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -108,6 +108,23 @@ class ManifestMemory:
             self._used -= len(old)
 
 
+@asynccontextmanager
+async def running_service(config: Config) -> AsyncIterator["ProxyService"]:
+    """The service and everything it owns, for as long as the block runs. Nothing here
+    contacts an upstream: the service starts with every upstream down."""
+    store = ContentStore(config.cache.root)
+    index = MetadataIndex(config.cache.index_dir, store)
+    try:
+        async with Upstreams(config.upstreams, config.client) as upstreams:
+            service = ProxyService(config, store, index, upstreams)
+            try:
+                yield service
+            finally:
+                await service.close()
+    finally:
+        index.close()
+
+
 class ProxyService:
     def __init__(self, config: Config, store: ContentStore, index: MetadataIndex,
                  upstreams: Upstreams, clock: Callable[[], float] = time.time) -> None:

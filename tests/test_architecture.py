@@ -22,14 +22,18 @@ ALLOWED = {
     "service": {"config", "errors", "fill", "index", "manifests", "policy", "reference",
                 "siftree", "store", "upstream"},
     "routes": {"errors", "fill", "policy", "reference", "service"},
-    "app": {"config", "index", "routes", "service", "store", "upstream"},
+    "app": {"config", "index", "routes", "service"},
+    "prefetch": {"errors", "manifests", "reference", "service"},
     # The catalog reads the store and index only: never the upstream client or service.
     "sif": set(),
     "charts": set(),
     "sitewriter": set(),
     "facts": {"manifests", "reference", "sif", "store"},
-    "catalog": {"charts", "config", "facts", "index", "reference", "sitewriter", "store"},
-    "cli": {"app", "catalog", "config", "errors"},
+    "catalog": {"charts", "config", "facts", "index", "reference", "sitewriter", "store",
+                "units"},
+    "units": set(),
+    "prefetch_cli": {"config", "prefetch", "service", "units"},
+    "cli": {"app", "catalog", "config", "errors", "prefetch_cli"},
 }
 
 

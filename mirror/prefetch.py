@@ -1,0 +1,138 @@
+"""Pre-warming: fill the cache with a list of images without any client.
+
+Each image is walked like a pull (manifest, the platforms asked for of an index, then
+config and layers) through the same service the proxy uses, so prefetched content is
+verified, linked and single-flighted exactly like pulled content, and a second run only
+fetches what is missing. Progress is reported through callbacks, so the CLI can draw bars
+while the library stays free of terminal code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import MirrorError
+from .manifests import Kind, parse
+from .reference import Digest, Repository
+from .service import ProxyService
+
+DEFAULT_TAG = "latest"
+
+
+@dataclass
+class ImageResult:
+    """What prefetching one image did."""
+
+    reference: str
+    error: str | None = None
+    manifests: int = 0
+    blobs: int = 0
+    fetched_bytes: int = 0  # came from the upstream in this run
+    cached_bytes: int = 0  # were in the cache already
+    platforms: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """`[prefix/]name[:tag|@digest]`, as a user writes it and a pull addresses it."""
+
+    path: str  # the name as routed by the proxy: may start with an upstream prefix
+    reference: str
+
+    @classmethod
+    def parse(cls, text: str) -> "ImageRef":
+        text = text.strip()
+        if "@" in text:
+            path, _, reference = text.partition("@")
+            return cls(path, reference)
+        last = text.rsplit("/", 1)[-1]
+        if ":" in last:
+            path, _, tag = text.rpartition(":")
+            return cls(path, tag)
+        return cls(text, DEFAULT_TAG)
+
+
+Progress = Callable[[str, int, int], None]  # (image, bytes to add to total, bytes done)
+
+
+async def prefetch(service: ProxyService, images: list[str], *, platform: str | None = None,
+                   parallel: int = 4, progress: Progress | None = None) -> list[ImageResult]:
+    """Prefetch `images` (at most `parallel` blob downloads at once); never raises for
+    one image's failure: it is recorded in that image's result."""
+    downloads = asyncio.Semaphore(max(parallel, 1))
+    report = progress or (lambda image, total, done: None)
+
+    async def one(text: str) -> ImageResult:
+        result = ImageResult(text)
+        try:
+            ref = ImageRef.parse(text)
+            repo = service.route(ref.path)
+            await _walk(service, repo, ref.reference, platform, result, downloads, report)
+        except MirrorError as exc:
+            result.error = f"{exc.code}: {exc.message}"
+        except ValueError as exc:
+            result.error = str(exc)
+        return result
+
+    return list(await asyncio.gather(*(one(image) for image in images)))
+
+
+async def _walk(service: ProxyService, repo: Repository, reference: str,
+                platform: str | None, result: ImageResult, downloads: asyncio.Semaphore,
+                report: Progress) -> None:
+    manifest = await service.get_manifest(repo, reference)
+    result.manifests += 1
+    parsed = parse(manifest.body, manifest.media_type)
+    if parsed.kind is Kind.INDEX:
+        children = [c for c in parsed.manifests
+                    if platform is None or _platform(c.platform) == platform]
+        if not children:
+            raise ValueError(f"no manifest for platform {platform} in {repo}:{reference}")
+        for child in children:
+            result.platforms.append(_platform(child.platform) or "unspecified")
+            await _walk(service, repo, str(child.digest), None, result, downloads, report)
+        return
+    blobs = [d for d in ((parsed.config,) if parsed.config else ()) + parsed.layers]
+    report(result.reference, sum(max(b.size, 0) for b in blobs), 0)
+    await asyncio.gather(*(_fetch_blob(service, repo, b.digest, result, downloads, report)
+                           for b in blobs))
+
+
+async def _fetch_blob(service: ProxyService, repo: Repository, digest: Digest,
+                      result: ImageResult, downloads: asyncio.Semaphore,
+                      report: Progress) -> None:
+    async with downloads:
+        source = await service.open_blob(repo, digest)
+        try:
+            size = source.size
+            if service.store.blob_size(digest) is not None:
+                result.cached_bytes += size or 0
+                report(result.reference, 0, size or 0)
+            else:
+                # Follow the fill as a client would; `end` is only reached once verified.
+                end = size if size is not None else 1 << 62
+                position = 0
+                while (bound := await source.sendable(position, end)) < end:
+                    report(result.reference, 0, bound - position)
+                    position = bound
+                total = size if size is not None else source.fill.written
+                report(result.reference, 0, total - position)
+                result.fetched_bytes += total
+        finally:
+            source.close()
+    result.blobs += 1
+
+
+def _platform(platform: dict | None) -> str:
+    if not platform or not platform.get("os") or not platform.get("architecture"):
+        return ""
+    parts = [platform["os"], platform["architecture"]]
+    if platform.get("variant"):
+        parts.append(platform["variant"])
+    return "/".join(str(p) for p in parts)
