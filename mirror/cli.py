@@ -104,5 +104,29 @@ def prefetch(
     raise typer.Exit(1 if failed else 0)
 
 
+@app.command()
+def verify(config: ConfigOption = None) -> None:
+    """Re-hash every cached blob; quarantine and report corrupt ones (exit 1 if any)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from .store import ContentStore
+    from .verify import blob_files, verify_store
+
+    cfg = _load(config)
+    store = ContentStore(cfg.cache.root)
+    total = sum(size for _, _, size in blob_files(store))
+    console = Console(stderr=True)
+    with Progress("verify", BarColumn(), DownloadColumn(binary_units=True),
+                  TransferSpeedColumn(), console=console) as bars:
+        task = bars.add_task("verify", total=total)
+        report = verify_store(store, lambda done: bars.advance(task, done))
+    console.print(f"checked {report.checked} blobs, {report.bytes_checked} bytes")
+    for digest, actual in report.corrupt:
+        console.print(f"[red]corrupt[/red] {digest}: content hashes to {actual}; moved to "
+                      f"{cfg.cache.root / 'quarantine'}")
+    raise typer.Exit(1 if report.corrupt else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -33,7 +33,8 @@ ALLOWED = {
                 "units"},
     "units": set(),
     "prefetch_cli": {"config", "prefetch", "service", "units"},
-    "cli": {"app", "catalog", "config", "errors", "prefetch_cli"},
+    "verify": {"reference", "store"},
+    "cli": {"app", "catalog", "config", "errors", "prefetch_cli", "store", "verify"},
 }
 
 
