@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import ClientResponse
 
-from .config import Config, UpstreamConfig
+from .config import Config
 from .errors import (
     BlobUnknown,
     DigestMismatch,
@@ -42,10 +42,10 @@ from .reference import (
     MANIFEST_MEDIA_TYPES,
     Digest,
     Repository,
-    check_name,
     check_tag,
     is_digest,
 )
+from .routing import Router
 from .siftree import SifTree
 from .store import ContentStore, TagRecord
 from .upstream import RegistryClient, Upstreams, detach_body
@@ -133,8 +133,8 @@ class ProxyService:
         self.index = index
         self.upstreams = upstreams
         self.clock = clock
-        self._by_prefix = {u.prefix: u for u in config.upstreams}
-        self._by_host = {u.host: u for u in config.upstreams}
+        self.router = Router(config)
+        self._by_prefix = self.router.by_prefix
         self._memory = ManifestMemory(config.cache.manifest_memory_mib * 1024 * 1024)
         self._flights = SingleFlight()
         self._fills: dict[str, BlobFill] = {}
@@ -154,32 +154,7 @@ class ProxyService:
 
     # -- routing ---------------------------------------------------------------------------
     def route(self, path_name: str, ns: str | None = None) -> Repository:
-        """Map a client's repository path to (upstream, upstream repository name).
-
-        Order: containerd's ?ns=, then a first component naming a configured prefix, then
-        the default upstream. The name is checked against the grammar before it is used.
-        """
-        if ns:
-            upstream = self._by_prefix.get(ns) or self._by_host.get(ns)
-            if upstream is None:
-                raise NameUnknown(f"no upstream is configured for registry {ns[:100]!r}")
-            return self._repository(upstream, path_name)
-        first, slash, rest = path_name.partition("/")
-        if slash and first in self._by_prefix:
-            return self._repository(self._by_prefix[first], rest)
-        upstream = self.config.default_upstream
-        if upstream is None:
-            check_name(path_name)
-            raise NameUnknown(f"{path_name!r} names no configured upstream prefix, and no "
-                              "upstream is the default")
-        return self._repository(upstream, path_name)
-
-    @staticmethod
-    def _repository(upstream: UpstreamConfig, name: str) -> Repository:
-        check_name(name)
-        if upstream.library_namespace and "/" not in name:
-            name = f"{upstream.library_namespace}/{name}"
-        return Repository(upstream.prefix, name)
+        return self.router.route(path_name, ns)
 
     def _client(self, repo: Repository) -> RegistryClient:
         return self.upstreams.client(repo.prefix)

@@ -1,0 +1,43 @@
+"""Which upstream and repository a client's path names."""
+
+from __future__ import annotations
+
+from .config import Config, UpstreamConfig
+from .errors import NameUnknown
+from .reference import Repository, check_name
+
+
+class Router:
+    def __init__(self, config: Config) -> None:
+        self.by_prefix = {u.prefix: u for u in config.upstreams}
+        self._by_host = {u.host: u for u in config.upstreams}
+        self._default = config.default_upstream
+
+    def route(self, path_name: str, ns: str | None = None) -> Repository:
+        """Map a client's repository path to (upstream, upstream repository name).
+
+        Order: containerd's ?ns=, then a first component naming a configured prefix, then
+        the default upstream. The name is checked against the grammar before it is used.
+        """
+        if ns:
+            upstream = self.by_prefix.get(ns) or self._by_host.get(ns)
+            if upstream is None:
+                raise NameUnknown(f"no upstream is configured for registry {ns[:100]!r}")
+            return self._repository(upstream, path_name)
+        first, slash, rest = path_name.partition("/")
+        if slash and first in self.by_prefix:
+            return self._repository(self.by_prefix[first], rest)
+        upstream = self._default
+        if upstream is None:
+            check_name(path_name)
+            raise NameUnknown(f"{path_name!r} names no configured upstream prefix, and no "
+                              "upstream is the default")
+        return self._repository(upstream, path_name)
+
+    @staticmethod
+    def _repository(upstream: UpstreamConfig, name: str) -> Repository:
+        check_name(name)
+        if upstream.library_namespace and "/" not in name:
+            name = f"{upstream.library_namespace}/{name}"
+        return Repository(upstream.prefix, name)
+
