@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import config as config_module
-from .errors import ConfigError
+from .errors import ConfigError, MirrorError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hpc-mirror: a pull-through cache for OCI registries, for HPC sites.")
@@ -126,6 +126,64 @@ def verify(config: ConfigOption = None) -> None:
         console.print(f"[red]corrupt[/red] {digest}: content hashes to {actual}; moved to "
                       f"{cfg.cache.root / 'quarantine'}")
     raise typer.Exit(1 if report.corrupt else 0)
+
+
+@app.command()
+def gc(
+    max_size: Annotated[str, typer.Option(help="Evict until the cache is at most this size, "
+                                          "e.g. 500G.")],
+    older_than: Annotated[Optional[str], typer.Option(
+        help="Only evict images last used longer ago than this, e.g. 30d.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print what would go; delete nothing.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Evict the least recently pulled images (never pinned ones, never a blob a kept
+    image references) until the cache fits --max-size."""
+    import time
+
+    from . import gc as gc_module
+    from .index import MetadataIndex
+    from .routing import Router
+    from .store import ContentStore
+    from .units import human_size, parse_age, parse_size
+
+    cfg = _load(config)
+    try:
+        limit = parse_size(max_size)
+        age = parse_age(older_than) if older_than else None
+        pins = [_resolve_pin(Router(cfg), pin) for pin in cfg.cache.pins]
+    except (ValueError, MirrorError) as exc:
+        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(2) from None
+    store = ContentStore(cfg.cache.root)
+    index = MetadataIndex(cfg.cache.index_dir, store)
+    try:
+        result = gc_module.plan(store, index, limit, age, time.time(),
+                                lambda image: any(pin(image) for pin in pins))
+    finally:
+        index.close()
+    verb = "would evict" if dry_run else "evicted"
+    for image in result.evict:
+        typer.echo(f"{verb} {image}")
+    if not dry_run:
+        gc_module.apply(store, result)
+    after = result.total_before - result.freed
+    typer.echo(f"{'would free' if dry_run else 'freed'} {human_size(result.freed)} "
+               f"({len(result.delete)} blobs, {len(result.evict)} images); cache "
+               f"{human_size(result.total_before)} -> {human_size(after)}"
+               + ("" if after <= limit else f", still above {human_size(limit)}: the rest "
+                  "is pinned, newer than --older-than, or shared with kept images"))
+
+
+def _resolve_pin(router, pin: str):
+    """A predicate matching the images a pin names: a repository, or one tag or digest."""
+    from .prefetch import ImageRef
+
+    has_reference = "@" in pin or ":" in pin.rsplit("/", 1)[-1]
+    ref = ImageRef.parse(pin)
+    repo = router.route(ref.path)
+    return lambda image: image.repo == repo and (not has_reference
+                                                 or image.reference == ref.reference)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,6 +37,7 @@ class CacheConfig:
     max_stale_seconds: float  # longest a cached tag stands in for a failing upstream
     manifest_memory_mib: int
     sif_tree: Path | None  # where verified SIFs also appear as <prefix>/<repo>/<tag>.sif
+    pins: tuple[str, ...] = ()  # images `mirror gc` never evicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +189,7 @@ class _Parser:
         table = self._table("cache")
         self._unknown_keys(table, "cache", {"root", "index_dir", "tag_ttl_seconds",
                                             "max_stale_seconds", "manifest_memory_mib",
-                                            "sif_tree"})
+                                            "sif_tree", "pins"})
         root = self._path(self._get(table, "cache", "root", str, "./cache"))
         index_text = self._get(table, "cache", "index_dir", str, "")
         index_dir = self._path(index_text) if index_text else _default_index_dir(root)
@@ -202,8 +203,12 @@ class _Parser:
         if memory < 0:
             self.problems.append("cache.manifest_memory_mib: must be >= 0")
         sif_tree = self._get(table, "cache", "sif_tree", str, "")
+        pins = self._get(table, "cache", "pins", list, [])
+        if not all(isinstance(pin, str) and pin for pin in pins):
+            self.problems.append("cache.pins: must be a list of image names")
+            pins = []
         return CacheConfig(root, index_dir, float(ttl), float(stale), memory,
-                           self._path(sif_tree) if sif_tree else None)
+                           self._path(sif_tree) if sif_tree else None, tuple(pins))
 
     def _client(self) -> ClientConfig:
         table = self._table("client")

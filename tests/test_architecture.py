@@ -35,7 +35,9 @@ ALLOWED = {
     "units": set(),
     "prefetch_cli": {"config", "prefetch", "service", "units"},
     "verify": {"reference", "store"},
-    "cli": {"app", "catalog", "config", "errors", "prefetch_cli", "store", "verify"},
+    "gc": {"index", "manifests", "reference", "store", "verify"},
+    "cli": {"app", "catalog", "config", "errors", "gc", "index", "prefetch", "prefetch_cli",
+            "routing", "store", "units", "verify"},
 }
 
 

@@ -1,0 +1,152 @@
+"""`mirror gc`: evict the least recently pulled images until the cache fits a size.
+
+The unit of eviction is an image: a tag (or a manifest pulled only by digest) with
+everything it references (index children, configs, layers). A blob is deleted only when
+no kept image references it, so expiry never corrupts a blob shared with another image.
+Pinned images are never evicted. Blobs still being filled live in `tmp/`, never under a
+final path, so they are never touched. Recency is the newest of the last pull recorded
+in this node's index and the last time the upstream confirmed the tag.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from .index import MetadataIndex
+from .manifests import parse
+from .reference import Digest, Repository, is_digest
+from .store import ContentStore
+from .verify import blob_files
+
+
+@dataclass(frozen=True)
+class Image:
+    repo: Repository
+    reference: str  # a tag, or a digest for manifests no tag points at
+    last_used: float
+    blobs: frozenset[str]  # hex digests: manifests and blobs it holds on to
+    manifests: frozenset[str]
+
+    def __str__(self) -> str:
+        sep = "@" if is_digest(self.reference) else ":"
+        return f"{self.repo}{sep}{self.reference}"
+
+
+@dataclass
+class GcPlan:
+    total_before: int
+    evict: list[Image] = field(default_factory=list)
+    delete: dict[str, int] = field(default_factory=dict)  # blob hex -> size
+
+    @property
+    def freed(self) -> int:
+        return sum(self.delete.values())
+
+
+def plan(store: ContentStore, index: MetadataIndex, max_size: int,
+         older_than: float | None, now: float,
+         pinned: Callable[[Image], bool] = lambda image: False) -> GcPlan:
+    """Choose images to evict, oldest first, until the cache is at most `max_size`."""
+    sizes = {digest.hex: size for digest, _, size in blob_files(store)}
+    images = list(_images(store, index))
+    result = GcPlan(total_before=sum(sizes.values()))
+    holders = Counter(hex_digest for image in images for hex_digest in image.blobs)
+    orphans = set(sizes) - set(holders)
+    size = result.total_before
+    for hex_digest in sorted(orphans):  # blobs no image holds: first to go
+        if size <= max_size:
+            break
+        result.delete[hex_digest] = sizes[hex_digest]
+        size -= sizes[hex_digest]
+    for image in sorted(images, key=lambda i: (i.last_used, str(i))):
+        if size <= max_size:
+            break
+        if pinned(image) or (older_than is not None and now - image.last_used < older_than):
+            continue
+        result.evict.append(image)
+        for hex_digest in image.blobs:
+            holders[hex_digest] -= 1
+            if holders[hex_digest] == 0 and hex_digest in sizes:
+                result.delete[hex_digest] = sizes[hex_digest]
+                size -= sizes[hex_digest]
+    return result
+
+
+def apply(store: ContentStore, result: GcPlan) -> None:
+    """Untag evicted images, unlink what their repositories no longer hold, delete blobs."""
+    evicted = {(image.repo, image.reference) for image in result.evict}
+    for image in result.evict:
+        if not is_digest(image.reference):
+            _unlink(store.repo_dir(image.repo) / "_tags" / image.reference)
+    kept = {(image.repo, hex_digest) for image in _images(store, None)
+            if (image.repo, image.reference) not in evicted for hex_digest in image.blobs}
+    for image in result.evict:
+        repo_dir = store.repo_dir(image.repo)
+        for hex_digest in image.blobs:
+            if (image.repo, hex_digest) not in kept:
+                _unlink(repo_dir / "_manifests" / hex_digest)
+                _unlink(repo_dir / "_blobs" / hex_digest)
+    for hex_digest in result.delete:
+        _unlink(store.blob_path(Digest(hex_digest)))
+
+
+def _images(store: ContentStore, index: MetadataIndex | None) -> Iterator[Image]:
+    """Every tag of every repository, and every manifest only a digest pull holds."""
+    for repo in store.list_repositories():
+        pulls = index.pull_stats(repo) if index is not None else {}
+        tagged: set[str] = set()
+        for tag in store.list_tags(repo):
+            record = store.read_tag(repo, tag)
+            if record is None:
+                continue
+            blobs, manifests = _closure(store, record.digest)
+            tagged |= manifests
+            last = max(pulls.get(tag, (0, 0.0))[1], record.confirmed_at)
+            yield Image(repo, tag, last, frozenset(blobs), frozenset(manifests))
+        for hex_digest in _linked_manifests(store, repo):
+            if hex_digest in tagged or store.blob_size(Digest(hex_digest)) is None:
+                continue
+            blobs, manifests = _closure(store, Digest(hex_digest))
+            if (manifests - {hex_digest}) & tagged:
+                continue
+            link = store.repo_dir(repo) / "_manifests" / hex_digest
+            last = max(pulls.get(f"sha256:{hex_digest}", (0, 0.0))[1], link.stat().st_mtime)
+            yield Image(repo, f"sha256:{hex_digest}", last, frozenset(blobs),
+                        frozenset(manifests))
+
+
+def _closure(store: ContentStore, digest: Digest) -> tuple[set[str], set[str]]:
+    """Hex digests of a manifest, its children and every blob they reference."""
+    blobs, manifests = set(), set()
+    pending = [digest]
+    while pending:
+        current = pending.pop()
+        if current.hex in manifests:
+            continue
+        manifests.add(current.hex)
+        blobs.add(current.hex)
+        body = store.read_blob(current)
+        if body is None:
+            continue
+        parsed = parse(body, "")
+        pending += [child.digest for child in parsed.manifests]
+        blobs |= {d.hex for d in parsed.blob_digests}
+    return blobs, manifests
+
+
+def _linked_manifests(store: ContentStore, repo: Repository) -> list[str]:
+    try:
+        return sorted(p.name for p in (store.repo_dir(repo) / "_manifests").iterdir()
+                      if len(p.name) == 64)
+    except FileNotFoundError:
+        return []
+
+
+def _unlink(path: os.PathLike) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
