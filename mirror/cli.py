@@ -88,6 +88,13 @@ def prefetch(
 
     from .prefetch_cli import run_prefetch
 
+    wanted = _image_list(images, file)
+    failed = asyncio.run(run_prefetch(_load(config), wanted, platform, parallel))
+    raise typer.Exit(1 if failed else 0)
+
+
+def _image_list(images: list[str] | None, file: Path | None) -> list[str]:
+    """Images from arguments and a list file (one per line, # starts a comment)."""
     wanted = list(images or [])
     if file is not None:
         try:
@@ -100,8 +107,66 @@ def prefetch(
     if not wanted:
         typer.echo("error: name images as arguments or with --file", err=True)
         raise typer.Exit(2)
-    failed = asyncio.run(run_prefetch(_load(config), wanted, platform, parallel))
-    raise typer.Exit(1 if failed else 0)
+    return wanted
+
+
+@app.command()
+def export(
+    bundle: Annotated[Path, typer.Argument(help="The tar file to write.")],
+    images: Annotated[Optional[list[str]], typer.Argument(help="Images (name:tag).")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f",
+                                                 help="A file with one image per line.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write cached images to a bundle (an OCI image layout tar) for an air-gapped site."""
+    from . import bundle as bundle_module
+    from .prefetch import ImageRef
+    from .routing import Router
+    from .store import ContentStore
+
+    cfg = _load(config)
+    router = Router(cfg)
+    chosen = []
+    try:
+        for text in _image_list(images, file):
+            ref = ImageRef.parse(text)
+            if ":" in ref.reference:
+                raise MirrorError(f"{text}: export images by tag, so they keep their names")
+            chosen.append((router.route(ref.path), ref.reference))
+        temp = bundle.with_name(f".{bundle.name}.partial")
+        with open(temp, "wb") as out:
+            blobs = bundle_module.export(ContentStore(cfg.cache.root), chosen, out)
+        temp.rename(bundle)
+    except MirrorError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {len(chosen)} images ({blobs} blobs, "
+               f"{bundle.stat().st_size} bytes) to {bundle}")
+
+
+@app.command("import")
+def import_(
+    bundle: Annotated[Path, typer.Argument(help="A bundle written by `mirror export`.")],
+    config: ConfigOption = None,
+) -> None:
+    """Verify a bundle and add its images to the cache; a bad bundle leaves nothing."""
+    from . import bundle as bundle_module
+    from .index import MetadataIndex
+    from .store import ContentStore
+
+    cfg = _load(config)
+    store = ContentStore(cfg.cache.root)
+    index = MetadataIndex(cfg.cache.index_dir, store)
+    try:
+        with open(bundle, "rb") as source:
+            imported = bundle_module.import_bundle(store, index, source)
+    except (bundle_module.BundleError, OSError) as exc:
+        typer.echo(f"error: refused {bundle}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        index.close()
+    for image in imported:
+        typer.echo(f"imported {image} ({image.digest})")
 
 
 @app.command()

@@ -84,11 +84,17 @@ class BlobWriter:
             self.abort()
             raise DigestMismatch(f"upstream content for {self.digest} hashed to sha256:{actual}")
 
+    def seal(self) -> None:
+        """fsync and close the temp file, keeping it out of sight until `persist`: lets a
+        caller verify many blobs before making any of them visible."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
     def persist(self) -> None:
         """fsync and rename the verified file into place, read-only."""
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
+        self.seal()
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.temp_path, 0o444)
         os.rename(self.temp_path, self.final_path)

@@ -36,7 +36,9 @@ ALLOWED = {
     "prefetch_cli": {"config", "prefetch", "service", "units"},
     "verify": {"reference", "store"},
     "gc": {"index", "manifests", "reference", "store", "verify"},
-    "cli": {"app", "catalog", "config", "errors", "gc", "index", "prefetch", "prefetch_cli",
+    "bundle": {"errors", "index", "manifests", "reference", "store"},
+    "cli": {"app", "bundle", "catalog", "config", "errors", "gc", "index", "prefetch",
+            "prefetch_cli",
             "routing", "store", "units", "verify"},
 }
 

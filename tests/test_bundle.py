@@ -1,0 +1,114 @@
+"""Bundles: export cached images, import them into an empty cache that then serves them
+under the same names; a damaged or tampered bundle is refused and leaves nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+
+import oras.client
+import pytest
+
+from tests.conftest import UPSTREAM_PREFIX, upstream_entry
+from tests.support.proxy import ProxyProcess, proxy_config, toml_text
+
+IMAGES = ["tools/alpha:1.0", "multi/app:1.0", "legacy/dockerimg:v2", "sif/tool:1.0"]
+
+
+def _mirror(config_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mirror.cli", *args, "--config",
+                           str(config_path)], capture_output=True, text=True, timeout=300)
+
+
+def _config(path, workdir, registry_url: str, **cache) -> dict:
+    config = proxy_config(workdir, {"u": upstream_entry(registry_url, mode="offline")}, **cache)
+    path.write_text(toml_text(config))
+    return config
+
+
+@pytest.fixture(scope="module")
+def bundle(upstream, seeded, tmp_path_factory):
+    work = tmp_path_factory.mktemp("export")
+    source = proxy_config(work, {"u": upstream_entry(upstream.url)})
+    (work / "source.toml").write_text(toml_text(source))
+    names = [f"{UPSTREAM_PREFIX}/{image}" for image in IMAGES]
+    fetched = _mirror(work / "source.toml", "prefetch", *names)
+    assert fetched.returncode == 0, fetched.stderr
+    listing = work / "images.txt"
+    listing.write_text("\n".join(names) + "\n")
+    written = _mirror(work / "source.toml", "export", str(work / "bundle.tar"), "--file",
+                      str(listing))
+    assert written.returncode == 0, written.stderr
+    assert f"wrote {len(IMAGES)} images" in written.stdout
+    return work / "bundle.tar"
+
+
+def test_bundle_is_an_oci_layout_naming_the_images(bundle, seeded):
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+        index = json.loads(tar.extractfile("index.json").read())
+    assert names[:2] == ["oci-layout", "index.json"]
+    recorded = {(e["annotations"]["io.github.hpc-mirror.repository"],
+                 e["annotations"]["org.opencontainers.image.ref.name"], e["digest"])
+                for e in index["manifests"]}
+    assert recorded == {(f"{UPSTREAM_PREFIX}/{i.split(':')[0]}", i.split(":")[1],
+                         seeded[i].digest) for i in IMAGES}
+
+
+def test_import_into_an_empty_cache_serves_the_same_digests(bundle, seeded, tmp_path):
+    config = _config(tmp_path / "target.toml", tmp_path, "http://127.0.0.1:9")
+    result = _mirror(tmp_path / "target.toml", "import", str(bundle))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("imported ") == len(IMAGES)
+    with ProxyProcess(tmp_path / "serve", config) as proxy:  # upstream offline: cache only
+        dest = tmp_path / "layout"
+        copy = subprocess.run(
+            ["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", "--all",
+             f"docker://{proxy.host}/{UPSTREAM_PREFIX}/multi/app:1.0", f"oci:{dest}:x"],
+            capture_output=True, text=True, timeout=120)
+        assert copy.returncode == 0, copy.stderr
+        index = json.loads((dest / "index.json").read_text())
+        assert index["manifests"][0]["digest"] == seeded["multi/app:1.0"].digest
+        client = oras.client.OrasClient(hostname=proxy.host, insecure=True)
+        files = client.pull(target=f"{proxy.host}/{UPSTREAM_PREFIX}/sif/tool:1.0",
+                            outdir=str(tmp_path / "sif"))
+        assert open(files[0], "rb").read() == seeded["sif/tool:1.0"].sif.data
+
+
+def _rewrite(bundle, target, change) -> None:
+    """Copy the bundle, passing each member's bytes through `change(name, data)`."""
+    with tarfile.open(bundle) as src, tarfile.open(target, "w") as dst:
+        for member in src.getmembers():
+            data = change(member.name, src.extractfile(member).read())
+            if data is None:
+                continue
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("damage", ["flip", "drop", "truncate"])
+def test_a_damaged_bundle_is_refused_and_leaves_nothing(bundle, seeded, tmp_path, damage):
+    victim = seeded["tools/alpha:1.0"].layers[0]["digest"]
+    bad = tmp_path / "bad.tar"
+    if damage == "truncate":
+        bad.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
+    else:
+        def change(name, data):
+            if name != f"blobs/sha256/{victim[7:]}":
+                return data
+            return None if damage == "drop" else data[:50] + bytes([data[50] ^ 1]) + data[51:]
+        _rewrite(bundle, bad, change)
+    _config(tmp_path / "target.toml", tmp_path, "http://127.0.0.1:9")
+    result = _mirror(tmp_path / "target.toml", "import", str(bad))
+    assert result.returncode == 1
+    assert "refused" in result.stderr
+    if damage != "truncate":
+        assert victim in result.stderr
+    cache = tmp_path / "cache"
+    assert list((cache / "blobs" / "sha256").glob("*/*")) == []
+    assert list((cache / "tmp").iterdir()) == []
+    assert not (cache / "repositories").exists() or not any(
+        (cache / "repositories").rglob("_tags"))
