@@ -38,6 +38,7 @@ class CacheConfig:
     manifest_memory_mib: int
     sif_tree: Path | None  # where verified SIFs also appear as <prefix>/<repo>/<tag>.sif
     pins: tuple[str, ...] = ()  # images `mirror gc` never evicts
+    fill_stale_seconds: float = 10.0  # a shared fill untouched this long lost its instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,7 @@ class _Parser:
         table = self._table("cache")
         self._unknown_keys(table, "cache", {"root", "index_dir", "tag_ttl_seconds",
                                             "max_stale_seconds", "manifest_memory_mib",
-                                            "sif_tree", "pins"})
+                                            "sif_tree", "pins", "fill_stale_seconds"})
         root = self._path(self._get(table, "cache", "root", str, "./cache"))
         index_text = self._get(table, "cache", "index_dir", str, "")
         index_dir = self._path(index_text) if index_text else _default_index_dir(root)
@@ -207,8 +208,12 @@ class _Parser:
         if not all(isinstance(pin, str) and pin for pin in pins):
             self.problems.append("cache.pins: must be a list of image names")
             pins = []
+        fill_stale = self._get(table, "cache", "fill_stale_seconds", (int, float), 10)
+        if fill_stale <= 0:
+            self.problems.append("cache.fill_stale_seconds: must be > 0")
         return CacheConfig(root, index_dir, float(ttl), float(stale), memory,
-                           self._path(sif_tree) if sif_tree else None, tuple(pins))
+                           self._path(sif_tree) if sif_tree else None, tuple(pins),
+                           float(fill_stale))
 
     def _client(self) -> ClientConfig:
         table = self._table("client")

@@ -11,12 +11,15 @@ aborts every response instead of completing it as if it were valid.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import queue
 import socket
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import IO, Protocol
 
 from .errors import MirrorError, UpstreamBadGateway, UpstreamTimeout
@@ -27,6 +30,7 @@ _MAX_BATCH = 16 * 1024 * 1024
 _RECEIVE_BUFFER = 1024 * 1024
 _RECEIVE_BUFFERS = 8
 _PROGRESS_STEP = 4 * 1024 * 1024
+_FOLLOW_POLL = 0.05
 
 
 class BlobSource(Protocol):
@@ -259,3 +263,103 @@ class FillReader:
 def read_chunk(file: IO[bytes], position: int, count: int) -> bytes:
     """pread, for responses that cannot use sendfile (chunked encoding, TLS)."""
     return os.pread(file.fileno(), count, position)
+
+
+class PartialFollower:
+    """A blob another instance is filling into the shared partial file: stream that file
+    as it grows, for a client of this instance.
+
+    What a network filesystem shows of a file growing on another node can lag or be stale,
+    so every byte is hashed here before it is sent, and the last byte goes out only when
+    the filling instance has renamed the verified blob into place and these bytes hash to
+    the digest. If the filling instance dies (its heartbeat stops), this instance takes
+    the fill over and the client's response goes on from where it was.
+    """
+
+    def __init__(self, digest: Digest, partial: Path, final: Path, size: int,
+                 stale_seconds: float, takeover: Callable[[], "FillReader | None"],
+                 executor: Executor) -> None:
+        self.digest = digest
+        self.size: int | None = size
+        self._partial = partial
+        self._final = final
+        self._stale_seconds = stale_seconds
+        self._takeover = takeover
+        self._executor = executor
+        self.file: IO[bytes] = open(partial, "rb")
+        self._inner: FillReader | None = None
+        self._hash = hashlib.sha256()
+        self._hashed = 0
+        self._final_open = False
+
+    async def sendable(self, position: int, end: int) -> int:
+        size = self.size or 0
+        while True:
+            if self._inner is not None:
+                bound = await self._inner.sendable(position, end)
+            else:
+                bound = await self._follow(position, end)
+            if bound is None:
+                continue
+            if bound == size and end == size:
+                await self._hash_to(bound)
+                if self._hash.hexdigest() != self.digest.hex:
+                    raise UpstreamBadGateway(f"bytes of {self.digest} read from the shared "
+                                             "fill did not verify")
+            elif end == size:
+                await self._hash_to(bound)
+            return bound
+
+    async def _follow(self, position: int, end: int) -> int | None:
+        """The next bound from the other instance's file; None after a switch of source."""
+        last_growth = time.monotonic()
+        seen = -1
+        while True:
+            if not self._final_open and os.path.exists(self._final):
+                # A fresh open of the renamed file: close-to-open consistency on NFS.
+                self.file.close()
+                self.file = open(self._final, "rb")
+                self._final_open = True
+            available = os.fstat(self.file.fileno()).st_size
+            bound = end if self._final_open else min(available, end - 1)
+            if bound > position:
+                return bound
+            if available != seen:
+                seen, last_growth = available, time.monotonic()
+            elif time.monotonic() - last_growth > 1.0 and self._owner_died():
+                reader = self._takeover()
+                if reader is not None:  # this instance fills it now
+                    self.file.close()
+                    self._inner, self.file = reader, reader.file
+                else:  # another instance took over first: follow its new file
+                    self.file.close()
+                    self.file = open(self._partial, "rb")
+                return None
+            await asyncio.sleep(_FOLLOW_POLL)
+
+    def _owner_died(self) -> bool:
+        try:
+            idle = time.time() - os.stat(self._partial).st_mtime
+        except FileNotFoundError:
+            return not os.path.exists(self._final)  # gone without a result: it failed
+        return idle > self._stale_seconds
+
+    async def _hash_to(self, bound: int) -> None:
+        if bound > self._hashed:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._hash_range,
+                                                             bound)
+
+    def _hash_range(self, bound: int) -> None:
+        while self._hashed < bound:
+            chunk = os.pread(self.file.fileno(), min(_RECEIVE_BUFFER * 4, bound - self._hashed),
+                             self._hashed)
+            if not chunk:
+                raise UpstreamBadGateway(f"the shared fill of {self.digest} was cut short")
+            self._hash.update(chunk)
+            self._hashed += len(chunk)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+        else:
+            self.file.close()

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,7 +34,7 @@ from .errors import (
     UpstreamBadGateway,
     UpstreamFailed,
 )
-from .fill import BlobFill, BlobSource, CachedBlob
+from .fill import BlobFill, BlobSource, CachedBlob, FillReader, PartialFollower
 from .index import MetadataIndex
 from .manifests import Kind, ParsedManifest
 from .manifests import parse as parse_manifest
@@ -47,7 +48,7 @@ from .reference import (
 )
 from .routing import Router
 from .siftree import SifTree
-from .store import ContentStore, TagRecord
+from .store import BlobWriter, ContentStore, TagRecord
 from .upstream import RegistryClient, Upstreams, detach_body
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,10 @@ async def running_service(config: Config) -> AsyncIterator["ProxyService"]:
     contacts an upstream: the service starts with every upstream down."""
     store = ContentStore(config.cache.root)
     index = MetadataIndex(config.cache.index_dir, store)
+    removed = await asyncio.get_running_loop().run_in_executor(
+        None, store.clean_tmp, config.cache.fill_stale_seconds * 3)
+    if removed:
+        log.info("removed %d leftover temp files of stopped instances", removed)
     try:
         async with Upstreams(config.upstreams, config.client) as upstreams:
             service = ProxyService(config, store, index, upstreams)
@@ -304,7 +309,7 @@ class ProxyService:
 
     async def open_blob(self, repo: Repository, digest: Digest) -> BlobSource:
         """A source for the blob's bytes: the cached file, or a share of a running fill."""
-        for _ in range(3):  # a fill may commit or fail between the checks below
+        for _ in range(5):  # a fill may commit, fail or change hands between the checks
             size = self.store.blob_size(digest)
             if size is not None:
                 if not await self._may_serve(repo, digest):
@@ -317,7 +322,13 @@ class ProxyService:
             if fill is not None and not await self._may_serve(repo, digest):
                 raise BlobUnknown(f"blob {digest} is unknown to {repo}")
             if fill is None:
-                fill = self._start_fill(repo, digest)
+                writer = self.store.claim_fill(digest)
+                if writer is None:  # another instance fills it: follow its partial file
+                    follower = await self._follow_fill(repo, digest)
+                    if follower is not None:
+                        return follower
+                    continue
+                fill = self._start_fill(repo, writer)
             try:
                 reader = fill.open_reader()
             except FileNotFoundError:
@@ -348,9 +359,37 @@ class ProxyService:
         except BlobUnknown:
             return None
 
-    def _start_fill(self, repo: Repository, digest: Digest) -> BlobFill:
-        fill = BlobFill(self.store.new_writer(digest), self._executor)
-        self._fills[digest.hex] = fill
+    async def _follow_fill(self, repo: Repository, digest: Digest) -> BlobSource | None:
+        """Follow another instance's fill of `digest`; None when it finished, failed or its
+        instance died meanwhile (the caller then looks again, and may claim it)."""
+        if not await self._may_serve(repo, digest):
+            raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+        stale = self.config.cache.fill_stale_seconds
+        while (size := self.store.partial_size(digest)) is None:
+            if self.store.blob_size(digest) is not None or \
+                    self.store.break_stale_claim(digest, stale):
+                return None
+            await asyncio.sleep(0.05)
+        try:
+            return PartialFollower(digest, self.store.partial_path(digest),
+                                   self.store.blob_path(digest), size, stale,
+                                   lambda: self._take_over(repo, digest), self._executor)
+        except FileNotFoundError:
+            return None
+
+    def _take_over(self, repo: Repository, digest: Digest) -> FillReader | None:
+        """The instance filling `digest` died: fill it here, unless another did first."""
+        if not self.store.break_stale_claim(digest, self.config.cache.fill_stale_seconds):
+            return None
+        writer = self.store.claim_fill(digest)
+        if writer is None:
+            return None
+        log.warning("taking over the fill of %s from an instance that stopped", digest)
+        return self._start_fill(repo, writer).open_reader()
+
+    def _start_fill(self, repo: Repository, writer: BlobWriter) -> BlobFill:
+        fill = BlobFill(writer, self._executor)
+        self._fills[writer.digest.hex] = fill
         task = asyncio.ensure_future(self._run_fill(repo, fill))
         self._fill_tasks.add(task)
         task.add_done_callback(self._fill_tasks.discard)
@@ -360,7 +399,9 @@ class ProxyService:
         try:
             unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
             async with self._upstream_ok(repo, "GET", f"blobs/{fill.digest}",
-                                         unknown) as response:
+                                         unknown) as response, self._heartbeat(fill):
+                if response.content_length is not None:
+                    fill.writer.announce_size(response.content_length)
                 detached = detach_body(response)
                 if detached is None:
                     await fill.run(response.content_length, _body_chunks(response))
@@ -396,6 +437,26 @@ class ProxyService:
             self._sif_tree.publish(repo, tag, layer)
         else:
             self._sif_waiting.setdefault(layer.hex, set()).add((repo, tag))
+
+    @asynccontextmanager
+    async def _heartbeat(self, fill: BlobFill) -> AsyncIterator[None]:
+        """Touch the shared partial file while this instance fills it, so instances that
+        follow it can tell a slow upstream from a dead filler."""
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.config.cache.fill_stale_seconds / 4)
+                for path in (fill.writer.temp_path, fill.writer.size_path):
+                    try:
+                        if path is not None:
+                            os.utime(path)
+                    except FileNotFoundError:
+                        pass
+
+        task = asyncio.ensure_future(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
 
     # -- listings --------------------------------------------------------------------------
     async def list_tags(self, repo: Repository) -> list[str]:

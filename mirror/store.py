@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +46,24 @@ class BlobWriter:
     the GIL on large buffers, so hashing overlaps the event loop's network I/O.
     """
 
-    def __init__(self, store: "ContentStore", digest: Digest) -> None:
+    def __init__(self, store: "ContentStore", digest: Digest,
+                 temp_path: Path | None = None) -> None:
+        """Creates the temp file exclusively (O_EXCL holds across NFS, GPFS, Lustre and
+        GlusterFS clients): with the digest's partial path, creating it claims the fill."""
         self.digest = digest
         self.final_path = store.blob_path(digest)
-        self.temp_path = store.temp_path(digest.hex)
+        self.temp_path = temp_path or store.temp_path(digest.hex)
+        self.size_path = store.partial_size_path(digest) if temp_path else None
         self._hash = hashlib.sha256()
         self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.size = 0
+
+    def announce_size(self, size: int) -> None:
+        """Tell other instances following this fill how big the blob will be."""
+        if self.size_path is not None:
+            temp = self.size_path.with_name(f".{self.size_path.name}.{os.getpid()}")
+            temp.write_text(str(size))
+            os.rename(temp, self.size_path)
 
     def write(self, chunk: bytes | memoryview) -> None:
         self.write_many([chunk])
@@ -98,6 +110,7 @@ class BlobWriter:
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.temp_path, 0o444)
         os.rename(self.temp_path, self.final_path)
+        self._forget_size()
 
     def commit(self) -> None:
         self.verify()
@@ -111,6 +124,14 @@ class BlobWriter:
             os.unlink(self.temp_path)
         except FileNotFoundError:
             pass
+        self._forget_size()
+
+    def _forget_size(self) -> None:
+        if self.size_path is not None:
+            try:
+                os.unlink(self.size_path)
+            except FileNotFoundError:
+                pass
 
 
 class ContentStore:
@@ -146,6 +167,61 @@ class ContentStore:
 
     def new_writer(self, digest: Digest) -> BlobWriter:
         return BlobWriter(self, digest)
+
+    # -- fills shared by every instance on the cluster filesystem ---------------------------
+    def partial_path(self, digest: Digest) -> Path:
+        """Where the one fill of `digest`, by whichever instance claimed it, is written."""
+        return self.tmp_dir / f"{digest.hex}.partial"
+
+    def partial_size_path(self, digest: Digest) -> Path:
+        return self.tmp_dir / f"{digest.hex}.size"
+
+    def claim_fill(self, digest: Digest) -> BlobWriter | None:
+        """The writer of the shared fill of `digest`, or None if another fill holds it."""
+        try:
+            return BlobWriter(self, digest, self.partial_path(digest))
+        except FileExistsError:
+            return None
+
+    def partial_size(self, digest: Digest) -> int | None:
+        """The size the filling instance announced, or None if it has not (yet)."""
+        text = self._read_small(self.partial_size_path(digest))
+        return int(text) if text and text.isdigit() else None
+
+    def break_stale_claim(self, digest: Digest, stale_seconds: float) -> bool:
+        """Remove a partial file nobody has touched for `stale_seconds` (its instance died).
+        Renaming it aside first means only one instance wins the takeover."""
+        partial = self.partial_path(digest)
+        try:
+            if time.time() - os.stat(partial).st_mtime < stale_seconds:
+                return False
+            dead = partial.with_name(f"{partial.name}.dead-{os.getpid()}-{secrets.token_hex(4)}")
+            os.rename(partial, dead)
+        except FileNotFoundError:
+            return True  # gone already: the owner finished or someone else broke it
+        os.unlink(dead)
+        try:
+            os.unlink(self.partial_size_path(digest))
+        except FileNotFoundError:
+            pass
+        return True
+
+    def clean_tmp(self, stale_seconds: float) -> int:
+        """Delete leftovers of instances that died (SIGKILL, power loss): partial fills whose
+        heartbeat stopped, and other temp files older than an hour. Safe while other
+        instances run: a live fill is touched every few seconds."""
+        removed = 0
+        now = time.time()
+        for entry in os.scandir(self.tmp_dir):
+            limit = stale_seconds if entry.name.endswith((".partial", ".size")) or \
+                ".partial.dead-" in entry.name else 3600.0
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime > limit:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def put_bytes(self, digest: Digest, data: bytes) -> None:
         """Store small content held in memory (manifests), verified like any blob."""

@@ -1,0 +1,74 @@
+"""Several `mirror serve` processes over one cache root: one upstream GET for concurrent
+misses across processes, and a process killed mid-fill is taken over by another whose
+clients still complete correctly."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.support.faulty import FaultyUpstream
+
+
+@pytest.fixture
+def slow_upstream():
+    # ~2 MiB at 256 KiB every 0.25 s: a fill takes about 2 s
+    server = FaultyUpstream("slow", slow_chunk=256 * 1024, slow_interval=0.25).start()
+    yield server
+    server.stop()
+
+
+def _pair(make_proxy, server, **cache):
+    upstreams = {"f": {"url": server.url, "prefix": "f.test", "default": True}}
+    first = make_proxy(upstreams, name="node-a", fill_stale_seconds=2, **cache)
+    second = make_proxy(upstreams, name="node-b", root=str(first.cache_root),
+                        fill_stale_seconds=2, **cache)
+    return first, second
+
+
+def _download(url: str) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    try:
+        with requests.get(url, stream=True, timeout=60) as response:
+            for chunk in response.iter_content(256 * 1024):
+                digest.update(chunk)
+            return response.status_code, "sha256:" + digest.hexdigest()
+    except requests.RequestException as exc:
+        return 0, repr(exc)
+
+
+def test_concurrent_misses_across_processes_cost_one_upstream_get(make_proxy, slow_upstream):
+    first, second = _pair(make_proxy, slow_upstream)
+    urls = [proxy.url + slow_upstream.layer_path for proxy in (first, second) * 8]
+    with ThreadPoolExecutor(len(urls)) as pool:
+        results = list(pool.map(_download, urls))
+    assert results == [(200, slow_upstream.layer_digest)] * len(urls)
+    assert slow_upstream.count("GET", "/blobs/sha256") == 1
+    assert first.wait_stored(slow_upstream.layer_digest) == slow_upstream.layer_size
+    assert first.temp_files() == []
+
+
+def test_a_killed_filler_is_taken_over_and_its_followers_complete(make_proxy, slow_upstream):
+    first, second = _pair(make_proxy, slow_upstream)
+    url_a = first.url + slow_upstream.layer_path
+    with ThreadPoolExecutor(4) as pool:
+        filler = pool.submit(_download, url_a)  # node A claims the fill
+        time.sleep(0.6)
+        followers = [pool.submit(_download, second.url + slow_upstream.layer_path)
+                     for _ in range(3)]
+        time.sleep(0.4)
+        first._process.kill()  # SIGKILL, mid-fill
+        results = [f.result() for f in followers]
+        filler.result()
+    assert results == [(200, slow_upstream.layer_digest)] * 3
+    assert second.wait_stored(slow_upstream.layer_digest) == slow_upstream.layer_size
+    # only verified content under final paths; the dead fill's leftovers are gone
+    for hex_digest, size in second.stored_blobs().items():
+        path = second.cache_root / "blobs" / "sha256" / hex_digest[:2] / hex_digest
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == hex_digest
+    assert second.temp_files() == []
+    assert "taking over the fill" in second.log()
