@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -51,3 +53,41 @@ async def _flush_pull_stats(index: MetadataIndex) -> None:
             index.flush_pulls()
         except Exception:  # statistics must never take the proxy down
             log.exception("could not record pull statistics")
+
+
+def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
+    """Run the proxy until SIGTERM/SIGINT: in this process, or in `workers` processes
+    sharing the port (SO_REUSEPORT) so one node uses every core. The workers share the
+    cache like any instances do (one fill per blob, via the store)."""
+    if workers <= 1:
+        _run(config, reuse_port=False, access_log=access_log)
+        return
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger().level
+    processes = [context.Process(target=_worker, args=(config, level, access_log),
+                                 name=f"mirror-worker-{n}") for n in range(workers)]
+    for process in processes:
+        process.start()
+
+    def stop(signum: int, frame: object) -> None:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for process in processes:
+        process.join()
+
+
+def _worker(config: Config, level: int, access_log: bool) -> None:
+    logging.basicConfig(level=level,
+                        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    _run(config, reuse_port=True, access_log=access_log)
+
+
+def _run(config: Config, reuse_port: bool, access_log: bool) -> None:
+    web.run_app(create_app(config), host=config.server.host, port=config.server.port,
+                print=None, reuse_port=reuse_port,
+                access_log=logging.getLogger("aiohttp.access") if access_log else None,
+                access_log_format='%a "%r" %s %Tfs')

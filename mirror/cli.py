@@ -38,21 +38,21 @@ def serve(
     host: Annotated[Optional[str], typer.Option(
         help="Bind address (overrides server.host).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (overrides server.port).")] = None,
+    workers: Annotated[int, typer.Option(
+        help="Processes sharing the port (SO_REUSEPORT), e.g. one per core.")] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the pull-through proxy."""
-    from aiohttp import web
-
-    from .app import create_app
+    from .app import serve as serve_app
 
     server = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     cfg = _load(config, {"server": server} if server else None)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.echo(f"hpc-mirror serving {cfg.cache.root} on http://{cfg.server.host}:"
-               f"{cfg.server.port} (config: {cfg.source})", err=True)
-    web.run_app(create_app(cfg), host=cfg.server.host, port=cfg.server.port, print=None,
-                access_log_format='%a "%r" %s %b %Tfs')
+               f"{cfg.server.port} with {max(workers, 1)} process(es) (config: {cfg.source})",
+               err=True)
+    serve_app(cfg, workers)
 
 
 @app.command()

@@ -72,3 +72,27 @@ def test_a_killed_filler_is_taken_over_and_its_followers_complete(make_proxy, sl
         assert hashlib.sha256(path.read_bytes()).hexdigest() == hex_digest
     assert second.temp_files() == []
     assert "taking over the fill" in second.log()
+
+
+def test_workers_share_the_port_and_stop_together(tmp_path, upstream, seeded):
+    from tests.conftest import upstream_entry
+    from tests.support.proxy import ProxyProcess, proxy_config
+
+    config = proxy_config(tmp_path, {"u": upstream_entry(upstream.url)})
+    proxy = ProxyProcess(tmp_path / "w", config, args=("--workers", "2"))
+    with proxy:
+        children_file = f"/proc/{proxy.pid}/task/{proxy.pid}/children"
+        children = [int(pid) for pid in open(children_file).read().split()]
+        image = seeded["tools/alpha:1.0"]
+        for _ in range(40):
+            response = requests.get(f"{proxy.url}/v2/tools/alpha/manifests/1.0",
+                                    headers={"Accept": image.media_type}, timeout=10)
+            assert response.content == image.manifest
+        time.sleep(0.2)
+        log = proxy.log()
+        assert "mirror-worker-0" in log and "mirror-worker-1" in log
+    time.sleep(0.5)
+    import os
+    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
+             and "Z" not in open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]]
+    assert alive == []

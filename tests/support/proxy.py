@@ -56,13 +56,19 @@ def proxy_config(workdir: Path, upstreams: dict[str, dict[str, Any]], **cache: A
 class ProxyProcess:
     """`python -m mirror.cli serve --config <file>` on a free port; stopped by its PID."""
 
-    def __init__(self, workdir: Path, config: dict, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, config: dict, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.args = args
         self.config = config
         self.config_path = workdir / f"proxy-{config['server']['port']}.toml"
         self.log_path = workdir / f"proxy-{config['server']['port']}.log"
         self.env = env or {}
         self._process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     @property
     def host(self) -> str:
@@ -82,7 +88,7 @@ class ProxyProcess:
         log = open(self.log_path, "ab")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "mirror.cli", "serve", "--config", str(self.config_path),
-             "--log-level", "info"],
+             "--log-level", "info", *self.args],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         log.close()
         deadline = time.monotonic() + 15
