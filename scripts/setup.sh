@@ -2,7 +2,7 @@
 # Set up hpc-mirror on a fresh Debian 12 machine with Python 3.11: a virtualenv in .venv
 # with the package installed. With --test, also the test dependencies: Python packages and
 # the Debian packages the integration tests run for real (the upstream registry, skopeo,
-# squashfs-tools for SIF fixtures, Chromium for the catalog's browser test (driven by
+# squashfs-tools for SIF fixtures, GlusterFS for the multi-instance tests, Chromium for the catalog's browser test (driven by
 # Playwright with executable_path=/usr/bin/chromium: no browser download), nginx and wrk
 # for the benchmarks).
 set -euo pipefail
@@ -12,7 +12,8 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 if [[ $want_test == 1 ]]; then
-  debs=(docker-registry skopeo squashfs-tools nginx-light wrk apache2-utils curl chromium)
+  debs=(docker-registry skopeo squashfs-tools nginx-light wrk apache2-utils curl chromium
+        glusterfs-server glusterfs-client)
   missing=()
   for deb in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")
@@ -30,6 +31,11 @@ if [[ $want_test == 1 ]]; then
     fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
     (( own_policy )) && $sudo rm -f /usr/sbin/policy-rc.d
+  fi
+  # The multi-instance tests mount a GlusterFS volume twice; GlusterFS refuses
+  # localhost/127.0.0.1 as a brick host, so give loopback a name of its own.
+  if ! grep -q "hpc-mirror-gluster" /etc/hosts; then
+    echo "127.0.0.1 hpc-mirror-gluster" | $sudo tee -a /etc/hosts >/dev/null
   fi
 fi
 
