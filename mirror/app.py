@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import signal
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 _STATS_FLUSH_SECONDS = 5.0
+_STATS_EXPORT_EVERY = 12  # flushes: once a minute
 
 
 def create_app(config: Config) -> web.Application:
@@ -47,10 +49,14 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _flush_pull_stats(index: MetadataIndex) -> None:
-    while True:
+    """Pull counts: into the node-local index every few seconds, and published for the
+    other nodes once a minute when they changed."""
+    for beat in itertools.count(1):
         await asyncio.sleep(_STATS_FLUSH_SECONDS)
         try:
             index.flush_pulls()
+            if beat % _STATS_EXPORT_EVERY == 0:
+                index.export_pulls()
         except Exception:  # statistics must never take the proxy down
             log.exception("could not record pull statistics")
 

@@ -10,6 +10,8 @@ work on network filesystems, which is why the index lives on node-local disk.
 
 from __future__ import annotations
 
+import hashlib
+import socket
 import threading
 import time
 from collections import Counter
@@ -33,9 +35,14 @@ class MetadataIndex:
         self._pulls: Counter[tuple[str, str, str]] = Counter()
         self._last_pulled: dict[tuple[str, str, str], float] = {}
         self._pulls_lock = threading.Lock()
+        index_key = hashlib.sha256(str(directory).encode()).hexdigest()[:8]
+        self._node = f"{socket.gethostname()}-{index_key}"  # one stats file per node
+        self._others: tuple[float, dict] | None = None
+        self._unexported = False  # counts flushed to the index but not yet published
 
     def close(self) -> None:
         self.flush_pulls()
+        self.export_pulls()
         self._cache.close()
 
     # -- tags ------------------------------------------------------------------------------
@@ -117,12 +124,13 @@ class MetadataIndex:
             self._pulls[key] += 1
             self._last_pulled[key] = time.time()
 
-    def flush_pulls(self) -> None:
+    def flush_pulls(self) -> bool:
+        """Write the counts gathered in memory to the index; True if there were any."""
         with self._pulls_lock:
             pulls, self._pulls = self._pulls, Counter()
             last, self._last_pulled = self._last_pulled, {}
         if not pulls:
-            return
+            return False
         by_repo: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
         for (prefix, name, reference), count in pulls.items():
             by_repo.setdefault((prefix, name), {})[reference] = (count,
@@ -134,7 +142,42 @@ class MetadataIndex:
                 for reference, (count, when) in counts.items():
                     stats[reference] = (stats.get(reference, (0, 0.0))[0] + count, when)
                 self._cache.set(key, stats)
+        self._unexported = True
+        return True
+
+    def export_pulls(self) -> None:
+        """Publish this node's pull counts on the shared store, if they changed since the
+        last time: one file per node (named by host and index), so `gc` and the catalog
+        on any node see every node's pulls and no two nodes ever write the same file."""
+        if not self._unexported:
+            return
+        self._unexported = False
+        totals = {}
+        for key in self._cache.iterkeys():
+            if isinstance(key, tuple) and key[0] == "pulls":
+                totals[f"{key[1]}/{key[2]}"] = self._cache.get(key, {})
+        self._store.write_pull_stats(self._node, totals)
 
     def pull_stats(self, repo: Repository) -> dict[str, tuple[int, float]]:
-        """Per tag or digest of `repo`: (pull count, last pulled Unix time)."""
-        return self._cache.get(("pulls", repo.prefix, repo.name), {})
+        """Per tag or digest of `repo`, over every node: (pull count, last pulled time)."""
+        merged = dict(self._cache.get(("pulls", repo.prefix, repo.name), {}))
+        for reference, (count, when) in self._other_nodes().get(str(repo), {}).items():
+            old_count, old_when = merged.get(reference, (0, 0.0))
+            merged[reference] = (old_count + count, max(old_when, when))
+        return merged
+
+    def _other_nodes(self) -> dict[str, dict[str, tuple[int, float]]]:
+        """Pull counts published by the other nodes, summed, read once a while."""
+        now = time.time()
+        if self._others is None or now - self._others[0] > _CATALOG_TTL_SECONDS:
+            summed: dict[str, dict[str, tuple[int, float]]] = {}
+            for node, totals in self._store.read_pull_stats().items():
+                if node == self._node:
+                    continue  # this node's own counts come from its index, fresher
+                for repo, refs in totals.items():
+                    into = summed.setdefault(repo, {})
+                    for reference, (count, when) in refs.items():
+                        old_count, old_when = into.get(reference, (0, 0.0))
+                        into[reference] = (old_count + count, max(old_when, when))
+            self._others = (now, summed)
+        return self._others[1]

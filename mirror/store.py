@@ -303,6 +303,23 @@ class ContentStore:
                 signature.append(0)
         return signature
 
+    # -- pull statistics, one file per node -----------------------------------------------
+    def write_pull_stats(self, node: str, totals: dict) -> None:
+        self._write_small(self.root / "stats" / f"{node}.json",
+                          json.dumps(totals, sort_keys=True).encode())
+
+    def read_pull_stats(self) -> dict[str, dict]:
+        found = {}
+        for path in sorted((self.root / "stats").glob("*.json")):
+            try:
+                totals = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # a node's torn or foreign file: its counts are missing, not wrong
+            if isinstance(totals, dict):
+                found[path.stem] = {repo: {ref: tuple(v) for ref, v in refs.items()}
+                                    for repo, refs in totals.items() if isinstance(refs, dict)}
+        return found
+
     # -- small files -----------------------------------------------------------------------
     def _write_small(self, path: Path, data: bytes) -> None:
         """Atomic replace of a small metadata file. Not fsync'd: a torn link after a crash
