@@ -57,7 +57,8 @@ from typing import Any, Callable
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-
+from benchmarks import watchdog  # noqa: E402
+from benchmarks.watchdog import Timeout  # noqa: E402
 from tests.support.registry import RegistryProcess, free_port  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -81,10 +82,6 @@ RECV_BUFFER = 4 * MIB
 
 class BenchError(RuntimeError):
     """A measurement could not be taken (a server failed, a response was wrong)."""
-
-
-class Timeout(BaseException):
-    """The whole run exceeded --timeout (BaseException so no handler swallows it)."""
 
 
 def log(message: str) -> None:
@@ -1138,15 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
     parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="hpc-mirror-bench-", dir=parent))
 
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise Timeout(f"benchmark exceeded --timeout {args.timeout:.0f} s")
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.alarm(max(1, int(args.timeout)))
+    watchdog.install(args.timeout)
 
     cores = os.cpu_count() or 0
     print(f"hpc-mirror benchmark ({'quick' if args.quick else 'full'}) on {platform.node()}: "

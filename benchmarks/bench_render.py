@@ -79,7 +79,8 @@ from typing import Any, Callable
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-
+from benchmarks import watchdog  # noqa: E402
+from benchmarks.watchdog import Timeout  # noqa: E402
 from mirror import catalog as catalog_module  # noqa: E402
 from mirror import config as config_module  # noqa: E402
 from mirror import sitewriter as sitewriter_module  # noqa: E402
@@ -825,10 +826,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-class Timeout(BaseException):
-    """The whole run exceeded --timeout."""
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--profile-child"]:
@@ -838,15 +835,7 @@ def main(argv: list[str] | None = None) -> int:
     parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="hpc-mirror-bench-render-", dir=parent))
 
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise Timeout(f"benchmark exceeded --timeout {args.timeout:.0f} s")
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.alarm(max(1, int(args.timeout)))
+    watchdog.install(args.timeout)
     print(f"hpc-mirror render benchmark on {platform.node()}: {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, workdir {workdir}", flush=True)
     started = time.perf_counter()

@@ -118,9 +118,7 @@ class BlobFill:
         except BaseException as exc:  # cancellation included: never leave a temp file behind
             if pending is not None:
                 await asyncio.gather(pending, return_exceptions=True)
-            await loop.run_in_executor(self._executor, self.writer.abort)
-            self.error = exc if isinstance(exc, MirrorError) else UpstreamBadGateway(
-                f"download of {self.digest} from upstream failed")
+            await self._fail(loop, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -140,15 +138,20 @@ class BlobFill:
             await self._verify_and_persist(loop)
         except BaseException as exc:
             self._stop = True
-            await loop.run_in_executor(self._executor, self.writer.abort)
-            self.error = exc if isinstance(exc, MirrorError) else UpstreamBadGateway(
-                f"download of {self.digest} from upstream failed")
+            await self._fail(loop, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
             sock.close()
             self.started.set()
             self._notify()
+
+    async def _fail(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
+        """Delete the temp file of a failed or cancelled fill and record why; readers see
+        the error on their next wait."""
+        await loop.run_in_executor(self._executor, self.writer.abort)
+        self.error = exc if isinstance(exc, MirrorError) else UpstreamBadGateway(
+            f"download of {self.digest} from upstream failed")
 
     async def _verify_and_persist(self, loop: asyncio.AbstractEventLoop) -> None:
         """Release the held-back last bytes as soon as the digest matches; the fsync and

@@ -6,21 +6,15 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 import tarfile
 
 import oras.client
 import pytest
 
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
-from tests.support.proxy import ProxyProcess, proxy_config, toml_text
+from tests.support.proxy import ProxyProcess, proxy_config, run_mirror, toml_text
 
 IMAGES = ["tools/alpha:1.0", "multi/app:1.0", "legacy/dockerimg:v2", "sif/tool:1.0"]
-
-
-def _mirror(config_path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mirror.cli", *args, "--config",
-                           str(config_path)], capture_output=True, text=True, timeout=300)
 
 
 def _config(path, workdir, registry_url: str, **cache) -> dict:
@@ -35,11 +29,11 @@ def bundle(upstream, seeded, tmp_path_factory):
     source = proxy_config(work, {"u": upstream_entry(upstream.url)})
     (work / "source.toml").write_text(toml_text(source))
     names = [f"{UPSTREAM_PREFIX}/{image}" for image in IMAGES]
-    fetched = _mirror(work / "source.toml", "prefetch", *names)
+    fetched = run_mirror(work / "source.toml", "prefetch", *names)
     assert fetched.returncode == 0, fetched.stderr
     listing = work / "images.txt"
     listing.write_text("\n".join(names) + "\n")
-    written = _mirror(work / "source.toml", "export", str(work / "bundle.tar"), "--file",
+    written = run_mirror(work / "source.toml", "export", str(work / "bundle.tar"), "--file",
                       str(listing))
     assert written.returncode == 0, written.stderr
     assert f"wrote {len(IMAGES)} images" in written.stdout
@@ -60,7 +54,7 @@ def test_bundle_is_an_oci_layout_naming_the_images(bundle, seeded):
 
 def test_import_into_an_empty_cache_serves_the_same_digests(bundle, seeded, tmp_path):
     config = _config(tmp_path / "target.toml", tmp_path, "http://127.0.0.1:9")
-    result = _mirror(tmp_path / "target.toml", "import", str(bundle))
+    result = run_mirror(tmp_path / "target.toml", "import", str(bundle))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("imported ") == len(IMAGES)
     with ProxyProcess(tmp_path / "serve", config) as proxy:  # upstream offline: cache only
@@ -102,7 +96,7 @@ def test_a_damaged_bundle_is_refused_and_leaves_nothing(bundle, seeded, tmp_path
             return None if damage == "drop" else data[:50] + bytes([data[50] ^ 1]) + data[51:]
         _rewrite(bundle, bad, change)
     _config(tmp_path / "target.toml", tmp_path, "http://127.0.0.1:9")
-    result = _mirror(tmp_path / "target.toml", "import", str(bad))
+    result = run_mirror(tmp_path / "target.toml", "import", str(bad))
     assert result.returncode == 1
     assert "refused" in result.stderr
     if damage != "truncate":

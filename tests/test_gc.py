@@ -3,20 +3,13 @@ kept images stay."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
-from tests.support.proxy import proxy_config, toml_text
+from tests.support.proxy import proxy_config, run_mirror, toml_text
 from tests.support.seed import RegistryClient, seed_all
 
 ORDER = ["big/blob:1.0", "tools/alpha:1.0", "tools/beta:2.0", "sif/tool:1.0"]  # oldest first
-
-
-def _mirror(config_path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mirror.cli", *args, "--config",
-                           str(config_path)], capture_output=True, text=True, timeout=300)
 
 
 def _stored(cache) -> set[str]:
@@ -32,22 +25,22 @@ def test_gc_evicts_least_recently_used_and_keeps_pinned_and_shared(private_upstr
     path = tmp_path / "mirror.toml"
     path.write_text(toml_text(config))
     for image in ORDER:  # one at a time: each tag is confirmed a little later
-        result = _mirror(path, "prefetch", f"{UPSTREAM_PREFIX}/{image}")
+        result = run_mirror(path, "prefetch", f"{UPSTREAM_PREFIX}/{image}")
         assert result.returncode == 0, result.stderr
         time.sleep(1.1)
     cache = tmp_path / "cache"
     before = _stored(cache)
     total = sum(p.stat().st_size for p in (cache / "blobs" / "sha256").glob("*/*"))
 
-    dry = _mirror(path, "gc", "--max-size", str(total - 1), "--dry-run")
+    dry = run_mirror(path, "gc", "--max-size", str(total - 1), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert f"would evict {UPSTREAM_PREFIX}/tools/alpha:1.0" in dry.stdout
     assert _stored(cache) == before
 
-    young = _mirror(path, "gc", "--max-size", str(total - 1), "--older-than", "1d")
+    young = run_mirror(path, "gc", "--max-size", str(total - 1), "--older-than", "1d")
     assert "still above" in young.stdout and _stored(cache) == before
 
-    run = _mirror(path, "gc", "--max-size", str(total - 1))
+    run = run_mirror(path, "gc", "--max-size", str(total - 1))
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0] == f"evicted {UPSTREAM_PREFIX}/tools/alpha:1.0"
     alpha, beta = seeded["tools/alpha:1.0"], seeded["tools/beta:2.0"]
@@ -60,6 +53,6 @@ def test_gc_evicts_least_recently_used_and_keeps_pinned_and_shared(private_upstr
     assert alpha.digest[7:] not in after
     assert not (cache / "repositories" / UPSTREAM_PREFIX / "tools/alpha/_tags/1.0").exists()
 
-    everything = _mirror(path, "gc", "--max-size", "0")
+    everything = run_mirror(path, "gc", "--max-size", "0")
     assert seeded["big/blob:1.0"].layers[0]["digest"][7:] in _stored(cache)
     assert "still above" in everything.stdout

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import oras.client
 import requests
 
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
-from tests.support.proxy import ProxyProcess, proxy_config, toml_text
+from tests.support.proxy import ProxyProcess, proxy_config, run_mirror, toml_text
 from tests.support.registry import RegistryProcess, free_port
 from tests.support.seed import RegistryClient, seed_all
 
@@ -25,10 +24,8 @@ def _config(tmp_path, registry_url: str) -> tuple[dict, object]:
     return config, path
 
 
-def _prefetch(config_path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mirror.cli", "prefetch", "--config",
-                           str(config_path), *args], capture_output=True, text=True,
-                          timeout=300)
+def _prefetch(config_path, *args: str):
+    return run_mirror(config_path, "prefetch", *args)
 
 
 def test_prefetch_then_serve_with_the_upstream_stopped(tmp_path):

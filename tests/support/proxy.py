@@ -41,6 +41,12 @@ def _toml_value(value: Any) -> str:
     return f'"{escaped}"'
 
 
+def run_mirror(config_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a `mirror` command (not serve) with a config file, as a user would."""
+    return subprocess.run([sys.executable, "-m", "mirror.cli", *args, "--config",
+                           str(config_path)], capture_output=True, text=True, timeout=timeout)
+
+
 def proxy_config(workdir: Path, upstreams: dict[str, dict[str, Any]], **cache: Any) -> dict:
     """A config for one test proxy: its own cache root and index under `workdir`."""
     return {
