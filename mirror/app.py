@@ -13,15 +13,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .config import Config
-from .index import MetadataIndex
 from .routes import SERVICE, add_catalog_routes, add_routes, error_middleware
-from .service import running_service
+from .service import ProxyService, running_service
 
 log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 _STATS_FLUSH_SECONDS = 5.0
 _STATS_EXPORT_EVERY = 12  # flushes: once a minute
+_CLEAN_EVERY = 120  # flushes: every ten minutes
 
 
 def create_app(config: Config) -> web.Application:
@@ -35,11 +35,10 @@ def create_app(config: Config) -> web.Application:
 
 
 async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
-    """The service lives exactly as long as the app; pull statistics are flushed in the
-    background."""
+    """The service lives exactly as long as the app, with its housekeeping beside it."""
     async with running_service(app[CONFIG]) as service:
         app[SERVICE] = service
-        flusher = asyncio.ensure_future(_flush_pull_stats(service.index))
+        flusher = asyncio.ensure_future(_housekeeping(service))
         try:
             yield
         finally:
@@ -48,17 +47,21 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
                 await flusher
 
 
-async def _flush_pull_stats(index: MetadataIndex) -> None:
-    """Pull counts: into the node-local index every few seconds, and published for the
-    other nodes once a minute when they changed."""
+async def _housekeeping(service: ProxyService) -> None:
+    """Pull counts into the node-local index every few seconds and published for other
+    nodes once a minute; leftovers of instances that died removed every ten minutes."""
+    loop = asyncio.get_running_loop()
     for beat in itertools.count(1):
         await asyncio.sleep(_STATS_FLUSH_SECONDS)
         try:
-            index.flush_pulls()
+            service.index.flush_pulls()
             if beat % _STATS_EXPORT_EVERY == 0:
-                index.export_pulls()
-        except Exception:  # statistics must never take the proxy down
-            log.exception("could not record pull statistics")
+                service.index.export_pulls()
+            if beat % _CLEAN_EVERY == 0:
+                await loop.run_in_executor(None, service.store.clean_tmp,
+                                           service.config.cache.fill_stale_seconds * 3)
+        except Exception:  # housekeeping must never take the proxy down
+            log.exception("housekeeping failed")
 
 
 def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:

@@ -23,7 +23,7 @@ ALLOWED = {
     "service": {"config", "errors", "fill", "index", "manifests", "policy", "reference",
                 "routing", "siftree", "store", "upstream"},
     "routes": {"errors", "fill", "policy", "reference", "service"},
-    "app": {"config", "index", "routes", "service"},
+    "app": {"config", "routes", "service"},
     "prefetch": {"errors", "manifests", "reference", "service"},
     # The catalog reads the store and index only: never the upstream client or service.
     "sif": set(),

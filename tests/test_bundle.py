@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import tarfile
 
-import oras.client
 import pytest
 
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
+from tests.support.clients import oras_pull, skopeo_copy
 from tests.support.proxy import ProxyProcess, proxy_config, run_mirror, toml_text
 
 IMAGES = ["tools/alpha:1.0", "multi/app:1.0", "legacy/dockerimg:v2", "sif/tool:1.0"]
@@ -59,16 +58,10 @@ def test_import_into_an_empty_cache_serves_the_same_digests(bundle, seeded, tmp_
     assert result.stdout.count("imported ") == len(IMAGES)
     with ProxyProcess(tmp_path / "serve", config) as proxy:  # upstream offline: cache only
         dest = tmp_path / "layout"
-        copy = subprocess.run(
-            ["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", "--all",
-             f"docker://{proxy.host}/{UPSTREAM_PREFIX}/multi/app:1.0", f"oci:{dest}:x"],
-            capture_output=True, text=True, timeout=120)
-        assert copy.returncode == 0, copy.stderr
+        skopeo_copy(proxy.host, "multi/app:1.0", f"oci:{dest}:x", "--all")
         index = json.loads((dest / "index.json").read_text())
         assert index["manifests"][0]["digest"] == seeded["multi/app:1.0"].digest
-        client = oras.client.OrasClient(hostname=proxy.host, insecure=True)
-        files = client.pull(target=f"{proxy.host}/{UPSTREAM_PREFIX}/sif/tool:1.0",
-                            outdir=str(tmp_path / "sif"))
+        files = oras_pull(proxy.host, "sif/tool:1.0", tmp_path / "sif")
         assert open(files[0], "rb").read() == seeded["sif/tool:1.0"].sif.data
 
 

@@ -7,18 +7,10 @@ import json
 import subprocess
 from pathlib import Path
 
-import oras.client
 import pytest
 
 from tests.conftest import UPSTREAM_PREFIX
-
-
-def _skopeo_copy(proxy, reference: str, dest: str, *extra: str) -> None:
-    result = subprocess.run(
-        ["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", *extra,
-         f"docker://{proxy.host}/{UPSTREAM_PREFIX}/{reference}", dest],
-        capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr
+from tests.support.clients import oras_pull, skopeo_copy
 
 
 def _layout_digest(dest: Path) -> str:
@@ -39,7 +31,7 @@ def _assert_blobs_verified(blob_dir: Path) -> set[str]:
 def test_skopeo_copies_oci_images_with_upstream_digests(proxy, seeded, tmp_path, reference):
     image = seeded[reference]
     dest = tmp_path / "layout"
-    _skopeo_copy(proxy, reference, f"oci:{dest}:pulled")
+    skopeo_copy(proxy.host, reference, f"oci:{dest}:pulled")
     assert _layout_digest(dest) == image.digest
     stored = _assert_blobs_verified(dest / "blobs" / "sha256")
     assert {b["digest"].split(":")[1] for b in image.blobs} <= stored
@@ -48,7 +40,7 @@ def test_skopeo_copies_oci_images_with_upstream_digests(proxy, seeded, tmp_path,
 def test_skopeo_copies_a_docker_schema2_image_unchanged(proxy, seeded, tmp_path):
     image = seeded["legacy/dockerimg:v2"]
     dest = tmp_path / "dir"
-    _skopeo_copy(proxy, "legacy/dockerimg:v2", f"dir:{dest}")
+    skopeo_copy(proxy.host, "legacy/dockerimg:v2", f"dir:{dest}")
     assert (dest / "manifest.json").read_bytes() == image.manifest
     stored = _assert_blobs_verified(dest)
     assert {b["digest"].split(":")[1] for b in image.blobs} <= stored
@@ -57,7 +49,7 @@ def test_skopeo_copies_a_docker_schema2_image_unchanged(proxy, seeded, tmp_path)
 def test_skopeo_copies_a_whole_multi_arch_index(proxy, seeded, tmp_path):
     index = seeded["multi/app:1.0"]
     dest = tmp_path / "layout"
-    _skopeo_copy(proxy, "multi/app:1.0", f"oci:{dest}:pulled", "--all")
+    skopeo_copy(proxy.host, "multi/app:1.0", f"oci:{dest}:pulled", "--all")
     assert _layout_digest(dest) == index.digest
     stored = _assert_blobs_verified(dest / "blobs" / "sha256")
     assert {child.digest.split(":")[1] for child in index.children} <= stored
@@ -77,9 +69,7 @@ def test_skopeo_inspect_by_digest(proxy, seeded):
                                        "sif/dockerv2:1.3.0", "sif/zeroconfig:3.7"])
 def test_oras_sdk_pulls_sif_byte_identical(proxy, seeded, tmp_path, reference):
     image = seeded[reference]
-    client = oras.client.OrasClient(hostname=proxy.host, insecure=True)
-    files = client.pull(target=f"{proxy.host}/{UPSTREAM_PREFIX}/{reference}",
-                        outdir=str(tmp_path))
+    files = oras_pull(proxy.host, reference, tmp_path)
     assert len(files) == 1
     pulled = Path(files[0]).read_bytes()
     assert pulled == image.sif.data

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
-import oras.client
 import requests
 
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
+from tests.support.clients import oras_pull, skopeo_copy
 from tests.support.proxy import ProxyProcess, proxy_config, run_mirror, toml_text
 from tests.support.registry import RegistryProcess, free_port
 from tests.support.seed import RegistryClient, seed_all
@@ -54,14 +53,8 @@ def test_prefetch_then_serve_with_the_upstream_stopped(tmp_path):
     config["server"]["port"] = free_port()
     with ProxyProcess(tmp_path / "serve", config) as proxy:
         dest = tmp_path / "layout"
-        result = subprocess.run(
-            ["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", "--all",
-             f"docker://{proxy.host}/{UPSTREAM_PREFIX}/multi/app:1.0", f"oci:{dest}:x"],
-            capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        oras_client = oras.client.OrasClient(hostname=proxy.host, insecure=True)
-        files = oras_client.pull(target=f"{proxy.host}/{UPSTREAM_PREFIX}/sif/tool:1.0",
-                                 outdir=str(tmp_path / "sif"))
+        skopeo_copy(proxy.host, "multi/app:1.0", f"oci:{dest}:x", "--all")
+        files = oras_pull(proxy.host, "sif/tool:1.0", tmp_path / "sif")
         assert open(files[0], "rb").read() == seeded["sif/tool:1.0"].sif.data
         big = seeded["big/blob:1.0"]
         response = requests.get(f"{proxy.url}/v2/big/blob/blobs/{big.layers[0]['digest']}",

@@ -9,10 +9,9 @@ import stat
 import tempfile
 import time
 
-import oras.client
-
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
 from tests.support import oci
+from tests.support.clients import oras_pull
 from tests.support.seed import SIF_GENERATIONS, RegistryClient, publish
 from tests.support.sifwriter import example_sif, make_squashfs
 
@@ -39,8 +38,7 @@ def _push_sif(registry, version: str):
 
 
 def _pull(proxy, tmp_path):
-    client = oras.client.OrasClient(hostname=proxy.host, insecure=True)
-    client.pull(target=f"{proxy.host}/{UPSTREAM_PREFIX}/sif/tool:1.0", outdir=str(tmp_path))
+    oras_pull(proxy.host, "sif/tool:1.0", tmp_path)
 
 
 def test_pulled_sif_appears_in_the_tree_and_follows_its_tag(make_proxy, private_upstream,

@@ -3,10 +3,8 @@ kind plus images a catalog must render safely (scripts in labels, damaged conten
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import oras.client
 import pytest
 import requests
 
@@ -14,6 +12,7 @@ from mirror import config as config_module
 from mirror.catalog import render
 
 from . import oci
+from .clients import oras_pull, skopeo_copy
 from .proxy import ProxyProcess, proxy_config
 from .seed import RegistryClient, publish, publish_image
 
@@ -53,18 +52,14 @@ def _seed_hostile_and_damaged(upstream_url: str, tmp: Path) -> dict:
 def _pull_all(proxy: ProxyProcess, seeded, tmp: Path) -> None:
     """Real clients through the proxy: skopeo for images, the oras SDK for SIFs, plain
     HTTP for what those tools do not fetch whole."""
-    prefix = f"{proxy.host}/{UPSTREAM_PREFIX}"
     for reference, dest, extra in (("tools/alpha:1.0", "oci:{}:x", []),
                                    ("multi/app:1.0", "oci:{}:x", ["--all"]),
                                    ("legacy/dockerimg:v2", "dir:{}", []),
                                    ("hostile/labels:1.0", "oci:{}:x", [])):
         target = dest.format(tmp / reference.replace("/", "_").replace(":", "_"))
-        subprocess.run(["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", *extra,
-                        f"docker://{prefix}/{reference}", target], check=True,
-                       capture_output=True, timeout=120)
-    client = oras.client.OrasClient(hostname=proxy.host, insecure=True)
+        skopeo_copy(proxy.host, reference, target, *extra)
     for reference in ("sif/tool:1.0", "sif/legacy:oras-go-v1", "sif/zeroconfig:3.7"):
-        client.pull(target=f"{prefix}/{reference}", outdir=str(tmp / "oras"))
+        oras_pull(proxy.host, reference, tmp / "oras")
     accept = {"Accept": oci.ACCEPT_ALL_MANIFESTS}
     for reference in ("tools/alpha:latest", "tools/beta:2.0") + DAMAGED:
         repository, tag = reference.split(":")

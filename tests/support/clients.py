@@ -1,0 +1,25 @@
+"""Real clients, pulling through a proxy as users do: skopeo and the oras Python SDK."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import oras.client
+
+UPSTREAM_PREFIX = "up.test"
+
+
+def skopeo_copy(host: str, reference: str, dest: str, *extra: str) -> None:
+    """`skopeo copy docker://<host>/up.test/<reference> <dest>`, digests preserved."""
+    result = subprocess.run(
+        ["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", *extra,
+         f"docker://{host}/{UPSTREAM_PREFIX}/{reference}", dest],
+        capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+
+
+def oras_pull(host: str, reference: str, outdir: Path) -> list[str]:
+    """Pull an artifact with the oras SDK; returns the files it wrote."""
+    client = oras.client.OrasClient(hostname=host, insecure=True)
+    return client.pull(target=f"{host}/{UPSTREAM_PREFIX}/{reference}", outdir=str(outdir))
