@@ -15,8 +15,7 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,8 +35,9 @@ from .errors import (
 )
 from .fill import BlobFill, BlobSource, CachedBlob, FillReader, PartialFollower
 from .index import MetadataIndex
-from .manifests import Kind, ParsedManifest
+from .manifests import Kind
 from .manifests import parse as parse_manifest
+from .memo import ManifestMemory, SingleFlight
 from .policy import tag_is_fresh
 from .reference import (
     MANIFEST_MEDIA_TYPES,
@@ -64,49 +64,6 @@ class Manifest:
     media_type: str
     body: bytes
     warning: str | None = None  # set when served stale because the upstream failed
-
-
-class SingleFlight:
-    """Runs one coroutine per key at a time; concurrent callers share its result.
-
-    The shared work is shielded, so a caller that goes away does not cancel it for others.
-    """
-
-    def __init__(self) -> None:
-        self._running: dict[Any, asyncio.Task] = {}
-
-    async def run(self, key: Any, work: Callable[[], Awaitable[Any]]) -> Any:
-        task = self._running.get(key)
-        if task is None:
-            task = asyncio.ensure_future(work())
-            self._running[key] = task
-            task.add_done_callback(lambda _: self._running.pop(key, None))
-        return await asyncio.shield(task)
-
-
-class ManifestMemory:
-    """Manifest bytes by digest, bounded in total size. Safe because content by digest is
-    immutable; it spares a filesystem read on the hottest path."""
-
-    def __init__(self, budget_bytes: int) -> None:
-        self._budget = budget_bytes
-        self._used = 0
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-
-    def get(self, digest: Digest) -> bytes | None:
-        body = self._items.get(digest.hex)
-        if body is not None:
-            self._items.move_to_end(digest.hex)
-        return body
-
-    def put(self, digest: Digest, body: bytes) -> None:
-        if len(body) > self._budget or digest.hex in self._items:
-            return
-        self._items[digest.hex] = body
-        self._used += len(body)
-        while self._used > self._budget:
-            _, old = self._items.popitem(last=False)
-            self._used -= len(old)
 
 
 @asynccontextmanager
@@ -145,7 +102,6 @@ class ProxyService:
         self._fills: dict[str, BlobFill] = {}
         self._sif_tree = SifTree(config.cache.sif_tree, store) if config.cache.sif_tree \
             else None
-        self._sif_waiting: dict[str, set[tuple[Repository, str]]] = {}  # layer -> tags
         self._fill_tasks: set[asyncio.Task] = set()
         # Hashing and file writes of fills; sha256 releases the GIL, so two threads use
         # both cores of a small node while the event loop moves bytes.
@@ -289,7 +245,8 @@ class ProxyService:
         if expected is None:
             self.index.put_tag(repo, reference, TagRecord(digest, media_type, self.clock()))
             self.index.forget_repositories()
-            self._publish_sif(repo, reference, parsed)
+            if self._sif_tree is not None and parsed.kind is Kind.SIF:
+                self._sif_tree.tag_fetched(repo, reference, parsed.layers[0].digest)
         self._memory.put(digest, body)
         return Manifest(digest, media_type, body)
 
@@ -412,8 +369,8 @@ class ProxyService:
                     response.close()
             if fill.verified:
                 self.index.link_blob(repo, fill.digest)
-                for waiting_repo, tag in self._sif_waiting.pop(fill.digest.hex, ()):
-                    self._sif_tree.publish(waiting_repo, tag, fill.digest)
+                if self._sif_tree is not None:
+                    self._sif_tree.blob_cached(fill.digest)
             else:
                 log.warning("fill of %s for %s failed: %s", fill.digest, repo,
                             fill.error.message if fill.error else "?")
@@ -427,16 +384,6 @@ class ProxyService:
             raise
         finally:
             self._fills.pop(fill.digest.hex, None)
-
-    def _publish_sif(self, repo: Repository, tag: str, parsed: ParsedManifest) -> None:
-        """Put a SIF tag in the SIF tree now if its file is cached, else once it is."""
-        if self._sif_tree is None or parsed.kind is not Kind.SIF:
-            return
-        layer = parsed.layers[0].digest
-        if self.store.blob_size(layer) is not None:
-            self._sif_tree.publish(repo, tag, layer)
-        else:
-            self._sif_waiting.setdefault(layer.hex, set()).add((repo, tag))
 
     @asynccontextmanager
     async def _heartbeat(self, fill: BlobFill) -> AsyncIterator[None]:

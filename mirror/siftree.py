@@ -23,6 +23,19 @@ class SifTree:
     def __init__(self, root: Path, store: ContentStore) -> None:
         self.root = root
         self._store = store
+        self._waiting: dict[str, set[tuple[Repository, str]]] = {}  # SIF blob -> tags
+
+    def tag_fetched(self, repo: Repository, tag: str, layer: Digest) -> None:
+        """A SIF tag's manifest was fetched: publish it now if its file is cached, else
+        as soon as it is (`blob_cached`)."""
+        if self._store.blob_size(layer) is not None:
+            self.publish(repo, tag, layer)
+        else:
+            self._waiting.setdefault(layer.hex, set()).add((repo, tag))
+
+    def blob_cached(self, digest: Digest) -> None:
+        for repo, tag in self._waiting.pop(digest.hex, ()):
+            self.publish(repo, tag, digest)
 
     def path(self, repo: Repository, tag: str) -> Path:
         return self.root / repo.prefix / repo.name / f"{tag}.sif"
