@@ -29,6 +29,8 @@ from pathlib import Path
 from .errors import DigestMismatch
 from .reference import Digest, Repository
 
+_TEMP_FILE_MAX_AGE = 86400.0  # seconds; only a dead instance leaves a temp file this old
+
 
 @dataclass(frozen=True, slots=True)
 class TagRecord:
@@ -208,13 +210,14 @@ class ContentStore:
 
     def clean_tmp(self, stale_seconds: float) -> int:
         """Delete leftovers of instances that died (SIGKILL, power loss): partial fills whose
-        heartbeat stopped, and other temp files older than an hour. Safe while other
-        instances run: a live fill is touched every few seconds."""
+        heartbeat stopped, and other temp files older than a day (a bundle import may
+        stage files for hours). Safe while other instances run: a live fill is touched
+        every few seconds."""
         removed = 0
         now = time.time()
         for entry in os.scandir(self.tmp_dir):
             limit = stale_seconds if entry.name.endswith((".partial", ".size")) or \
-                ".partial.dead-" in entry.name else 3600.0
+                ".partial.dead-" in entry.name else _TEMP_FILE_MAX_AGE
             try:
                 if now - entry.stat(follow_symlinks=False).st_mtime > limit:
                     os.unlink(entry.path)

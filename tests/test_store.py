@@ -70,3 +70,22 @@ def test_a_torn_tag_file_reads_as_absent(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text('{"digest": "sha256:12')
     assert store.read_tag(REPO, "1.0") is None
+
+
+def test_clean_tmp_removes_only_what_dead_instances_left(tmp_path):
+    import os
+    import time
+
+    store = ContentStore(tmp_path)
+    live = store.claim_fill(_digest(b"live"))  # a running fill: fresh heartbeat
+    dead = store.claim_fill(_digest(b"dead"))
+    dead_path, live_path = dead.temp_path, live.temp_path
+    old = time.time() - 100
+    os.utime(dead_path, (old, old))
+    staged = store.temp_path("import")  # e.g. a bundle import staging a blob
+    staged.write_bytes(b"x")
+    os.utime(staged, (old, old))
+    assert store.clean_tmp(stale_seconds=30) == 1
+    assert not dead_path.exists() and live_path.exists() and staged.exists()
+    assert store.claim_fill(_digest(b"live")) is None  # still claimed
+    assert store.claim_fill(_digest(b"dead")) is not None  # free again
