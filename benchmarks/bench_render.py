@@ -23,11 +23,9 @@ What it does, all local and in one temp directory (removed at the end unless --k
    About 10 % of tags get pull counts in the metadata index, for the "most pulled" list.
    Synthesis skips fsync (the store fsyncs every blob, ~1 ms each here); --fsync keeps it.
 2. Times `render()` in-process with time.perf_counter:
-   a. full render, cold: empty output dir and no facts cache (`<index_dir>/catalog-facts`);
+   a. full render, cold: empty output dir;
    b. re-render with nothing changed (median of --repeat runs);
    c. incremental: one new tag added to one repository before each run (median);
-   d. full render with a warm facts cache into an empty output dir (run last, skipped
-      when it would not fit in --timeout);
    and `python -m mirror.cli render --config ...` once as a subprocess after one more new
    tag, wall time including interpreter start and imports.
 3. Prints a RESULTS block (seconds, target, PASS/MISS, pages written/reused, load average
@@ -45,7 +43,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_render.py [--tags 10000] [--json PATH] [--workdir DIR]
         [--repeat 3] [--profile | --no-profile] [--profiler auto|py-spy|cprofile]
-        [--no-cli] [--no-warm-full] [--keep] [--fsync] [--timeout 290]
+        [--no-cli] [--keep] [--fsync] [--timeout 290]
 
 Exit status: 0 all targets met, 1 a target missed, 2 the run failed or timed out.
 """
@@ -454,14 +452,8 @@ class Bench:
         self.base_shape = CacheShape()
 
     # -- helpers -------------------------------------------------------------------------
-    def facts_dir(self) -> Path:
-        return self.config.cache.index_dir / "catalog-facts"
-
     def reset_output(self) -> None:
         shutil.rmtree(self.out, ignore_errors=True)
-
-    def reset_facts(self) -> None:
-        shutil.rmtree(self.facts_dir(), ignore_errors=True)
 
     def add_new_tag(self) -> tuple[Repository, str]:
         """One new image tag in one repository, as if a user had just pulled it."""
@@ -504,9 +496,9 @@ class Bench:
     def run(self) -> list[Metric]:
         self.synthesise()
         repeat = self.args.repeat
-        self.measure(Metric("full_cold", "full render, cold (empty out, no facts cache)",
+        self.measure(Metric("full_cold", "full render, cold (empty output directory)",
                             target=FULL_TARGET),
-                     lambda: (self.reset_output(), self.reset_facts()), 1)
+                     self.reset_output, 1)
         cold = self.last_report
         log(f"  site: {cold.repositories} repositories, {cold.tags} tags, "
             f"{count_files(self.out)} files, {du(self.out) / 2**20:.1f} MiB")
@@ -516,11 +508,6 @@ class Bench:
         if not self.args.no_cli:
             self.metrics.append(self.cli_render())
         return self.metrics
-
-    def full_warm(self) -> None:
-        """(d), run last because it is optional: facts cached, output dir empty."""
-        self.measure(Metric("full_warm_facts", "full render, warm facts, empty out",
-                            target=FULL_TARGET), self.reset_output, 1)
 
     def cli_render(self) -> Metric:
         self.add_new_tag()
@@ -553,7 +540,6 @@ class Bench:
     def prepare_profile(self, which: str) -> None:
         if which == "full_cold":
             self.reset_output()
-            self.reset_facts()
         else:
             self.add_new_tag()
 
@@ -812,8 +798,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     group.add_argument("--profile", action="store_true", help="profile even if targets pass")
     group.add_argument("--no-profile", action="store_true", help="never profile")
     parser.add_argument("--no-cli", action="store_true", help="skip the CLI subprocess run")
-    parser.add_argument("--no-warm-full", action="store_true",
-                        help="skip (d), the full render with a warm facts cache")
     parser.add_argument("--fsync", action="store_true", help="fsync while synthesising")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto",
@@ -853,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_profile:
             if args.profile or "incremental" in missed or "cli_incremental" in missed:
                 wanted.append("incremental")
-            if args.profile or "full_cold" in missed or "full_warm_facts" in missed:
+            if args.profile or "full_cold" in missed:
                 wanted.append("full_cold")
         tool = args.profiler
         if tool == "auto":
@@ -871,16 +855,6 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             log(f"profiling {which} with {tool}")
             profiles.append(bench.profile(which, tool))
-        cold = next(m.seconds for m in bench.metrics if m.key == "full_cold")
-        left = args.timeout - (time.perf_counter() - started)
-        if args.no_warm_full or not bench.facts_dir().exists():
-            pass  # the catalog keeps no facts between renders any more: (d) equals (a)
-        elif cold * 1.3 + 5 > left - 10:
-            skipped_runs.append(f"full render with warm facts (needs ~{cold * 1.3 + 5:.0f} s, "
-                                f"{left:.0f} s left of --timeout)")
-            log(f"skipping: {skipped_runs[-1]}")
-        else:
-            bench.full_warm()
     except (Timeout, KeyboardInterrupt, OSError, RuntimeError,
             subprocess.SubprocessError) as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -895,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
     if bench is None:
         return 2
     print()
-    order = ["full_cold", "unchanged", "incremental", "full_warm_facts", "cli_incremental"]
+    order = ["full_cold", "unchanged", "incremental", "cli_incremental"]
     bench.metrics.sort(key=lambda m: order.index(m.key))
     print(results_block(bench.metrics, bench.base_shape, load_before, os.getloadavg()))
     for note in skipped_runs:
