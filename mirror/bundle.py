@@ -22,7 +22,7 @@ from typing import IO
 
 from .errors import DigestMismatch, MirrorError
 from .index import MetadataIndex
-from .manifests import Kind, parse
+from .manifests import closure, parse
 from .reference import OCI_INDEX, Digest, Repository, check_name, check_tag
 from .store import BlobWriter, ContentStore, TagRecord
 
@@ -78,28 +78,12 @@ def export(store: ContentStore, images: list[tuple[Repository, str]], out: IO[by
 
 def _closure(store: ContentStore, digest: Digest, image: str) -> list[Digest]:
     """The manifest, its children and every blob they reference; all must be cached."""
-    found, pending = [], [digest]
-    seen: set[str] = set()
-    while pending:
-        current = pending.pop()
-        if current.hex in seen:
-            continue
-        seen.add(current.hex)
-        if store.blob_size(current) is None:
-            raise MirrorError(f"{image} is not fully cached: {current} is missing "
+    manifests, blobs = closure(digest, store.read_blob)
+    for piece in manifests + blobs:
+        if store.blob_size(piece) is None:
+            raise MirrorError(f"{image} is not fully cached: {piece} is missing "
                               "(prefetch it first)")
-        found.append(current)
-        body = store.read_blob(current)
-        parsed = parse(body or b"", "")
-        pending += [child.digest for child in parsed.manifests]
-        for blob in parsed.blob_digests:
-            if blob.hex not in seen:
-                seen.add(blob.hex)
-                if store.blob_size(blob) is None:
-                    raise MirrorError(f"{image} is not fully cached: {blob} is missing "
-                                      "(prefetch it first)")
-                found.append(blob)
-    return found
+    return manifests + blobs
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -200,17 +184,11 @@ def _check_complete(store: ContentStore, images: list[BundleImage],
         return Path(writer.temp_path).read_bytes() if writer else store.read_blob(digest)
 
     for image in images:
-        pending = [image.digest]
-        while pending:
-            digest = pending.pop()
-            if not present(digest):
-                raise BundleError(f"the bundle is incomplete: {image} needs {digest}")
-            parsed = parse(body(digest), "")
-            if parsed.kind is Kind.INDEX:
-                pending += [child.digest for child in parsed.manifests]
-            for blob in parsed.blob_digests:
-                if not present(blob):
-                    raise BundleError(f"the bundle is incomplete: {image} needs {blob}")
+        manifests, blobs = closure(image.digest,
+                                   lambda digest: body(digest) if present(digest) else None)
+        for piece in manifests + blobs:
+            if not present(piece):
+                raise BundleError(f"the bundle is incomplete: {image} needs {piece}")
 
 
 def _link(store: ContentStore, index: MetadataIndex, repo: Repository, digest: Digest,

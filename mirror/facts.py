@@ -14,7 +14,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from .manifests import Descriptor, Kind, ParsedManifest, parse
+from .manifests import Descriptor, Kind, ParsedManifest, parse, platform_text
 from .reference import Digest
 from .sif import SifError, read_sif
 from .store import ContentStore
@@ -50,7 +50,7 @@ def manifest_facts(store: ContentStore, digest: Digest, media_type: str) -> dict
 def _index_facts(facts: dict[str, Any], parsed: ParsedManifest) -> None:
     children = []
     for child in parsed.manifests:
-        platform = _platform_text(child.platform)
+        platform = platform_text(child.platform)
         children.append({**_descriptor(child), "platform": platform})
         if platform and platform not in facts["platforms"]:
             facts["platforms"].append(platform)
@@ -86,7 +86,7 @@ def _image_config_facts(store: ContentStore, facts: dict[str, Any], digest: Dige
         facts["problems"].append("the image config is not valid JSON")
         return
     inner = config.get("config") if isinstance(config.get("config"), dict) else {}
-    platform = _platform_text(config)
+    platform = platform_text(config)
     facts["platforms"] = [platform] if platform else []
     facts["created"] = _text(config.get("created"))
     facts["image"] = {
@@ -141,16 +141,6 @@ def _descriptor(descriptor: Descriptor) -> dict[str, Any]:
     title = (descriptor.annotations or {}).get(OCI_KEY_PREFIX + "title")
     return {"digest": str(descriptor.digest), "media_type": descriptor.media_type,
             "size": descriptor.size, "title": _text(title)}
-
-
-def _platform_text(platform: Any) -> str:
-    if not isinstance(platform, dict):
-        return ""
-    parts = [_text(platform.get("os")), _text(platform.get("architecture"))]
-    if not all(parts):
-        return ""
-    variant = _text(platform.get("variant"))
-    return "/".join(parts + ([variant] if variant else []))
 
 
 def _text(value: Any) -> str | None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .index import MetadataIndex
-from .manifests import parse
+from .manifests import closure
 from .reference import Digest, Repository, is_digest
 from .store import ContentStore
 from .verify import blob_files
@@ -119,22 +119,10 @@ def _images(store: ContentStore, index: MetadataIndex | None) -> Iterator[Image]
 
 
 def _closure(store: ContentStore, digest: Digest) -> tuple[set[str], set[str]]:
-    """Hex digests of a manifest, its children and every blob they reference."""
-    blobs, manifests = set(), set()
-    pending = [digest]
-    while pending:
-        current = pending.pop()
-        if current.hex in manifests:
-            continue
-        manifests.add(current.hex)
-        blobs.add(current.hex)
-        body = store.read_blob(current)
-        if body is None:
-            continue
-        parsed = parse(body, "")
-        pending += [child.digest for child in parsed.manifests]
-        blobs |= {d.hex for d in parsed.blob_digests}
-    return blobs, manifests
+    """Hex digests of everything an image holds on to, and of its manifests alone."""
+    manifests, blobs = closure(digest, store.read_blob)
+    held = {d.hex for d in manifests + blobs}
+    return held, {d.hex for d in manifests}
 
 
 def _linked_manifests(store: ContentStore, repo: Repository) -> list[str]:

@@ -8,6 +8,7 @@ an unusual config type: a SIF pushed as a Docker v2 manifest is still a SIF.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -98,3 +99,41 @@ def _descriptors(items: object) -> list[Descriptor]:
             annotations=annotations if isinstance(annotations, dict) else None,
         ))
     return found
+
+
+def closure(digest: Digest, read: Callable[[Digest], bytes | None]
+            ) -> tuple[list[Digest], list[Digest]]:
+    """Everything a manifest holds on to: (the manifest and its index children, the
+    configs and layers they reference), each once. A manifest `read` cannot return is
+    listed but not walked, so callers decide what a missing piece means."""
+    manifests: list[Digest] = []
+    blobs: list[Digest] = []
+    seen: set[str] = set()
+    pending = [digest]
+    while pending:
+        current = pending.pop()
+        if current.hex in seen:
+            continue
+        seen.add(current.hex)
+        manifests.append(current)
+        body = read(current)
+        if body is None:
+            continue
+        parsed = parse(body, "")
+        pending += [child.digest for child in parsed.manifests]
+        for blob in parsed.blob_digests:
+            if blob.hex not in seen:
+                seen.add(blob.hex)
+                blobs.append(blob)
+    return manifests, blobs
+
+
+def platform_text(platform: object) -> str:
+    """`os/architecture[/variant]` of a descriptor's or config's platform, or ""."""
+    if not isinstance(platform, dict):
+        return ""
+    parts = [platform.get(key) for key in ("os", "architecture")]
+    if not all(isinstance(part, str) and part for part in parts):
+        return ""
+    variant = platform.get("variant")
+    return "/".join(parts + ([variant] if isinstance(variant, str) and variant else []))

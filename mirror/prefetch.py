@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import MirrorError
-from .manifests import Kind, parse
+from .manifests import Kind, parse, platform_text
 from .reference import Digest, Repository
 from .service import ProxyService
 
@@ -91,11 +91,11 @@ async def _walk(service: ProxyService, repo: Repository, reference: str,
     parsed = parse(manifest.body, manifest.media_type)
     if parsed.kind is Kind.INDEX:
         children = [c for c in parsed.manifests
-                    if platform is None or _platform(c.platform) == platform]
+                    if platform is None or platform_text(c.platform) == platform]
         if not children:
             raise ValueError(f"no manifest for platform {platform} in {repo}:{reference}")
         for child in children:
-            result.platforms.append(_platform(child.platform) or "unspecified")
+            result.platforms.append(platform_text(child.platform) or "unspecified")
             await _walk(service, repo, str(child.digest), None, result, downloads, report)
         return
     blobs = [d for d in ((parsed.config,) if parsed.config else ()) + parsed.layers]
@@ -127,12 +127,3 @@ async def _fetch_blob(service: ProxyService, repo: Repository, digest: Digest,
         finally:
             source.close()
     result.blobs += 1
-
-
-def _platform(platform: dict | None) -> str:
-    if not platform or not platform.get("os") or not platform.get("architecture"):
-        return ""
-    parts = [platform["os"], platform["architecture"]]
-    if platform.get("variant"):
-        parts.append(platform["variant"])
-    return "/".join(str(p) for p in parts)

@@ -164,13 +164,13 @@ class ProxyService:
         if record is not None and not tag_is_fresh(record.confirmed_at, now, ttl):
             record = self.index.tag(repo, tag, from_store=True)  # another node may have asked
         if record is not None and tag_is_fresh(record.confirmed_at, now, ttl):
-            cached = self._manifest_from_record(repo, record)
+            cached = self._manifest_from_record(record)
             if cached is not None:
                 return cached
         return await self._flights.run(("tag", repo, tag),
                                        lambda: self._revalidate_tag(repo, tag, record))
 
-    def _manifest_from_record(self, repo: Repository, record: TagRecord,
+    def _manifest_from_record(self, record: TagRecord,
                               warning: str | None = None) -> Manifest | None:
         body = self._cached_manifest_body(record.digest)
         if body is None:
@@ -195,7 +195,7 @@ class ProxyService:
                 if upstream_digest == record.digest:
                     confirmed = TagRecord(record.digest, record.media_type, self.clock())
                     self.index.put_tag(repo, tag, confirmed)
-                    cached = self._manifest_from_record(repo, confirmed)
+                    cached = self._manifest_from_record(confirmed)
                     if cached is not None:
                         return cached
             return await self._fetch_manifest(repo, tag, None)
@@ -203,7 +203,7 @@ class ProxyService:
             age = self.clock() - record.confirmed_at if record is not None else 0.0
             if record is None or age > self.config.cache.max_stale_seconds:
                 raise
-            stale = self._manifest_from_record(repo, record, STALE_WARNING)
+            stale = self._manifest_from_record(record, STALE_WARNING)
             if stale is None:
                 raise
             log.warning("serving %s:%s stale (confirmed %.0fs ago): %s", repo, tag,

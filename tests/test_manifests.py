@@ -54,3 +54,29 @@ def test_index_without_media_type_field():
 def test_garbage_is_unknown_not_an_error():
     for body in (b"", b"\xff\xfe", b"[]", b'{"layers": "x"}', b"null"):
         assert parse(body, "application/octet-stream").kind is Kind.UNKNOWN
+
+
+def test_closure_walks_index_children_once_and_lists_missing_manifests():
+    from mirror.manifests import closure
+    from mirror.reference import Digest
+
+    layer, config, child, gone = (Digest(c * 64) for c in "abcd")
+    child_body = _manifest("application/vnd.oci.image.config.v1+json", [
+        {"mediaType": "x", "size": 1, "digest": str(layer)}])
+    child_body = child_body.replace(f"sha256:{HEX}".encode(), str(config).encode())
+    index = json.dumps({"manifests": [{"digest": str(child)}, {"digest": str(child)},
+                                      {"digest": str(gone)}]}).encode()
+    bodies = {Digest("e" * 64).hex: index, child.hex: child_body}
+    manifests, blobs = closure(Digest("e" * 64), lambda d: bodies.get(d.hex))
+    assert [d.hex[0] for d in manifests] == ["e", "d", "c"]  # gone is listed, not walked
+    assert sorted(d.hex[0] for d in blobs) == ["a", "b"]
+
+
+def test_platform_text():
+    from mirror.manifests import platform_text
+
+    assert platform_text({"os": "linux", "architecture": "arm64", "variant": "v8"}) == \
+        "linux/arm64/v8"
+    assert platform_text({"os": "linux", "architecture": "amd64"}) == "linux/amd64"
+    for bad in (None, {}, {"os": "linux"}, {"os": 1, "architecture": "x"}, "linux/amd64"):
+        assert platform_text(bad) == ""
