@@ -107,12 +107,14 @@ class BlobWriter:
             self._fd = -1
 
     def persist(self) -> None:
-        """fsync and rename the verified file into place, read-only."""
+        """fsync and rename the verified file into place, read-only. The size note goes
+        first, so once the blob is visible nothing of its fill is left in tmp/ (followers
+        arriving in between find the blob a moment later)."""
         self.seal()
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.temp_path, 0o444)
-        os.rename(self.temp_path, self.final_path)
         self._forget_size()
+        os.rename(self.temp_path, self.final_path)
 
     def commit(self) -> None:
         self.verify()
