@@ -79,13 +79,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 from benchmarks import watchdog  # noqa: E402
 from benchmarks.watchdog import Timeout  # noqa: E402
-from mirror import catalog as catalog_module  # noqa: E402
 from mirror import config as config_module  # noqa: E402
-from mirror import sitewriter as sitewriter_module  # noqa: E402
-from mirror.catalog import RenderReport, render  # noqa: E402
-from mirror.index import MetadataIndex  # noqa: E402
+from mirror.cache.index import MetadataIndex  # noqa: E402
+from mirror.cache.store import ContentStore, TagRecord  # noqa: E402
+from mirror.catalog import render as catalog_module  # noqa: E402
+from mirror.catalog import site_writer as sitewriter_module  # noqa: E402
+from mirror.catalog.render import RenderReport, render  # noqa: E402
 from mirror.reference import Digest, Repository  # noqa: E402
-from mirror.store import ContentStore, TagRecord  # noqa: E402
 
 PYTHON = sys.executable
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import config as config_module
-from .errors import ConfigError, MirrorError
+from mirror import config as config_module
+from mirror.errors import ConfigError, MirrorError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hpc-mirror: a pull-through cache for OCI registries, for HPC sites.")
@@ -43,7 +43,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the pull-through proxy."""
-    from .app import serve as serve_app
+    from mirror.proxy.app import serve as serve_app
 
     server = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     cfg = _load(config, {"server": server} if server else None)
@@ -62,7 +62,7 @@ def render(
         "--out", "-o", help="Output directory (overrides catalog.out, default site/).")] = None,
 ) -> None:
     """Render the static HTML catalog of the cache (reads the store only, never upstreams)."""
-    from .catalog import render as render_catalog
+    from mirror.catalog.render import render as render_catalog
 
     cfg = _load(config)
     report = render_catalog(cfg, out)
@@ -86,7 +86,7 @@ def prefetch(
     """Fill the cache with images, without a client; a rerun fetches only what is missing."""
     import asyncio
 
-    from .prefetch_cli import run_prefetch
+    from mirror.prefetch.terminal import run_prefetch
 
     wanted = _image_list(images, file)
     failed = asyncio.run(run_prefetch(_load(config), wanted, platform, parallel))
@@ -119,10 +119,10 @@ def export(
     config: ConfigOption = None,
 ) -> None:
     """Write cached images to a bundle (an OCI image layout tar) for an air-gapped site."""
-    from . import bundle as bundle_module
-    from .prefetch import ImageRef
-    from .routing import Router
-    from .store import ContentStore
+    from mirror.cache import bundle as bundle_module
+    from mirror.cache.store import ContentStore
+    from mirror.prefetch.images import ImageRef
+    from mirror.proxy.routing import Router
 
     cfg = _load(config)
     router = Router(cfg)
@@ -150,9 +150,9 @@ def import_(
     config: ConfigOption = None,
 ) -> None:
     """Verify a bundle and add its images to the cache; a bad bundle leaves nothing."""
-    from . import bundle as bundle_module
-    from .index import MetadataIndex
-    from .store import ContentStore
+    from mirror.cache import bundle as bundle_module
+    from mirror.cache.index import MetadataIndex
+    from mirror.cache.store import ContentStore
 
     cfg = _load(config)
     store = ContentStore(cfg.cache.root)
@@ -175,8 +175,8 @@ def verify(config: ConfigOption = None) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from .store import ContentStore
-    from .verify import blob_files, verify_store
+    from mirror.cache.store import ContentStore
+    from mirror.cache.verify import blob_files, verify_store
 
     cfg = _load(config)
     store = ContentStore(cfg.cache.root)
@@ -206,11 +206,11 @@ def gc(
     image references) until the cache fits --max-size."""
     import time
 
-    from . import gc as gc_module
-    from .index import MetadataIndex
-    from .routing import Router
-    from .store import ContentStore
-    from .units import human_size, parse_age, parse_size
+    from mirror.cache import gc as gc_module
+    from mirror.cache.index import MetadataIndex
+    from mirror.cache.store import ContentStore
+    from mirror.proxy.routing import Router
+    from mirror.units import human_size, parse_age, parse_size
 
     cfg = _load(config)
     try:
@@ -242,7 +242,7 @@ def gc(
 
 def _resolve_pin(router, pin: str):
     """A predicate matching the images a pin names: a repository, or one tag or digest."""
-    from .prefetch import ImageRef
+    from mirror.prefetch.images import ImageRef
 
     has_reference = "@" in pin or ":" in pin.rsplit("/", 1)[-1]
     ref = ImageRef.parse(pin)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .errors import DigestInvalid
-from .reference import INDEX_MEDIA_TYPES, SIF_LAYER_TYPES, Digest
+from mirror.errors import DigestInvalid
+from mirror.reference import INDEX_MEDIA_TYPES, SIF_LAYER_TYPES, Digest
 
 
 class Kind(str, Enum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import DigestInvalid, NameInvalid, TagInvalid
+from mirror.errors import DigestInvalid, NameInvalid, TagInvalid
 
 # distribution-spec: a path component is lowercase alnum separated by '.', '_', '__' or '-'s.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"

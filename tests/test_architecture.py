@@ -1,81 +1,139 @@
-"""The import direction of the package is part of its design (see STYLE.md): data flows
-routes -> service -> (upstream, store, index); the catalog reads only store and index;
-lower layers never import upper ones."""
+"""The import direction of the package is part of its design (README, "Layout").
+
+Data flows one way: HTTP (proxy.handlers) -> the proxy's decisions (proxy.service, blob
+fills) -> (upstream client, content store, metadata index). The catalog reads only the cache
+and never the proxy; the CLI sits on top of everything. This test states the rooms (root
+modules and subpackages), which rooms each may import, and inside the larger rooms the
+layers their modules stack in.
+"""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "mirror"
 
-# module -> package modules it may import. Anything not listed here may not be imported.
-ALLOWED = {
+# room -> rooms it may import. A room is a root module (mirror/config.py) or a subpackage
+# (mirror/proxy/). Anything not listed may not be imported.
+ROOMS: dict[str, set[str]] = {
     "errors": set(),
-    "reference": {"errors"},
-    "policy": set(),
-    "config": {"errors"},
-    "manifests": {"errors", "reference"},
-    "store": {"errors", "reference"},
-    "index": {"manifests", "reference", "store"},
-    "upstream": {"config", "errors", "policy"},
-    "fill": {"errors", "reference", "store"},
-    "siftree": {"reference", "store"},
-    "routing": {"config", "errors", "reference"},
-    "memo": {"reference"},
-    "service": {"config", "errors", "fill", "index", "manifests", "memo", "policy",
-                "reference", "routing", "siftree", "store", "upstream"},
-    "routes": {"errors", "fill", "policy", "reference", "service"},
-    "app": {"config", "routes", "service"},
-    "prefetch": {"errors", "manifests", "reference", "service"},
-    # The catalog reads the store and index only: never the upstream client or service.
-    "sif": set(),
-    "charts": set(),
-    "sitewriter": set(),
-    "facts": {"manifests", "reference", "sif", "store"},
-    "catalog": {"charts", "config", "facts", "index", "reference", "sitewriter", "store",
-                "units"},
     "units": set(),
-    "prefetch_cli": {"config", "prefetch", "service", "units"},
-    "verify": {"reference", "store"},
-    "gc": {"index", "manifests", "reference", "store", "verify"},
-    "bundle": {"errors", "index", "manifests", "reference", "store"},
-    "cli": {"app", "bundle", "catalog", "config", "errors", "gc", "index", "prefetch",
-            "prefetch_cli",
-            "routing", "store", "units", "verify"},
+    "reference": {"errors"},
+    "config": {"errors", "reference"},
+    "manifests": {"errors", "reference"},
+    "sif": set(),
+    "cache": {"config", "errors", "manifests", "reference", "units"},
+    "proxy": {"cache", "config", "errors", "manifests", "reference", "units"},
+    "prefetch": {"config", "errors", "manifests", "proxy", "reference", "units"},
+    # The catalog reads what is cached: never the proxy or an upstream.
+    "catalog": {"cache", "config", "errors", "manifests", "reference", "sif", "units"},
+    "cli": {"cache", "catalog", "config", "errors", "prefetch", "proxy", "reference", "units"},
+}
+
+# Inside a room, a module may import only modules of earlier layers.
+LAYERS: dict[str, list[set[str]]] = {
+    "proxy": [
+        {"policy", "memo", "routing"},
+        {"upstream", "fill"},
+        {"service"},
+        {"handlers"},
+        {"app"},
+    ],
+    "cache": [
+        {"store"},
+        {"index", "verify", "siftree"},
+        {"gc", "bundle"},
+    ],
+    "catalog": [
+        {"charts", "site_writer", "facts"},
+        {"render"},
+    ],
+    "prefetch": [
+        {"images"},
+        {"terminal"},
+    ],
+    "sif": [
+        {"reader"},
+    ],
 }
 
 
-def _package_imports(path: Path) -> set[str]:
+def _room_of(module: str) -> str:
+    """`mirror.proxy.service` -> `proxy`; `mirror.config` -> `config`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute dotted names of the package modules `path` imports."""
+    here = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    package = here[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level >= 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join(base + ((node.module,) if node.module else ()))
             else:
-                found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mirror"):
-            parts = node.module.split(".")
-            found.add(parts[1] if len(parts) > 1 else "__init__")
+                module = node.module or ""
+            if module == "mirror" or module.startswith("mirror."):
+                if module.count(".") == 0 or _is_package(module):
+                    # `from mirror.proxy import service`: each name may be a module
+                    found.update(f"{module}.{alias.name}" for alias in node.names)
+                else:
+                    found.add(module)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names
-                         if a.name.startswith("mirror."))
-    found.discard("__init__")
-    return found
+            found.update(a.name for a in node.names if a.name.startswith("mirror."))
+    return {name for name in found if _exists(name)}
 
 
-def test_every_module_is_in_the_allowed_map():
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    assert modules == set(ALLOWED), "add new modules to ALLOWED with their allowed imports"
+def _is_package(module: str) -> bool:
+    return (PACKAGE.parent / module.replace(".", "/") / "__init__.py").exists()
 
 
-def test_imports_follow_the_data_flow():
+def _exists(module: str) -> bool:
+    path = PACKAGE.parent / module.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def _modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p
+            for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+
+
+def test_every_room_and_module_is_stated():
+    rooms = {_room_of(name) for name in _modules()}
+    assert rooms == set(ROOMS), "add new rooms to ROOMS with the rooms they may import"
+    for room, layers in LAYERS.items():
+        listed = set().union(*layers)
+        present = {p.stem for p in (PACKAGE / room).glob("*.py")} - {"__init__"}
+        assert listed == present, f"state every module of mirror/{room}/ in LAYERS"
+
+
+def test_rooms_import_only_the_rooms_they_may():
     violations = []
-    for module, allowed in ALLOWED.items():
-        imported = _package_imports(PACKAGE / f"{module}.py") - {"__version__"}
-        for name in sorted(imported - allowed):
-            violations.append(f"mirror.{module} imports mirror.{name}")
+    for module, path in sorted(_modules().items()):
+        room = _room_of(module)
+        for imported in sorted(_imports(path)):
+            target = _room_of(imported)
+            if target not in (room, "__init__") and target not in ROOMS[room]:
+                violations.append(f"{module} imports {imported}")
     assert not violations, "\n".join(violations)
 
 
-def test_the_checker_sees_relative_imports():
+def test_modules_import_only_earlier_layers_of_their_room():
+    violations = []
+    for room, layers in LAYERS.items():
+        layer_of = {name: i for i, layer in enumerate(layers) for name in layer}
+        for name, layer in layer_of.items():
+            for imported in _imports(PACKAGE / room / f"{name}.py"):
+                parts = imported.split(".")
+                if _room_of(imported) == room and len(parts) > 2 and \
+                        layer_of[parts[2]] >= layer and parts[2] != name:
+                    violations.append(f"mirror.{room}.{name} imports {imported}")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_checker_sees_every_kind_of_import():
     # guard against a checker that silently finds nothing
-    assert "service" in _package_imports(PACKAGE / "routes.py")
+    assert "mirror.proxy.service" in _imports(PACKAGE / "proxy" / "handlers.py")
+    assert "mirror.errors" in _imports(PACKAGE / "cache" / "store.py")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from mirror.catalog import render
+from mirror.catalog.render import render
 from tests.conftest import UPSTREAM_PREFIX
 from tests.support.catalog_cache import XSS
 from tests.support.proxy import ProxyProcess, proxy_config, toml_text

@@ -1,9 +1,9 @@
 """The metadata index: a rebuildable cache over the store, and pull statistics that every
 node publishes in a file of its own and every node reads summed."""
 
-from mirror.index import MetadataIndex
+from mirror.cache.index import MetadataIndex
+from mirror.cache.store import ContentStore, TagRecord
 from mirror.reference import Digest, Repository
-from mirror.store import ContentStore, TagRecord
 
 REPO = Repository("up.test", "tools/alpha")
 

@@ -2,7 +2,7 @@ import email.utils
 
 import pytest
 
-from mirror import policy
+from mirror.proxy import policy
 
 
 def test_tag_freshness_window():

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import pytest
 
-from mirror.sif import SifError, SifInfo, looks_like_sif, read_sif
+from mirror.sif.reader import SifError, SifInfo, looks_like_sif, read_sif
 from tests.support.sifwriter import (
     GO_ZERO_TIME,
     LEGACY_DATA_OFFSET,

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mirror.sitewriter import SiteWriter, UnsafePath
+from mirror.catalog.site_writer import SiteWriter, UnsafePath
 
 
 def _build(out, pages: dict[str, str]) -> SiteWriter:

@@ -4,9 +4,9 @@ import hashlib
 
 import pytest
 
+from mirror.cache.store import ContentStore, TagRecord
 from mirror.errors import DigestMismatch
 from mirror.reference import Digest, Repository
-from mirror.store import ContentStore, TagRecord
 
 REPO = Repository("up.test", "tools/alpha")
 

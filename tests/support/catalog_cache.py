@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from mirror import config as config_module
-from mirror.catalog import render
+from mirror.catalog.render import render
 
 from . import oci
 from .clients import oras_pull, skopeo_copy

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import DigestMismatch, MirrorError
-from .index import MetadataIndex
-from .manifests import closure, parse
-from .reference import OCI_INDEX, Digest, Repository, check_name, check_tag
-from .store import BlobWriter, ContentStore, TagRecord
+from mirror.cache.index import MetadataIndex
+from mirror.cache.store import BlobWriter, ContentStore, TagRecord
+from mirror.errors import DigestMismatch, MirrorError
+from mirror.manifests import closure, parse
+from mirror.reference import OCI_INDEX, Digest, Repository, check_name, check_tag
 
 REPOSITORY_KEY = "io.github.hpc-mirror.repository"
 TAG_KEY = "org.opencontainers.image.ref.name"

@@ -21,17 +21,17 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from . import __version__
-from .charts import bar_chart
-from .config import Config
-from .facts import OCI_KEY_PREFIX, manifest_facts
-from .index import MetadataIndex
-from .reference import Digest, Repository
-from .sitewriter import SiteWriter
-from .store import ContentStore
-from .units import human_size
+from mirror import __version__
+from mirror.cache.index import MetadataIndex
+from mirror.cache.store import ContentStore
+from mirror.catalog.charts import bar_chart
+from mirror.catalog.facts import OCI_KEY_PREFIX, manifest_facts
+from mirror.catalog.site_writer import SiteWriter
+from mirror.config import Config
+from mirror.reference import Digest, Repository
+from mirror.units import human_size
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).parent.parent / "templates"
 # Bump when templates or facts change shape, so cached facts and pages are rebuilt.
 RENDER_VERSION = f"{__version__}-2"
 _REPOS_PER_WORKER = 100  # below this, a helper process costs more than it saves

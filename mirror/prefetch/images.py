@@ -13,10 +13,10 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import MirrorError
-from .manifests import Kind, parse, platform_text
-from .reference import Digest, Repository
-from .service import ProxyService
+from mirror.errors import MirrorError
+from mirror.manifests import Kind, parse, platform_text
+from mirror.proxy.service import ProxyService
+from mirror.reference import Digest, Repository
 
 DEFAULT_TAG = "latest"
 

@@ -14,10 +14,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .config import Config
-from .prefetch import ImageResult, prefetch
-from .service import running_service
-from .units import human_size
+from mirror.config import Config
+from mirror.prefetch.images import ImageResult, prefetch
+from mirror.proxy.service import running_service
+from mirror.units import human_size
 
 
 async def run_prefetch(config: Config, images: list[str], platform: str | None,

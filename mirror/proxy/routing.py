@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .config import Config, UpstreamConfig
-from .errors import NameUnknown
-from .reference import Repository, check_name
+from mirror.config import Config, UpstreamConfig
+from mirror.errors import NameUnknown
+from mirror.reference import Repository, check_name
 
 
 class Router:

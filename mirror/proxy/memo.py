@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .reference import Digest
+from mirror.reference import Digest
 
 
 class SingleFlight:

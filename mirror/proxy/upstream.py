@@ -26,9 +26,9 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
-from . import __version__, policy
-from .config import ClientConfig, UpstreamConfig
-from .errors import (
+from mirror import __version__
+from mirror.config import ClientConfig, UpstreamConfig
+from mirror.errors import (
     Denied,
     MirrorError,
     UpstreamBadGateway,
@@ -37,6 +37,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from mirror.proxy import policy
 
 log = logging.getLogger(__name__)
 

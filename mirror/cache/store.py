@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DigestMismatch
-from .reference import Digest, Repository
+from mirror.errors import DigestMismatch
+from mirror.reference import Digest, Repository
 
 _TEMP_FILE_MAX_AGE = 86400.0  # seconds; only a dead instance leaves a temp file this old
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import diskcache
 
-from .manifests import ParsedManifest
-from .reference import Digest, Repository
-from .store import ContentStore, TagRecord
+from mirror.cache.store import ContentStore, TagRecord
+from mirror.manifests import ParsedManifest
+from mirror.reference import Digest, Repository
 
 _CATALOG_TTL_SECONDS = 30.0
 

@@ -13,8 +13,8 @@ import logging
 import os
 from pathlib import Path
 
-from .reference import Digest, Repository
-from .store import ContentStore
+from mirror.cache.store import ContentStore
+from mirror.reference import Digest, Repository
 
 log = logging.getLogger(__name__)
 

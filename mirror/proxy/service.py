@@ -23,8 +23,11 @@ from typing import Any
 
 from aiohttp import ClientResponse
 
-from .config import Config
-from .errors import (
+from mirror.cache.index import MetadataIndex
+from mirror.cache.siftree import SifTree
+from mirror.cache.store import BlobWriter, ContentStore, TagRecord
+from mirror.config import Config
+from mirror.errors import (
     BlobUnknown,
     DigestMismatch,
     ManifestUnknown,
@@ -33,23 +36,20 @@ from .errors import (
     UpstreamBadGateway,
     UpstreamFailed,
 )
-from .fill import BlobFill, BlobSource, CachedBlob, FillReader, PartialFollower
-from .index import MetadataIndex
-from .manifests import Kind
-from .manifests import parse as parse_manifest
-from .memo import ManifestMemory, SingleFlight
-from .policy import tag_is_fresh
-from .reference import (
+from mirror.manifests import Kind
+from mirror.manifests import parse as parse_manifest
+from mirror.proxy.fill import BlobFill, BlobSource, CachedBlob, FillReader, PartialFollower
+from mirror.proxy.memo import ManifestMemory, SingleFlight
+from mirror.proxy.policy import tag_is_fresh
+from mirror.proxy.routing import Router
+from mirror.proxy.upstream import RegistryClient, Upstreams, detach_body
+from mirror.reference import (
     MANIFEST_MEDIA_TYPES,
     Digest,
     Repository,
     check_tag,
     is_digest,
 )
-from .routing import Router
-from .siftree import SifTree
-from .store import BlobWriter, ContentStore, TagRecord
-from .upstream import RegistryClient, Upstreams, detach_body
 
 log = logging.getLogger(__name__)
 

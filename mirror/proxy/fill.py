@@ -22,9 +22,9 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import IO, Protocol
 
-from .errors import MirrorError, UpstreamBadGateway, UpstreamTimeout
-from .reference import Digest
-from .store import BlobWriter
+from mirror.cache.store import BlobWriter
+from mirror.errors import MirrorError, UpstreamBadGateway, UpstreamTimeout
+from mirror.reference import Digest
 
 _MAX_BATCH = 16 * 1024 * 1024
 _RECEIVE_BUFFER = 1024 * 1024

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .config import Config
-from .routes import SERVICE, add_catalog_routes, add_routes, error_middleware
-from .service import ProxyService, running_service
+from mirror.config import Config
+from mirror.proxy.handlers import SERVICE, add_catalog_routes, add_routes, error_middleware
+from mirror.proxy.service import ProxyService, running_service
 
 log = logging.getLogger(__name__)
 

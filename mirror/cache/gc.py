@@ -15,11 +15,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .index import MetadataIndex
-from .manifests import closure
-from .reference import Digest, Repository, is_digest
-from .store import ContentStore
-from .verify import blob_files
+from mirror.cache.index import MetadataIndex
+from mirror.cache.store import ContentStore
+from mirror.cache.verify import blob_files
+from mirror.manifests import closure
+from mirror.reference import Digest, Repository, is_digest
 
 
 @dataclass(frozen=True)

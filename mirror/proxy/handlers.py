@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .errors import (
+from mirror.errors import (
     ManifestUnknown,
     MirrorError,
     NameUnknown,
@@ -18,10 +18,10 @@ from .errors import (
     RangeInvalid,
     Unsupported,
 )
-from .fill import BlobSource, read_chunk
-from .policy import parse_range
-from .reference import Digest
-from .service import ProxyService
+from mirror.proxy.fill import BlobSource, read_chunk
+from mirror.proxy.policy import parse_range
+from mirror.proxy.service import ProxyService
+from mirror.reference import Digest
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from .manifests import Descriptor, Kind, ParsedManifest, parse, platform_text
-from .reference import Digest
-from .sif import SifError, read_sif
-from .store import ContentStore
+from mirror.cache.store import ContentStore
+from mirror.manifests import Descriptor, Kind, ParsedManifest, parse, platform_text
+from mirror.reference import Digest
+from mirror.sif.reader import SifError, read_sif
 
 OCI_KEY_PREFIX = "org.opencontainers.image."
 MAX_CONFIG_BYTES = 8 * 1024 * 1024

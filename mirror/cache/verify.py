@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .reference import Digest
-from .store import ContentStore
+from mirror.cache.store import ContentStore
+from mirror.reference import Digest
 
 _CHUNK = 4 * 1024 * 1024
 

@@ -1,0 +1,3 @@
+"""What the mirror holds: the content store on the cluster filesystem (the only module
+that knows its layout), the node-local metadata index, and the commands that maintain the
+cache (gc, verify, bundles, the SIF tree)."""
