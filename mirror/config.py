@@ -37,8 +37,8 @@ class CacheConfig:
     max_stale_seconds: float  # longest a cached tag stands in for a failing upstream
     manifest_memory_mib: int
     sif_tree: Path | None  # where verified SIFs also appear as <prefix>/<repo>/<tag>.sif
-    pins: tuple[str, ...] = ()  # images `mirror gc` never evicts
-    fill_stale_seconds: float = 10.0  # a shared fill untouched this long lost its instance
+    pins: tuple[str, ...]  # images `mirror gc` never evicts
+    fill_stale_seconds: float  # a shared fill untouched this long lost its instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +64,11 @@ class UpstreamConfig:
     name: str
     url: str
     prefix: str
-    default: bool = False
-    library_namespace: str = ""
-    offline: bool = False  # mode = "offline": never connect, serve only what is cached
-    username: str = ""
-    password: str = field(default="", repr=False)
+    default: bool
+    library_namespace: str
+    offline: bool  # mode = "offline": never connect, serve only what is cached
+    username: str
+    password: str = field(repr=False)
 
     @property
     def host(self) -> str:
@@ -127,6 +127,16 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+# Keys an `[upstreams.<name>]` table may leave out, and their values then. Every key of
+# the fixed tables ([server], [cache], [client], [catalog]) takes its default from
+# config.toml alone, which is also where the known keys of those tables are listed.
+_UPSTREAM_OPTIONAL: dict[str, Any] = {"default": False, "library_namespace": "",
+                                      "mode": "online", "username": ""}
+_UPSTREAM_KEYS = {"url", "prefix", "password_env", "password_file", "password",
+                  *_UPSTREAM_OPTIONAL}
+_FIXED_TABLES = ("server", "cache", "client", "catalog")
+
+
 class _Parser:
     """Reads the merged TOML data into the typed config, recording every problem."""
 
@@ -135,11 +145,11 @@ class _Parser:
         self.data = data
         self.base_dir = base_dir
         self.problems: list[str] = []
+        self.known = tomllib.loads(default_config_text())
 
     def parse(self) -> Config:
-        known = {"server", "cache", "client", "upstreams", "catalog"}
         for key in self.data:
-            if key not in known:
+            if key not in (*_FIXED_TABLES, "upstreams"):
                 self.problems.append(f"[{key}]: unknown table")
         server = self._server()
         cache = self._cache()
@@ -151,23 +161,29 @@ class _Parser:
         return Config(self.source, server, cache, client, upstreams, catalog)
 
     def _table(self, name: str) -> dict[str, Any]:
+        """A fixed table, its unknown keys reported; every known key is present, because
+        the site's file was merged over config.toml."""
         table = self.data.get(name, {})
         if not isinstance(table, dict):
             self.problems.append(f"[{name}]: must be a table")
-            return {}
+            return dict(self.known[name])
+        self._unknown_keys(table, name, set(self.known[name]))
         return table
 
-    def _get(self, table: dict[str, Any], where: str, key: str, kind: type | tuple[type, ...],
-             default: Any = None) -> Any:
-        value = table.get(key, default)
-        if value is None:
+    def _get(self, table: dict[str, Any], where: str, key: str,
+             kind: type | tuple[type, ...]) -> Any:
+        """`table[key]` if it has the right type; else a problem is recorded and the value
+        from config.toml (or an upstream's optional default) stands in."""
+        fallback = self.known.get(where, _UPSTREAM_OPTIONAL).get(key)
+        if key not in table and fallback is None:
             self.problems.append(f"{where}.{key}: missing")
-            return default
+            return _empty(kind)
+        value = table.get(key, fallback)
         # bool is an int in Python; a port of `true` is still wrong.
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
             names = " or ".join(t.__name__ for t in _as_tuple(kind))
             self.problems.append(f"{where}.{key}: must be {names}, got {value!r}")
-            return default
+            return fallback if fallback is not None else _empty(kind)
         return value
 
     def _unknown_keys(self, table: dict[str, Any], where: str, allowed: set[str]) -> None:
@@ -177,9 +193,8 @@ class _Parser:
 
     def _server(self) -> ServerConfig:
         table = self._table("server")
-        self._unknown_keys(table, "server", {"host", "port"})
-        host = self._get(table, "server", "host", str, "127.0.0.1")
-        port = self._get(table, "server", "port", int, 5000)
+        host = self._get(table, "server", "host", str)
+        port = self._get(table, "server", "port", int)
         if not 0 < port < 65536:
             self.problems.append(f"server.port: must be 1-65535, got {port}")
         if host not in ("localhost",) and not _is_ip(host) and not _PREFIX_RE.fullmatch(host):
@@ -188,121 +203,127 @@ class _Parser:
 
     def _cache(self) -> CacheConfig:
         table = self._table("cache")
-        self._unknown_keys(table, "cache", {"root", "index_dir", "tag_ttl_seconds",
-                                            "max_stale_seconds", "manifest_memory_mib",
-                                            "sif_tree", "pins", "fill_stale_seconds"})
-        root = self._path(self._get(table, "cache", "root", str, "./cache"))
-        index_text = self._get(table, "cache", "index_dir", str, "")
+        root = self._path(self._get(table, "cache", "root", str))
+        index_text = self._get(table, "cache", "index_dir", str)
         index_dir = self._path(index_text) if index_text else _default_index_dir(root)
-        ttl = self._get(table, "cache", "tag_ttl_seconds", (int, float), 300)
-        if ttl < 0:
-            self.problems.append("cache.tag_ttl_seconds: must be >= 0")
-        stale = self._get(table, "cache", "max_stale_seconds", (int, float), 604800)
-        if stale < 0:
-            self.problems.append("cache.max_stale_seconds: must be >= 0")
-        memory = self._get(table, "cache", "manifest_memory_mib", int, 64)
+        ttl = self._number(table, "cache", "tag_ttl_seconds", minimum=0)
+        stale = self._number(table, "cache", "max_stale_seconds", minimum=0)
+        memory = self._get(table, "cache", "manifest_memory_mib", int)
         if memory < 0:
             self.problems.append("cache.manifest_memory_mib: must be >= 0")
-        sif_tree = self._get(table, "cache", "sif_tree", str, "")
-        pins = self._get(table, "cache", "pins", list, [])
+        sif_tree = self._get(table, "cache", "sif_tree", str)
+        pins = self._get(table, "cache", "pins", list)
         if not all(isinstance(pin, str) and pin for pin in pins):
             self.problems.append("cache.pins: must be a list of image names")
             pins = []
-        fill_stale = self._get(table, "cache", "fill_stale_seconds", (int, float), 10)
-        if fill_stale <= 0:
-            self.problems.append("cache.fill_stale_seconds: must be > 0")
-        return CacheConfig(root, index_dir, float(ttl), float(stale), memory,
+        fill_stale = self._number(table, "cache", "fill_stale_seconds", minimum=0,
+                                  inclusive=False)
+        return CacheConfig(root, index_dir, ttl, stale, memory,
                            self._path(sif_tree) if sif_tree else None, tuple(pins),
-                           float(fill_stale))
+                           fill_stale)
+
+    def _number(self, table: dict[str, Any], where: str, key: str, *, minimum: float,
+                inclusive: bool = True) -> float:
+        value = float(self._get(table, where, key, (int, float)))
+        if value < minimum or (not inclusive and value == minimum):
+            self.problems.append(f"{where}.{key}: must be {'>=' if inclusive else '>'} "
+                                 f"{minimum:g}")
+        return value
 
     def _client(self) -> ClientConfig:
         table = self._table("client")
-        keys = {"connect_timeout_seconds", "read_timeout_seconds", "retries",
-                "max_retry_wait_seconds", "breaker_failures", "breaker_cooldown_seconds"}
-        self._unknown_keys(table, "client", keys)
-        values = {}
-        for key in sorted(keys):
-            kind = int if key in ("retries", "breaker_failures") else (int, float)
-            value = self._get(table, "client", key, kind, 1)
-            if value < 0 or (key.endswith("timeout_seconds") and value == 0):
-                self.problems.append(f"client.{key}: must be positive")
-            values[key] = value
-        return ClientConfig(**values)
+        return ClientConfig(
+            connect_timeout_seconds=self._number(table, "client", "connect_timeout_seconds",
+                                                 minimum=0, inclusive=False),
+            read_timeout_seconds=self._number(table, "client", "read_timeout_seconds",
+                                              minimum=0, inclusive=False),
+            retries=self._count(table, "client", "retries"),
+            max_retry_wait_seconds=self._number(table, "client", "max_retry_wait_seconds",
+                                                minimum=0),
+            breaker_failures=self._count(table, "client", "breaker_failures"),
+            breaker_cooldown_seconds=self._number(table, "client",
+                                                  "breaker_cooldown_seconds", minimum=0))
+
+    def _count(self, table: dict[str, Any], where: str, key: str) -> int:
+        value: int = self._get(table, where, key, int)
+        if value < 0:
+            self.problems.append(f"{where}.{key}: must be >= 0")
+        return value
 
     def _catalog(self, server: ServerConfig) -> CatalogConfig:
         table = self._table("catalog")
-        self._unknown_keys(table, "catalog", {"mirror_url", "title", "out", "serve"})
-        mirror_url = self._get(table, "catalog", "mirror_url", str, "")
+        mirror_url = self._get(table, "catalog", "mirror_url", str)
         if "://" in mirror_url or mirror_url.endswith("/"):
             self.problems.append("catalog.mirror_url: give host[:port][/path] without a "
                                  f"scheme or trailing slash, got {mirror_url!r}")
         return CatalogConfig(
             mirror_url=mirror_url or f"{server.host}:{server.port}",
-            title=self._get(table, "catalog", "title", str, "hpc-mirror"),
-            out=self._path(self._get(table, "catalog", "out", str, "./site")),
-            serve=self._get(table, "catalog", "serve", bool, False))
+            title=self._get(table, "catalog", "title", str),
+            out=self._path(self._get(table, "catalog", "out", str)),
+            serve=self._get(table, "catalog", "serve", bool))
 
     def _upstreams(self) -> tuple[UpstreamConfig, ...]:
-        table = self._table("upstreams")
+        table = self.data.get("upstreams", {})
+        if not isinstance(table, dict):
+            self.problems.append("[upstreams]: must be a table")
+            table = {}
         upstreams = [self._upstream(name, entry) for name, entry in table.items()]
-        upstreams = [u for u in upstreams if u is not None]
-        defaults = [u.name for u in upstreams if u.default]
+        found = [u for u in upstreams if u is not None]
+        defaults = [u.name for u in found if u.default]
         if len(defaults) > 1:
             self.problems.append(f"upstreams: more than one has default = true: {defaults}")
         seen: dict[str, str] = {}
-        for upstream in upstreams:
+        for upstream in found:
             if upstream.prefix in seen:
                 self.problems.append(f"upstreams.{upstream.name}.prefix: {upstream.prefix!r} "
                                      f"is also the prefix of upstreams.{seen[upstream.prefix]}")
             seen[upstream.prefix] = upstream.name
-        return tuple(upstreams)
+        return tuple(found)
 
     def _upstream(self, name: str, entry: Any) -> UpstreamConfig | None:
         where = f"upstreams.{name}"
         if not isinstance(entry, dict):
             self.problems.append(f"{where}: must be a table")
             return None
-        self._unknown_keys(entry, where, {"url", "prefix", "default", "library_namespace",
-                                          "mode", "username", "password_env",
-                                          "password_file", "password"})
+        self._unknown_keys(entry, where, _UPSTREAM_KEYS)
         if "password" in entry:
             self.problems.append(f"{where}.password: never put a password in the config file; "
                                  "use password_env or password_file")
-        url = self._get(entry, where, "url", str, "")
+        url = self._get(entry, where, "url", str)
         parts = urlsplit(url)
         if url and (parts.scheme not in ("http", "https") or not parts.netloc
                     or parts.path not in ("", "/") or parts.query):
             self.problems.append(f"{where}.url: must be http(s)://host[:port], got {url!r}")
-        prefix = self._get(entry, where, "prefix", str, "")
+        prefix = self._get(entry, where, "prefix", str)
         if prefix and not _PREFIX_RE.fullmatch(prefix):
             self.problems.append(f"{where}.prefix: must look like a registry host name "
                                  f"(lowercase, dots), got {prefix!r}")
-        library = self._get(entry, where, "library_namespace", str, "")
-        mode = self._get(entry, where, "mode", str, "online")
+        mode = self._get(entry, where, "mode", str)
         if mode not in ("online", "offline"):
             self.problems.append(f'{where}.mode: must be "online" or "offline", got {mode!r}')
-        username = self._get(entry, where, "username", str, "")
+        username = self._get(entry, where, "username", str)
         password = self._password(entry, where)
         if password and not username:
             self.problems.append(f"{where}.username: required when a password is configured")
         return UpstreamConfig(name=name, url=url.rstrip("/"), prefix=prefix,
-                              default=self._get(entry, where, "default", bool, False),
-                              library_namespace=library, offline=mode == "offline",
-                              username=username, password=password)
+                              default=self._get(entry, where, "default", bool),
+                              library_namespace=self._get(entry, where, "library_namespace",
+                                                          str),
+                              offline=mode == "offline", username=username, password=password)
 
     def _password(self, entry: dict[str, Any], where: str) -> str:
         if "password_env" in entry and "password_file" in entry:
             self.problems.append(f"{where}: set password_env or password_file, not both")
             return ""
         if "password_env" in entry:
-            var = self._get(entry, where, "password_env", str, "")
+            var = self._get(entry, where, "password_env", str)
             if var not in os.environ:
                 self.problems.append(f"{where}.password_env: environment variable {var!r} "
                                      "is not set")
                 return ""
             return os.environ[var]
         if "password_file" in entry:
-            path = self._path(self._get(entry, where, "password_file", str, ""))
+            path = self._path(self._get(entry, where, "password_file", str))
             try:
                 return path.read_text().strip()
             except OSError as exc:
@@ -313,6 +334,11 @@ class _Parser:
     def _path(self, text: str) -> Path:
         path = Path(os.path.expanduser(text))
         return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+
+def _empty(kind: type | tuple[type, ...]) -> Any:
+    """A harmless stand-in of the wanted type while problems are being collected."""
+    return _as_tuple(kind)[0]()
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -73,3 +73,43 @@ def test_invalid_toml_and_missing_file(tmp_path):
         config.load(broken)
     with pytest.raises(ConfigError, match="file not found"):
         config.load(tmp_path / "absent.toml")
+
+
+def test_fixed_tables_take_their_defaults_from_config_toml_alone():
+    import tomllib
+
+    defaults = tomllib.loads(config.default_config_text())
+    cfg = config.load()
+    for table in ("server", "client"):
+        for key, value in defaults[table].items():
+            assert getattr(getattr(cfg, table), key) == value, f"{table}.{key}"
+    for key in ("tag_ttl_seconds", "max_stale_seconds", "manifest_memory_mib",
+                "fill_stale_seconds"):
+        assert getattr(cfg.cache, key) == defaults["cache"][key], f"cache.{key}"
+    assert cfg.catalog.title == defaults["catalog"]["title"]
+    assert cfg.catalog.serve is defaults["catalog"]["serve"]
+
+
+def test_an_upstream_needs_url_and_prefix_and_defaults_the_rest(tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text('[upstreams.a]\nmode = "offline"\n'
+                    '[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(site)
+    assert caught.value.problems == ["upstreams.a.url: missing", "upstreams.a.prefix: missing"]
+    site.write_text('[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n')
+    (upstream,) = config.load(site).upstreams
+    assert (upstream.default, upstream.library_namespace, upstream.offline,
+            upstream.username) == (False, "", False, "")
+
+
+def test_a_wrong_type_names_the_key_and_parsing_goes_on(tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text('[client]\nretries = 1.5\nread_timeout_seconds = 0\n[catalog]\nserve = "yes"\n'
+                    '[cache]\npins = "alpine"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(site)
+    assert sorted(caught.value.problems) == ["cache.pins: must be list, got 'alpine'",
+                                             "catalog.serve: must be bool, got 'yes'",
+                                             "client.read_timeout_seconds: must be > 0",
+                                             "client.retries: must be int, got 1.5"]
