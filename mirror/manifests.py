@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from mirror.errors import DigestInvalid
 from mirror.reference import INDEX_MEDIA_TYPES, SIF_LAYER_TYPES, Digest
@@ -55,7 +56,8 @@ def parse(manifest_bytes: bytes, media_type: str) -> ParsedManifest:
         return ParsedManifest(Kind.UNKNOWN)
     if not isinstance(doc, dict):
         return ParsedManifest(Kind.UNKNOWN)
-    annotations = doc.get("annotations") if isinstance(doc.get("annotations"), dict) else {}
+    found = doc.get("annotations")
+    annotations: dict[str, Any] = found if isinstance(found, dict) else {}
     if media_type in INDEX_MEDIA_TYPES or doc.get("mediaType") in INDEX_MEDIA_TYPES or (
             "manifests" in doc and "layers" not in doc):
         children = tuple(_descriptors(doc.get("manifests")))
@@ -132,8 +134,11 @@ def platform_text(platform: object) -> str:
     """`os/architecture[/variant]` of a descriptor's or config's platform, or ""."""
     if not isinstance(platform, dict):
         return ""
-    parts = [platform.get(key) for key in ("os", "architecture")]
-    if not all(isinstance(part, str) and part for part in parts):
+    parts = [_text(platform.get(key)) for key in ("os", "architecture", "variant")]
+    if not (parts[0] and parts[1]):
         return ""
-    variant = platform.get("variant")
-    return "/".join(parts + ([variant] if isinstance(variant, str) and variant else []))
+    return "/".join(part for part in parts if part)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
