@@ -317,18 +317,25 @@ class _Parser:
             return ""
         if "password_env" in entry:
             var = self._get(entry, where, "password_env", str)
-            if var not in os.environ:
+            if not os.environ.get(var):
+                state = "is empty" if var in os.environ else "is not set"
                 self.problems.append(f"{where}.password_env: environment variable {var!r} "
-                                     "is not set")
+                                     f"{state}")
                 return ""
             return os.environ[var]
         if "password_file" in entry:
             path = self._path(self._get(entry, where, "password_file", str))
             try:
-                return path.read_text().strip()
+                password = path.read_text().strip()
             except OSError as exc:
                 self.problems.append(f"{where}.password_file: cannot read {path}: "
                                      f"{exc.strerror}")
+                return ""
+            if not password:
+                # An empty password would be accepted here and refused by the upstream on
+                # every request: a 403 for each pull instead of one error at start.
+                self.problems.append(f"{where}.password_file: {path} is empty")
+            return password
         return ""
 
     def _path(self, text: str) -> Path:

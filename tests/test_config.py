@@ -113,3 +113,18 @@ def test_a_wrong_type_names_the_key_and_parsing_goes_on(tmp_path):
                                              "catalog.serve: must be bool, got 'yes'",
                                              "client.read_timeout_seconds: must be > 0",
                                              "client.retries: must be int, got 1.5"]
+
+
+def test_an_empty_password_is_refused_at_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMPTY_PW", "")
+    (tmp_path / "pw").write_text("\n")
+    site = tmp_path / "site.toml"
+    site.write_text('[upstreams.a]\nurl = "https://a.example"\nprefix = "a.io"\n'
+                    'username = "u"\npassword_env = "EMPTY_PW"\n'
+                    '[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n'
+                    'username = "u"\npassword_file = "pw"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(site)
+    assert caught.value.problems == [
+        "upstreams.a.password_env: environment variable 'EMPTY_PW' is empty",
+        f"upstreams.b.password_file: {tmp_path / 'pw'} is empty"]
