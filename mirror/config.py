@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -203,15 +204,13 @@ class _Parser:
 
     def _cache(self) -> CacheConfig:
         table = self._table("cache")
-        root = self._path(self._get(table, "cache", "root", str))
-        index_text = self._get(table, "cache", "index_dir", str)
-        index_dir = self._path(index_text) if index_text else _default_index_dir(root)
+        root = self._required_path(table, "cache", "root")
+        index_dir = self._path(table, "cache", "index_dir") or _default_index_dir(root)
         ttl = self._number(table, "cache", "tag_ttl_seconds", minimum=0)
         stale = self._number(table, "cache", "max_stale_seconds", minimum=0)
         memory = self._get(table, "cache", "manifest_memory_mib", int)
         if memory < 0:
             self.problems.append("cache.manifest_memory_mib: must be >= 0")
-        sif_tree = self._get(table, "cache", "sif_tree", str)
         pins = self._get(table, "cache", "pins", list)
         if not all(isinstance(pin, str) and pin for pin in pins):
             self.problems.append("cache.pins: must be a list of image names")
@@ -219,12 +218,14 @@ class _Parser:
         fill_stale = self._number(table, "cache", "fill_stale_seconds", minimum=0,
                                   inclusive=False)
         return CacheConfig(root, index_dir, ttl, stale, memory,
-                           self._path(sif_tree) if sif_tree else None, tuple(pins),
-                           fill_stale)
+                           self._path(table, "cache", "sif_tree"), tuple(pins), fill_stale)
 
     def _number(self, table: dict[str, Any], where: str, key: str, *, minimum: float,
                 inclusive: bool = True) -> float:
         value = float(self._get(table, where, key, (int, float)))
+        if not math.isfinite(value):
+            self.problems.append(f"{where}.{key}: must be a finite number, got {value}")
+            return minimum
         if value < minimum or (not inclusive and value == minimum):
             self.problems.append(f"{where}.{key}: must be {'>=' if inclusive else '>'} "
                                  f"{minimum:g}")
@@ -259,7 +260,7 @@ class _Parser:
         return CatalogConfig(
             mirror_url=mirror_url or f"{server.host}:{server.port}",
             title=self._get(table, "catalog", "title", str),
-            out=self._path(self._get(table, "catalog", "out", str)),
+            out=self._required_path(table, "catalog", "out"),
             serve=self._get(table, "catalog", "serve", bool))
 
     def _upstreams(self) -> tuple[UpstreamConfig, ...]:
@@ -290,9 +291,7 @@ class _Parser:
             self.problems.append(f"{where}.password: never put a password in the config file; "
                                  "use password_env or password_file")
         url = self._get(entry, where, "url", str)
-        parts = urlsplit(url)
-        if url and (parts.scheme not in ("http", "https") or not parts.netloc
-                    or parts.path not in ("", "/") or parts.query):
+        if url and not _is_registry_url(url):
             self.problems.append(f"{where}.url: must be http(s)://host[:port], got {url!r}")
         prefix = self._get(entry, where, "prefix", str)
         if prefix and not _PREFIX_RE.fullmatch(prefix):
@@ -324,7 +323,9 @@ class _Parser:
                 return ""
             return os.environ[var]
         if "password_file" in entry:
-            path = self._path(self._get(entry, where, "password_file", str))
+            path = self._path(entry, where, "password_file")
+            if path is None:
+                return ""
             try:
                 password = path.read_text().strip()
             except OSError as exc:
@@ -338,9 +339,33 @@ class _Parser:
             return password
         return ""
 
-    def _path(self, text: str) -> Path:
+    def _required_path(self, table: dict[str, Any], where: str, key: str) -> Path:
+        path = self._path(table, where, key)
+        if path is None:
+            self.problems.append(f"{where}.{key}: must name a directory")
+            return self.base_dir
+        return path
+
+    def _path(self, table: dict[str, Any], where: str, key: str) -> Path | None:
+        """A path key, relative to the config file's directory; None when empty."""
+        text = self._get(table, where, key, str)
+        if not text:
+            return None
+        if "\x00" in text:
+            self.problems.append(f"{where}.{key}: a path cannot contain a NUL byte")
+            return None
         path = Path(os.path.expanduser(text))
         return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+
+def _is_registry_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and \
+        parts.path in ("", "/") and not parts.query and not parts.fragment
 
 
 def _empty(kind: type | tuple[type, ...]) -> Any:

@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mirror import config
 from mirror.errors import ConfigError
@@ -128,3 +130,41 @@ def test_an_empty_password_is_refused_at_start(tmp_path, monkeypatch):
     assert caught.value.problems == [
         "upstreams.a.password_env: environment variable 'EMPTY_PW' is empty",
         f"upstreams.b.password_file: {tmp_path / 'pw'} is empty"]
+
+
+TEXTS = st.text(max_size=20) | st.text(st.sampled_from("ab:/[]\x00.1-~"), max_size=12) | \
+    st.sampled_from(["http://[::1", "https://h:99999", "https://h.example", "./x", ""])
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), TEXTS,
+                   st.lists(st.text(max_size=5), max_size=3),
+                   st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+TABLES = st.sampled_from(["server", "cache", "client", "catalog", "upstreams", "nonsense"])
+KEYS = st.sampled_from(["host", "port", "root", "index_dir", "tag_ttl_seconds", "pins",
+                        "retries", "read_timeout_seconds", "mirror_url", "serve", "out",
+                        "sif_tree", "url", "prefix", "mode", "default", "password_file", "x"])
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(TABLES, st.dictionaries(KEYS, VALUES | st.dictionaries(KEYS, VALUES),
+                                                 max_size=4), max_size=3))
+def test_any_config_loads_or_names_every_problem(tmp_path, data):
+    data = {table: {k: v for k, v in keys.items() if v is not None}
+            for table, keys in data.items()}
+    try:
+        cfg = config.load(None, data)
+    except ConfigError as exc:
+        assert exc.problems and all(": " in problem for problem in exc.problems)
+        return
+    assert 0 < cfg.server.port < 65536 and cfg.client.retries >= 0
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ({"cache": {"root": "a\x00b"}}, "cache.root: a path cannot contain a NUL byte"),
+    ({"cache": {"root": ""}}, "cache.root: must name a directory"),
+    ({"cache": {"tag_ttl_seconds": float("nan")}}, "cache.tag_ttl_seconds: must be a finite"),
+    ({"upstreams": {"a": {"url": "http://[::1", "prefix": "a"}}}, "upstreams.a.url: must be"),
+    ({"upstreams": {"a": {"url": "http://a:99999", "prefix": "a"}}}, "upstreams.a.url: must"),
+])
+def test_values_that_once_crashed_the_parser_are_config_errors(table, expected):
+    with pytest.raises(ConfigError) as caught:
+        config.load(None, table)
+    assert any(problem.startswith(expected) for problem in caught.value.problems)
