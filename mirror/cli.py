@@ -176,11 +176,11 @@ def verify(config: ConfigOption = None) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     from mirror.cache.store import ContentStore
-    from mirror.cache.verify import blob_files, verify_store
+    from mirror.cache.verify import verify_store
 
     cfg = _load(config)
     store = ContentStore(cfg.cache.root)
-    total = sum(size for _, _, size in blob_files(store))
+    total = sum(blob.size for blob in store.blobs())
     console = Console(stderr=True)
     with Progress("verify", BarColumn(), DownloadColumn(binary_units=True),
                   TransferSpeedColumn(), console=console) as bars:
@@ -189,7 +189,7 @@ def verify(config: ConfigOption = None) -> None:
     console.print(f"checked {report.checked} blobs, {report.bytes_checked} bytes")
     for digest, actual in report.corrupt:
         console.print(f"[red]corrupt[/red] {digest}: content hashes to {actual}; moved to "
-                      f"{cfg.cache.root / 'quarantine'}")
+                      f"{store.quarantine_dir}")
     raise typer.Exit(1 if report.corrupt else 0)
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from mirror.cache.blob_writer import BlobWriter
 from mirror.cache.index import MetadataIndex
-from mirror.cache.store import BlobWriter, ContentStore, TagRecord
+from mirror.cache.store import ContentStore, TagRecord
 from mirror.errors import DigestMismatch, MirrorError
 from mirror.manifests import closure, parse
 from mirror.reference import OCI_INDEX, Digest, Repository, check_name, check_tag

@@ -10,14 +10,12 @@ in this node's index and the last time the upstream confirmed the tag.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from mirror.cache.index import MetadataIndex
 from mirror.cache.store import ContentStore
-from mirror.cache.verify import blob_files
 from mirror.manifests import closure
 from mirror.reference import Digest, Repository, is_digest
 
@@ -50,7 +48,7 @@ def plan(store: ContentStore, index: MetadataIndex, max_size: int,
          older_than: float | None, now: float,
          pinned: Callable[[Image], bool] = lambda image: False) -> GcPlan:
     """Choose images to evict, oldest first, until the cache is at most `max_size`."""
-    sizes = {digest.hex: size for digest, _, size in blob_files(store)}
+    sizes = {blob.digest.hex: blob.size for blob in store.blobs()}
     images = list(_images(store, index))
     result = GcPlan(total_before=sum(sizes.values()))
     holders = Counter(hex_digest for image in images for hex_digest in image.blobs)
@@ -80,17 +78,16 @@ def apply(store: ContentStore, result: GcPlan) -> None:
     evicted = {(image.repo, image.reference) for image in result.evict}
     for image in result.evict:
         if not is_digest(image.reference):
-            _unlink(store.repo_dir(image.repo) / "_tags" / image.reference)
+            store.untag(image.repo, image.reference)
     kept = {(image.repo, hex_digest) for image in _images(store, None)
             if (image.repo, image.reference) not in evicted for hex_digest in image.blobs}
     for image in result.evict:
-        repo_dir = store.repo_dir(image.repo)
         for hex_digest in image.blobs:
             if (image.repo, hex_digest) not in kept:
-                _unlink(repo_dir / "_manifests" / hex_digest)
-                _unlink(repo_dir / "_blobs" / hex_digest)
+                store.unlink_manifest(image.repo, Digest(hex_digest))
+                store.unlink_blob(image.repo, Digest(hex_digest))
     for hex_digest in result.delete:
-        _unlink(store.blob_path(Digest(hex_digest)))
+        store.delete_blob(Digest(hex_digest))
 
 
 def _images(store: ContentStore, index: MetadataIndex | None) -> Iterator[Image]:
@@ -98,24 +95,20 @@ def _images(store: ContentStore, index: MetadataIndex | None) -> Iterator[Image]
     for repo in store.list_repositories():
         pulls = index.pull_stats(repo) if index is not None else {}
         tagged: set[str] = set()
-        for tag in store.list_tags(repo):
-            record = store.read_tag(repo, tag)
-            if record is None:
-                continue
+        for tag, record in store.tag_records(repo).items():
             blobs, manifests = _closure(store, record.digest)
             tagged |= manifests
             last = max(pulls.get(tag, (0, 0.0))[1], record.confirmed_at)
             yield Image(repo, tag, last, frozenset(blobs), frozenset(manifests))
-        for hex_digest in _linked_manifests(store, repo):
-            if hex_digest in tagged or store.blob_size(Digest(hex_digest)) is None:
+        for digest in store.linked_manifests(repo):
+            if digest.hex in tagged or store.blob_size(digest) is None:
                 continue
-            blobs, manifests = _closure(store, Digest(hex_digest))
-            if (manifests - {hex_digest}) & tagged:
+            blobs, manifests = _closure(store, digest)
+            if (manifests - {digest.hex}) & tagged:
                 continue
-            link = store.repo_dir(repo) / "_manifests" / hex_digest
-            last = max(pulls.get(f"sha256:{hex_digest}", (0, 0.0))[1], link.stat().st_mtime)
-            yield Image(repo, f"sha256:{hex_digest}", last, frozenset(blobs),
-                        frozenset(manifests))
+            linked_at = store.manifest_linked_at(repo, digest) or 0.0
+            last = max(pulls.get(str(digest), (0, 0.0))[1], linked_at)
+            yield Image(repo, str(digest), last, frozenset(blobs), frozenset(manifests))
 
 
 def _closure(store: ContentStore, digest: Digest) -> tuple[set[str], set[str]]:
@@ -123,18 +116,3 @@ def _closure(store: ContentStore, digest: Digest) -> tuple[set[str], set[str]]:
     manifests, blobs = closure(digest, store.read_blob)
     held = {d.hex for d in manifests + blobs}
     return held, {d.hex for d in manifests}
-
-
-def _linked_manifests(store: ContentStore, repo: Repository) -> list[str]:
-    try:
-        return sorted(p.name for p in (store.repo_dir(repo) / "_manifests").iterdir()
-                      if len(p.name) == 64)
-    except FileNotFoundError:
-        return []
-
-
-def _unlink(path: os.PathLike) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

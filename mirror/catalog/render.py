@@ -365,11 +365,9 @@ def _group(rows: list[dict]) -> list[tuple[str, list[dict]]]:
 
 def _blob_totals(store: ContentStore) -> tuple[int, int]:
     count = size = 0
-    for shard in sorted(store.blobs_dir.iterdir()):
-        with os.scandir(shard) as entries:
-            for entry in entries:
-                count += 1
-                size += entry.stat().st_size
+    for blob in store.blobs():
+        count += 1
+        size += blob.size
     return count, size
 
 
