@@ -1,10 +1,10 @@
 """The import direction of the package is part of its design (README, "Layout").
 
 Data flows one way: HTTP (proxy.handlers) -> the proxy's decisions (proxy.service, blob
-fills) -> (upstream client, content store, metadata index). The catalog reads only the cache
-and never the proxy; the CLI sits on top of everything. This test states the rooms (root
-modules and subpackages), which rooms each may import, and inside the larger rooms the
-layers their modules stack in.
+fills) -> (upstream client, content store, metadata cache, pull statistics). The catalog
+reads only the cache and never the proxy; the CLI sits on top of everything. This test
+states the rooms (root modules and subpackages), which rooms each may import, and inside
+the larger rooms the layers their modules stack in.
 """
 
 import ast
@@ -41,8 +41,8 @@ LAYERS: dict[str, list[set[str]]] = {
     "cache": [
         {"blob_writer"},
         {"store"},
-        {"index", "verify", "siftree"},
-        {"gc", "bundle"},
+        {"metadata", "pulls", "verify", "siftree"},
+        {"open_cache", "gc", "bundle"},
     ],
     "catalog": [
         {"charts", "site_writer", "facts"},

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from mirror.cache.blob_writer import BlobWriter
-from mirror.cache.index import MetadataIndex
+from mirror.cache.metadata import MetadataCache
 from mirror.cache.store import ContentStore, TagRecord
 from mirror.errors import DigestMismatch, MirrorError
 from mirror.manifests import closure, parse
@@ -94,7 +94,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 # -- import ---------------------------------------------------------------------------------
-def import_bundle(store: ContentStore, index: MetadataIndex,
+def import_bundle(store: ContentStore, metadata: MetadataCache,
                   source: IO[bytes]) -> list[BundleImage]:
     """Verify the whole bundle, then add it to the cache; raise BundleError before any of
     it is visible if anything is wrong."""
@@ -110,9 +110,9 @@ def import_bundle(store: ContentStore, index: MetadataIndex,
         raise
     now = time.time()
     for image in images:
-        _link(store, index, image.repo, image.digest, image.media_type)
-        index.put_tag(image.repo, image.tag, TagRecord(image.digest, image.media_type, now))
-    index.forget_repositories()
+        _link(store, metadata, image.repo, image.digest, image.media_type)
+        metadata.put_tag(image.repo, image.tag, TagRecord(image.digest, image.media_type, now))
+    metadata.forget_repositories()
     return images
 
 
@@ -192,10 +192,10 @@ def _check_complete(store: ContentStore, images: list[BundleImage],
                 raise BundleError(f"the bundle is incomplete: {image} needs {piece}")
 
 
-def _link(store: ContentStore, index: MetadataIndex, repo: Repository, digest: Digest,
+def _link(store: ContentStore, metadata: MetadataCache, repo: Repository, digest: Digest,
           media_type: str) -> None:
     body = store.read_blob(digest) or b""
     parsed = parse(body, media_type)
-    index.link_manifest(repo, digest, media_type, parsed)
+    metadata.link_manifest(repo, digest, media_type, parsed)
     for child in parsed.manifests:
-        _link(store, index, repo, child.digest, child.media_type)
+        _link(store, metadata, repo, child.digest, child.media_type)

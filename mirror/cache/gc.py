@@ -3,9 +3,9 @@
 The unit of eviction is an image: a tag (or a manifest pulled only by digest) with
 everything it references (index children, configs, layers). A blob is deleted only when
 no kept image references it, so expiry never corrupts a blob shared with another image.
-Pinned images are never evicted. Blobs still being filled live in `tmp/`, never under a
-final path, so they are never touched. Recency is the newest of the last pull recorded
-in this node's index and the last time the upstream confirmed the tag.
+Pinned images are never evicted. A blob still being filled is not in the store until it
+is complete, so it is never touched. Recency is the newest of the last pull recorded
+on any node and the last time the upstream confirmed the tag.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from mirror.cache.index import MetadataIndex
+from mirror.cache.pulls import NEVER_PULLED, PullStats
 from mirror.cache.store import ContentStore
 from mirror.manifests import closure
 from mirror.reference import Digest, Repository, is_digest
@@ -44,12 +44,12 @@ class GcPlan:
         return sum(self.delete.values())
 
 
-def plan(store: ContentStore, index: MetadataIndex, max_size: int,
+def plan(store: ContentStore, pulls: PullStats, max_size: int,
          older_than: float | None, now: float,
          pinned: Callable[[Image], bool] = lambda image: False) -> GcPlan:
     """Choose images to evict, oldest first, until the cache is at most `max_size`."""
     sizes = {blob.digest.hex: blob.size for blob in store.blobs()}
-    images = list(_images(store, index))
+    images = list(_images(store, pulls))
     result = GcPlan(total_before=sum(sizes.values()))
     holders = Counter(hex_digest for image in images for hex_digest in image.blobs)
     orphans = set(sizes) - set(holders)
@@ -90,15 +90,15 @@ def apply(store: ContentStore, result: GcPlan) -> None:
         store.delete_blob(Digest(hex_digest))
 
 
-def _images(store: ContentStore, index: MetadataIndex | None) -> Iterator[Image]:
+def _images(store: ContentStore, pulls: PullStats | None) -> Iterator[Image]:
     """Every tag of every repository, and every manifest only a digest pull holds."""
     for repo in store.list_repositories():
-        pulls = index.pull_stats(repo) if index is not None else {}
+        counts = pulls.counts(repo) if pulls is not None else {}
         tagged: set[str] = set()
         for tag, record in store.tag_records(repo).items():
             blobs, manifests = _closure(store, record.digest)
             tagged |= manifests
-            last = max(pulls.get(tag, (0, 0.0))[1], record.confirmed_at)
+            last = max(counts.get(tag, NEVER_PULLED).last_pulled, record.confirmed_at)
             yield Image(repo, tag, last, frozenset(blobs), frozenset(manifests))
         for digest in store.linked_manifests(repo):
             if digest.hex in tagged or store.blob_size(digest) is None:
@@ -107,7 +107,7 @@ def _images(store: ContentStore, index: MetadataIndex | None) -> Iterator[Image]
             if (manifests - {digest.hex}) & tagged:
                 continue
             linked_at = store.manifest_linked_at(repo, digest) or 0.0
-            last = max(pulls.get(str(digest), (0, 0.0))[1], linked_at)
+            last = max(counts.get(str(digest), NEVER_PULLED).last_pulled, linked_at)
             yield Image(repo, str(digest), last, frozenset(blobs), frozenset(manifests))
 
 
