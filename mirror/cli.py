@@ -131,7 +131,8 @@ def export(
         for text in _image_list(images, file):
             ref = ImageRef.parse(text)
             if ":" in ref.reference:
-                raise MirrorError(f"{text}: export images by tag, so they keep their names")
+                raise bundle_module.BundleError(f"{text}: export images by tag, so they keep "
+                                                "their names")
             chosen.append((router.route(ref.path), ref.reference))
         temp = bundle.with_name(f".{bundle.name}.partial")
         with open(temp, "wb") as out:

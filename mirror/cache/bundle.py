@@ -25,17 +25,24 @@ from mirror.cache.metadata import MetadataCache
 from mirror.cache.store import ContentStore, TagRecord
 from mirror.errors import DigestMismatch, MirrorError
 from mirror.manifests import closure, parse
-from mirror.reference import OCI_INDEX, Digest, Repository, check_name, check_tag
+from mirror.reference import (
+    OCI_INDEX,
+    Digest,
+    Repository,
+    check_name,
+    check_prefix,
+    check_tag,
+)
 
 REPOSITORY_KEY = "io.github.hpc-mirror.repository"
 TAG_KEY = "org.opencontainers.image.ref.name"
 _BLOB_NAME = re.compile(r"blobs/sha256/([a-f0-9]{64})")
-_PREFIX = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?")
 _CHUNK = 4 * 1024 * 1024
 
 
-class BundleError(Exception):
-    """The bundle is damaged, tampered with or incomplete; nothing was imported."""
+class BundleError(MirrorError):
+    """A bundle cannot be exported (an image is not fully cached, or not named by a tag)
+    or imported (it is damaged, tampered with or incomplete: nothing was imported)."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,12 @@ class BundleImage:
 # -- export ---------------------------------------------------------------------------------
 def export(store: ContentStore, images: list[tuple[Repository, str]], out: IO[bytes]) -> int:
     """Write the images (repository, tag), as cached, to `out` as a tar; return the number
-    of blobs written. Raises MirrorError naming an image that is not fully cached."""
+    of blobs written. Raises BundleError naming an image that is not fully cached."""
     entries, blobs = [], {}
     for repo, tag in images:
         record = store.read_tag(repo, tag)
         if record is None:
-            raise MirrorError(f"{repo}:{tag} is not cached (prefetch it first)")
+            raise BundleError(f"{repo}:{tag} is not cached (prefetch it first)")
         for digest in _closure(store, record.digest, f"{repo}:{tag}"):
             blobs[digest.hex] = digest
         entries.append({"mediaType": record.media_type, "digest": str(record.digest),
@@ -82,7 +89,7 @@ def _closure(store: ContentStore, digest: Digest, image: str) -> list[Digest]:
     manifests, blobs = closure(digest, store.read_blob)
     for piece in manifests + blobs:
         if store.blob_size(piece) is None:
-            raise MirrorError(f"{image} is not fully cached: {piece} is missing "
+            raise BundleError(f"{image} is not fully cached: {piece} is missing "
                               "(prefetch it first)")
     return manifests + blobs
 
@@ -162,9 +169,7 @@ def _read_index(raw: bytes) -> list[BundleImage]:
         for entry in entries:
             annotations = entry.get("annotations") or {}
             prefix, _, name = str(annotations[REPOSITORY_KEY]).partition("/")
-            if not _PREFIX.fullmatch(prefix):
-                raise ValueError(f"bad upstream prefix {prefix!r}")
-            images.append(BundleImage(Repository(prefix, check_name(name)),
+            images.append(BundleImage(Repository(check_prefix(prefix), check_name(name)),
                                       check_tag(str(annotations[TAG_KEY])),
                                       Digest.parse(str(entry["digest"])),
                                       str(entry["mediaType"])))
