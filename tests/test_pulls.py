@@ -11,7 +11,7 @@ REPO = Repository("up.test", "tools/alpha")
 
 
 def _counts(pulls: PullStats) -> dict[str, int]:
-    return {reference: pull.count for reference, pull in pulls.counts(REPO).items()}
+    return {reference: pull.times for reference, pull in pulls.counts(REPO).items()}
 
 
 def test_pull_statistics_are_summed_across_nodes(tmp_path):
@@ -33,7 +33,7 @@ def test_pull_statistics_are_summed_across_nodes(tmp_path):
     with open_node_db(tmp_path / "index-c") as db_c:
         reader = PullStats(db_c, store, node_name(tmp_path / "index-c"))
         assert _counts(reader) == {"1.0": 4, "latest": 1}
-        assert reader.counts(Repository("up.test", "other")).get("1.0", NEVER_PULLED).count == 0
+        assert reader.counts(Repository("up.test", "other")).get("1.0", NEVER_PULLED).times == 0
     db_a.close()
     db_b.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from mirror.errors import DigestMismatch
@@ -44,7 +45,7 @@ class BlobWriter:
     def write(self, chunk: bytes | memoryview) -> None:
         self.write_many([chunk])
 
-    def write_many(self, chunks: list[bytes] | list[memoryview]) -> None:
+    def write_many(self, chunks: Sequence[bytes | memoryview]) -> None:
         """Hash and append chunks (one writev where the kernel takes them all)."""
         for chunk in chunks:
             self.hash(chunk)
@@ -54,7 +55,7 @@ class BlobWriter:
         """Feed the digest; with `append`, lets two threads share one blob's work."""
         self._hash.update(chunk)
 
-    def append(self, chunks: list[bytes] | list[memoryview]) -> None:
+    def append(self, chunks: Sequence[bytes | memoryview]) -> None:
         views = [memoryview(chunk) for chunk in chunks if chunk]
         while views:
             written = os.writev(self._fd, views)

@@ -130,12 +130,11 @@ def _stage(store: ContentStore, source: IO[bytes],
         with tarfile.open(fileobj=source, mode="r|*") as tar:
             for member in tar:
                 if member.name == "index.json" and member.isfile():
-                    images = _read_index(tar.extractfile(member).read())
+                    images = _read_index(_extract(tar, member).read())
                 elif member.name == "oci-layout" or member.isdir():
                     continue
                 elif (match := _BLOB_NAME.fullmatch(member.name)) and member.isfile():
-                    _stage_blob(store, Digest(match.group(1)), tar.extractfile(member),
-                                staged)
+                    _stage_blob(store, Digest(match.group(1)), _extract(tar, member), staged)
                 else:
                     raise BundleError(f"unexpected entry {member.name[:120]!r} in the bundle")
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -143,6 +142,14 @@ def _stage(store: ContentStore, source: IO[bytes],
     if images is None:
         raise BundleError("the bundle has no index.json")
     return images
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    """The content of a member its caller found to be a regular file."""
+    data = tar.extractfile(member)
+    if data is None:
+        raise BundleError(f"entry {member.name[:120]!r} of the bundle is not a file")
+    return data
 
 
 def _stage_blob(store: ContentStore, digest: Digest, data: IO[bytes],
@@ -185,7 +192,7 @@ def _check_complete(store: ContentStore, images: list[BundleImage],
     def present(digest: Digest) -> bool:
         return digest.hex in staged or store.blob_size(digest) is not None
 
-    def body(digest: Digest) -> bytes:
+    def body(digest: Digest) -> bytes | None:
         writer = staged.get(digest.hex)
         return Path(writer.temp_path).read_bytes() if writer else store.read_blob(digest)
 

@@ -25,9 +25,9 @@ _OTHER_NODES_TTL_SECONDS = 30.0  # how long the other nodes' published counts ar
 
 
 class PullCount(NamedTuple):
-    """Pulls of one tag or digest, and when the last one was (Unix seconds)."""
+    """How many times one tag or digest was pulled, and when last (Unix seconds)."""
 
-    count: int
+    times: int
     last_pulled: float
 
 
@@ -125,4 +125,4 @@ class PullStats:
 
 
 def _add(ours: PullCount, theirs: PullCount) -> PullCount:
-    return PullCount(ours.count + theirs.count, max(ours.last_pulled, theirs.last_pulled))
+    return PullCount(ours.times + theirs.times, max(ours.last_pulled, theirs.last_pulled))
