@@ -17,6 +17,8 @@ from mirror.config import CacheConfig
 
 
 class OpenCache(NamedTuple):
+    """The three parts of an open cache; unpacks as `(store, metadata, pulls)`."""
+
     store: ContentStore
     metadata: MetadataCache
     pulls: PullStats
