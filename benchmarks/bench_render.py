@@ -20,7 +20,7 @@ What it does, all local and in one temp directory (removed at the end unless --k
    * ~2 % SIF artifacts (Apptainer's ORAS layout: SIF config + one SIF layer): a handful of
      distinct SIF files built with `tests/support/sifwriter.py`, shared across tags; each
      tag's manifest is distinct (created and ref.name annotations).
-   About 10 % of tags get pull counts in the metadata index, for the "most pulled" list.
+   About 10 % of tags get pull counts in the pull statistics, for the "most pulled" list.
    Synthesis skips fsync (the store fsyncs every blob, ~1 ms each here); --fsync keeps it.
 2. Times `render()` in-process with time.perf_counter:
    a. full render, cold: empty output dir;
@@ -80,7 +80,8 @@ if str(REPO_ROOT) not in sys.path:
 from benchmarks import watchdog  # noqa: E402
 from benchmarks.watchdog import Timeout  # noqa: E402
 from mirror import config as config_module  # noqa: E402
-from mirror.cache.index import MetadataIndex  # noqa: E402
+from mirror.cache.open_cache import open_node_db  # noqa: E402
+from mirror.cache.pulls import PullStats, node_name  # noqa: E402
 from mirror.cache.store import ContentStore, TagRecord  # noqa: E402
 from mirror.catalog import render as catalog_module  # noqa: E402
 from mirror.catalog import site_writer as sitewriter_module  # noqa: E402
@@ -346,7 +347,8 @@ class Synthesiser:
         self.build_sifs()
         repos = self.repositories(max(1, -(-tags // tags_per_repo)))
         self.shape.repositories = len(repos)
-        index = MetadataIndex(index_dir, self.store)
+        db = open_node_db(index_dir)
+        pulls = PullStats(db, self.store, node_name(index_dir))
         try:
             n = 0
             for r, repo in enumerate(repos):
@@ -360,14 +362,15 @@ class Synthesiser:
                     self.add_tag(repo, tag, kind, created)
                     if n % 10 == 3:
                         for _ in range(1 + n % 7):
-                            index.record_pull(repo, tag)
+                            pulls.record(repo, tag)
                         self.shape.pulled_tags += 1
                     n += 1
                 if n >= tags:
                     break
-            index.flush_pulls()
+            pulls.flush()
         finally:
-            index.close()
+            pulls.close()
+            db.close()
         self.shape.seconds = time.perf_counter() - started
         return repos
 
@@ -660,7 +663,7 @@ class PhaseTimer:
         ("  store.list_repositories (glob)", catalog_module.ContentStore, "list_repositories"),
         ("  store.list_tags", catalog_module.ContentStore, "list_tags"),
         ("  store.read_tag", catalog_module.ContentStore, "read_tag"),
-        ("  index.pull_stats (diskcache get)", catalog_module.MetadataIndex, "pull_stats"),
+        ("  pulls.counts (diskcache get)", catalog_module.PullStats, "counts"),
         ("  FactsCache.get (per-render memo)", catalog_module.FactsCache, "get"),
         ("    manifest_facts", catalog_module, "manifest_facts"),
         ("render_repositories", catalog_module._Renderer, "render_repositories"),

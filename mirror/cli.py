@@ -131,7 +131,8 @@ def export(
         for text in _image_list(images, file):
             ref = ImageRef.parse(text)
             if ":" in ref.reference:
-                raise MirrorError(f"{text}: export images by tag, so they keep their names")
+                raise bundle_module.BundleError(f"{text}: export images by tag, so they keep "
+                                                "their names")
             chosen.append((router.route(ref.path), ref.reference))
         temp = bundle.with_name(f".{bundle.name}.partial")
         with open(temp, "wb") as out:
@@ -151,20 +152,16 @@ def import_(
 ) -> None:
     """Verify a bundle and add its images to the cache; a bad bundle leaves nothing."""
     from mirror.cache import bundle as bundle_module
-    from mirror.cache.index import MetadataIndex
-    from mirror.cache.store import ContentStore
+    from mirror.cache.open_cache import open_cache
 
     cfg = _load(config)
-    store = ContentStore(cfg.cache.root)
-    index = MetadataIndex(cfg.cache.index_dir, store)
-    try:
-        with open(bundle, "rb") as source:
-            imported = bundle_module.import_bundle(store, index, source)
-    except (bundle_module.BundleError, OSError) as exc:
-        typer.echo(f"error: refused {bundle}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        index.close()
+    with open_cache(cfg.cache) as cache:
+        try:
+            with open(bundle, "rb") as source:
+                imported = bundle_module.import_bundle(cache.store, cache.metadata, source)
+        except (bundle_module.BundleError, OSError) as exc:
+            typer.echo(f"error: refused {bundle}: {exc}", err=True)
+            raise typer.Exit(1) from None
     for image in imported:
         typer.echo(f"imported {image} ({image.digest})")
 
@@ -176,11 +173,11 @@ def verify(config: ConfigOption = None) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     from mirror.cache.store import ContentStore
-    from mirror.cache.verify import blob_files, verify_store
+    from mirror.cache.verify import verify_store
 
     cfg = _load(config)
     store = ContentStore(cfg.cache.root)
-    total = sum(size for _, _, size in blob_files(store))
+    total = sum(blob.size for blob in store.blobs())
     console = Console(stderr=True)
     with Progress("verify", BarColumn(), DownloadColumn(binary_units=True),
                   TransferSpeedColumn(), console=console) as bars:
@@ -189,7 +186,7 @@ def verify(config: ConfigOption = None) -> None:
     console.print(f"checked {report.checked} blobs, {report.bytes_checked} bytes")
     for digest, actual in report.corrupt:
         console.print(f"[red]corrupt[/red] {digest}: content hashes to {actual}; moved to "
-                      f"{cfg.cache.root / 'quarantine'}")
+                      f"{store.quarantine_dir}")
     raise typer.Exit(1 if report.corrupt else 0)
 
 
@@ -207,8 +204,7 @@ def gc(
     import time
 
     from mirror.cache import gc as gc_module
-    from mirror.cache.index import MetadataIndex
-    from mirror.cache.store import ContentStore
+    from mirror.cache.open_cache import open_cache
     from mirror.proxy.routing import Router
     from mirror.units import human_size, parse_age, parse_size
 
@@ -220,18 +216,14 @@ def gc(
     except (ValueError, MirrorError) as exc:
         typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
         raise typer.Exit(2) from None
-    store = ContentStore(cfg.cache.root)
-    index = MetadataIndex(cfg.cache.index_dir, store)
-    try:
-        result = gc_module.plan(store, index, limit, age, time.time(),
+    with open_cache(cfg.cache) as cache:
+        result = gc_module.plan(cache.store, cache.pulls, limit, age, time.time(),
                                 lambda image: any(pin(image) for pin in pins))
-    finally:
-        index.close()
-    verb = "would evict" if dry_run else "evicted"
-    for image in result.evict:
-        typer.echo(f"{verb} {image}")
-    if not dry_run:
-        gc_module.apply(store, result)
+        verb = "would evict" if dry_run else "evicted"
+        for image in result.evict:
+            typer.echo(f"{verb} {image}")
+        if not dry_run:
+            gc_module.apply(cache.store, result)
     after = result.total_before - result.freed
     typer.echo(f"{'would free' if dry_run else 'freed'} {human_size(result.freed)} "
                f"({len(result.delete)} blobs, {len(result.evict)} images); cache "

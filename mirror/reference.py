@@ -17,6 +17,9 @@ _NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
 _ANY_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+# A registry host[:port] (lowercase DNS labels): what an upstream prefix and a host name
+# of the mirror look like.
+REGISTRY_HOST_RE = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?")
 MAX_NAME_LENGTH = 255
 
 # Manifest media types the proxy asks upstream for, richest first: an index or list is
@@ -71,6 +74,14 @@ def check_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(name):
         raise NameInvalid(f"invalid repository name {name[:80]!r}")
     return name
+
+
+def check_prefix(prefix: str) -> str:
+    """Return `prefix` if it can name an upstream (a registry host[:port]), else raise
+    NAME_INVALID."""
+    if not REGISTRY_HOST_RE.fullmatch(prefix):
+        raise NameInvalid(f"invalid upstream prefix {prefix[:80]!r}")
+    return prefix
 
 
 def check_tag(tag: str) -> str:

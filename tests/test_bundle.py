@@ -99,3 +99,27 @@ def test_a_damaged_bundle_is_refused_and_leaves_nothing(bundle, seeded, tmp_path
     assert list((cache / "tmp").iterdir()) == []
     assert not (cache / "repositories").exists() or not any(
         (cache / "repositories").rglob("_tags"))
+
+
+def test_a_bundle_naming_a_bad_upstream_prefix_is_refused(bundle, tmp_path):
+    def change(name, data):
+        if name != "index.json":
+            return data
+        return data.replace(f'"{UPSTREAM_PREFIX}/'.encode(), b'"Not_A_Host/')
+    _rewrite(bundle, tmp_path / "bad.tar", change)
+    _config(tmp_path / "target.toml", tmp_path, "http://127.0.0.1:9")
+    result = run_mirror(tmp_path / "target.toml", "import", str(tmp_path / "bad.tar"))
+    assert result.returncode == 1
+    assert "index.json of the bundle is not valid: invalid upstream prefix 'Not_A_Host'" \
+        in result.stderr
+
+
+def test_export_names_what_is_missing(bundle, tmp_path):
+    _config(tmp_path / "empty.toml", tmp_path, "http://127.0.0.1:9")
+    missing = run_mirror(tmp_path / "empty.toml", "export", str(tmp_path / "out.tar"),
+                         f"{UPSTREAM_PREFIX}/tools/alpha:1.0")
+    assert missing.returncode == 1
+    assert f"error: {UPSTREAM_PREFIX}/tools/alpha:1.0 is not cached" in missing.stderr
+    by_digest = run_mirror(tmp_path / "empty.toml", "export", str(tmp_path / "out.tar"),
+                           f"{UPSTREAM_PREFIX}/tools/alpha@sha256:{'a' * 64}")
+    assert by_digest.returncode == 1 and "export images by tag" in by_digest.stderr

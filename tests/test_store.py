@@ -1,10 +1,11 @@
 """The content store: verified, atomic, content-addressed writes on a plain filesystem."""
 
 import hashlib
+import time
 
 import pytest
 
-from mirror.cache.store import ContentStore, TagRecord
+from mirror.cache.store import ContentStore, StoredBlob, TagRecord
 from mirror.errors import DigestMismatch
 from mirror.reference import Digest, Repository
 
@@ -66,7 +67,7 @@ def test_repository_links_and_tags(tmp_path):
 
 def test_a_torn_tag_file_reads_as_absent(tmp_path):
     store = ContentStore(tmp_path)
-    path = store.repo_dir(REPO) / "_tags" / "1.0"
+    path = tmp_path / "repositories" / REPO.prefix / REPO.name / "_tags" / "1.0"
     path.parent.mkdir(parents=True)
     path.write_text('{"digest": "sha256:12')
     assert store.read_tag(REPO, "1.0") is None
@@ -89,3 +90,64 @@ def test_clean_tmp_removes_only_what_dead_instances_left(tmp_path):
     assert not dead_path.exists() and live_path.exists() and staged.exists()
     assert store.claim_fill(_digest(b"live")) is None  # still claimed
     assert store.claim_fill(_digest(b"dead")) is not None  # free again
+
+
+def test_blobs_lists_what_is_stored_and_delete_blob_removes_it(tmp_path):
+    store = ContentStore(tmp_path)
+    small, large = b"small", b"large" * 100
+    store.put_bytes(_digest(small), small)
+    store.put_bytes(_digest(large), large)
+    filling = store.claim_fill(_digest(b"in progress"))  # in tmp/: not a blob yet
+    filling.write(b"in pro")
+    expected = sorted([StoredBlob(_digest(small), len(small)),
+                       StoredBlob(_digest(large), len(large))], key=lambda b: b.digest.hex)
+    assert list(store.blobs()) == expected
+    store.delete_blob(_digest(small))
+    store.delete_blob(_digest(small))  # already gone: fine
+    assert list(store.blobs()) == [StoredBlob(_digest(large), len(large))]
+    assert store.blob_size(_digest(small)) is None
+    filling.abort()
+
+
+def test_quarantine_takes_a_blob_out_of_service_and_keeps_its_bytes(tmp_path):
+    store = ContentStore(tmp_path)
+    store.put_bytes(_digest(b"bad"), b"bad")
+    moved = store.quarantine_blob(_digest(b"bad"))
+    assert moved.is_relative_to(store.quarantine_dir) and moved.read_bytes() == b"bad"
+    assert store.quarantine_dir == tmp_path / "quarantine"
+    assert store.blob_size(_digest(b"bad")) is None and list(store.blobs()) == []
+
+
+def test_manifest_and_blob_links_can_be_listed_and_removed(tmp_path):
+    store = ContentStore(tmp_path)
+    first, second = _digest(b"1"), _digest(b"2")
+    before = time.time()
+    for digest in (second, first):
+        store.link_manifest(REPO, digest, "application/x")
+    assert store.linked_manifests(REPO) == sorted([first, second], key=lambda d: d.hex)
+    assert store.linked_manifests(Repository("up.test", "other")) == []
+    assert store.manifest_linked_at(REPO, first) >= before - 1
+    store.unlink_manifest(REPO, first)
+    store.unlink_manifest(REPO, first)  # already gone: fine
+    assert store.linked_manifests(REPO) == [second]
+    assert store.manifest_linked_at(REPO, first) is None
+    assert store.manifest_media_type(REPO, first) is None
+    store.link_blob(REPO, first)
+    store.unlink_blob(REPO, first)
+    assert not store.blob_linked(REPO, first)
+
+
+def test_tag_records_skip_torn_tags_and_untag_removes_one(tmp_path):
+    store = ContentStore(tmp_path)
+    one = TagRecord(_digest(b"1"), "application/x", 1.0)
+    two = TagRecord(_digest(b"2"), "application/x", 2.0)
+    store.write_tag(REPO, "2.0", two)
+    store.write_tag(REPO, "1.0", one)
+    torn = tmp_path / "repositories" / REPO.prefix / REPO.name / "_tags" / "broken"
+    torn.write_text("{")
+    assert store.tag_records(REPO) == {"1.0": one, "2.0": two}
+    assert list(store.tag_records(REPO)) == ["1.0", "2.0"]
+    store.untag(REPO, "1.0")
+    store.untag(REPO, "1.0")  # already gone: fine
+    assert store.tag_records(REPO) == {"2.0": two}
+    assert store.read_tag(REPO, "1.0") is None

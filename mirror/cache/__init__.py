@@ -1,3 +1,4 @@
 """What the mirror holds: the content store on the cluster filesystem (the only module
-that knows its layout), the node-local metadata index, and the commands that maintain the
-cache (gc, verify, bundles, the SIF tree)."""
+that knows its layout), the node-local metadata cache and pull statistics (`open_cache`
+opens all three), and the commands that maintain the cache (gc, verify, bundles, the SIF
+tree)."""

@@ -20,21 +20,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from mirror.cache.index import MetadataIndex
-from mirror.cache.store import BlobWriter, ContentStore, TagRecord
+from mirror.cache.blob_writer import BlobWriter
+from mirror.cache.metadata import MetadataCache
+from mirror.cache.store import ContentStore, TagRecord
 from mirror.errors import DigestMismatch, MirrorError
 from mirror.manifests import closure, parse
-from mirror.reference import OCI_INDEX, Digest, Repository, check_name, check_tag
+from mirror.reference import (
+    OCI_INDEX,
+    Digest,
+    Repository,
+    check_name,
+    check_prefix,
+    check_tag,
+)
 
 REPOSITORY_KEY = "io.github.hpc-mirror.repository"
 TAG_KEY = "org.opencontainers.image.ref.name"
 _BLOB_NAME = re.compile(r"blobs/sha256/([a-f0-9]{64})")
-_PREFIX = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?")
 _CHUNK = 4 * 1024 * 1024
 
 
-class BundleError(Exception):
-    """The bundle is damaged, tampered with or incomplete; nothing was imported."""
+class BundleError(MirrorError):
+    """A bundle cannot be exported (an image is not fully cached, or not named by a tag)
+    or imported (it is damaged, tampered with or incomplete: nothing was imported)."""
 
 
 @dataclass(frozen=True)
@@ -51,12 +59,12 @@ class BundleImage:
 # -- export ---------------------------------------------------------------------------------
 def export(store: ContentStore, images: list[tuple[Repository, str]], out: IO[bytes]) -> int:
     """Write the images (repository, tag), as cached, to `out` as a tar; return the number
-    of blobs written. Raises MirrorError naming an image that is not fully cached."""
+    of blobs written. Raises BundleError naming an image that is not fully cached."""
     entries, blobs = [], {}
     for repo, tag in images:
         record = store.read_tag(repo, tag)
         if record is None:
-            raise MirrorError(f"{repo}:{tag} is not cached (prefetch it first)")
+            raise BundleError(f"{repo}:{tag} is not cached (prefetch it first)")
         for digest in _closure(store, record.digest, f"{repo}:{tag}"):
             blobs[digest.hex] = digest
         entries.append({"mediaType": record.media_type, "digest": str(record.digest),
@@ -81,7 +89,7 @@ def _closure(store: ContentStore, digest: Digest, image: str) -> list[Digest]:
     manifests, blobs = closure(digest, store.read_blob)
     for piece in manifests + blobs:
         if store.blob_size(piece) is None:
-            raise MirrorError(f"{image} is not fully cached: {piece} is missing "
+            raise BundleError(f"{image} is not fully cached: {piece} is missing "
                               "(prefetch it first)")
     return manifests + blobs
 
@@ -93,7 +101,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 # -- import ---------------------------------------------------------------------------------
-def import_bundle(store: ContentStore, index: MetadataIndex,
+def import_bundle(store: ContentStore, metadata: MetadataCache,
                   source: IO[bytes]) -> list[BundleImage]:
     """Verify the whole bundle, then add it to the cache; raise BundleError before any of
     it is visible if anything is wrong."""
@@ -109,9 +117,9 @@ def import_bundle(store: ContentStore, index: MetadataIndex,
         raise
     now = time.time()
     for image in images:
-        _link(store, index, image.repo, image.digest, image.media_type)
-        index.put_tag(image.repo, image.tag, TagRecord(image.digest, image.media_type, now))
-    index.forget_repositories()
+        _link(store, metadata, image.repo, image.digest, image.media_type)
+        metadata.put_tag(image.repo, image.tag, TagRecord(image.digest, image.media_type, now))
+    metadata.forget_repositories()
     return images
 
 
@@ -122,12 +130,11 @@ def _stage(store: ContentStore, source: IO[bytes],
         with tarfile.open(fileobj=source, mode="r|*") as tar:
             for member in tar:
                 if member.name == "index.json" and member.isfile():
-                    images = _read_index(tar.extractfile(member).read())
+                    images = _read_index(_extract(tar, member).read())
                 elif member.name == "oci-layout" or member.isdir():
                     continue
                 elif (match := _BLOB_NAME.fullmatch(member.name)) and member.isfile():
-                    _stage_blob(store, Digest(match.group(1)), tar.extractfile(member),
-                                staged)
+                    _stage_blob(store, Digest(match.group(1)), _extract(tar, member), staged)
                 else:
                     raise BundleError(f"unexpected entry {member.name[:120]!r} in the bundle")
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -135,6 +142,14 @@ def _stage(store: ContentStore, source: IO[bytes],
     if images is None:
         raise BundleError("the bundle has no index.json")
     return images
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    """The content of a member its caller found to be a regular file."""
+    data = tar.extractfile(member)
+    if data is None:
+        raise BundleError(f"entry {member.name[:120]!r} of the bundle is not a file")
+    return data
 
 
 def _stage_blob(store: ContentStore, digest: Digest, data: IO[bytes],
@@ -161,9 +176,7 @@ def _read_index(raw: bytes) -> list[BundleImage]:
         for entry in entries:
             annotations = entry.get("annotations") or {}
             prefix, _, name = str(annotations[REPOSITORY_KEY]).partition("/")
-            if not _PREFIX.fullmatch(prefix):
-                raise ValueError(f"bad upstream prefix {prefix!r}")
-            images.append(BundleImage(Repository(prefix, check_name(name)),
+            images.append(BundleImage(Repository(check_prefix(prefix), check_name(name)),
                                       check_tag(str(annotations[TAG_KEY])),
                                       Digest.parse(str(entry["digest"])),
                                       str(entry["mediaType"])))
@@ -179,7 +192,7 @@ def _check_complete(store: ContentStore, images: list[BundleImage],
     def present(digest: Digest) -> bool:
         return digest.hex in staged or store.blob_size(digest) is not None
 
-    def body(digest: Digest) -> bytes:
+    def body(digest: Digest) -> bytes | None:
         writer = staged.get(digest.hex)
         return Path(writer.temp_path).read_bytes() if writer else store.read_blob(digest)
 
@@ -191,10 +204,10 @@ def _check_complete(store: ContentStore, images: list[BundleImage],
                 raise BundleError(f"the bundle is incomplete: {image} needs {piece}")
 
 
-def _link(store: ContentStore, index: MetadataIndex, repo: Repository, digest: Digest,
+def _link(store: ContentStore, metadata: MetadataCache, repo: Repository, digest: Digest,
           media_type: str) -> None:
     body = store.read_blob(digest) or b""
     parsed = parse(body, media_type)
-    index.link_manifest(repo, digest, media_type, parsed)
+    metadata.link_manifest(repo, digest, media_type, parsed)
     for child in parsed.manifests:
-        _link(store, index, repo, child.digest, child.media_type)
+        _link(store, metadata, repo, child.digest, child.media_type)

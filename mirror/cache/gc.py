@@ -3,21 +3,19 @@
 The unit of eviction is an image: a tag (or a manifest pulled only by digest) with
 everything it references (index children, configs, layers). A blob is deleted only when
 no kept image references it, so expiry never corrupts a blob shared with another image.
-Pinned images are never evicted. Blobs still being filled live in `tmp/`, never under a
-final path, so they are never touched. Recency is the newest of the last pull recorded
-in this node's index and the last time the upstream confirmed the tag.
+Pinned images are never evicted. A blob still being filled is not in the store until it
+is complete, so it is never touched. Recency is the newest of the last pull recorded
+on any node and the last time the upstream confirmed the tag.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from mirror.cache.index import MetadataIndex
+from mirror.cache.pulls import NEVER_PULLED, PullStats
 from mirror.cache.store import ContentStore
-from mirror.cache.verify import blob_files
 from mirror.manifests import closure
 from mirror.reference import Digest, Repository, is_digest
 
@@ -46,12 +44,12 @@ class GcPlan:
         return sum(self.delete.values())
 
 
-def plan(store: ContentStore, index: MetadataIndex, max_size: int,
+def plan(store: ContentStore, pulls: PullStats, max_size: int,
          older_than: float | None, now: float,
          pinned: Callable[[Image], bool] = lambda image: False) -> GcPlan:
     """Choose images to evict, oldest first, until the cache is at most `max_size`."""
-    sizes = {digest.hex: size for digest, _, size in blob_files(store)}
-    images = list(_images(store, index))
+    sizes = {blob.digest.hex: blob.size for blob in store.blobs()}
+    images = list(_images(store, pulls))
     result = GcPlan(total_before=sum(sizes.values()))
     holders = Counter(hex_digest for image in images for hex_digest in image.blobs)
     orphans = set(sizes) - set(holders)
@@ -80,42 +78,37 @@ def apply(store: ContentStore, result: GcPlan) -> None:
     evicted = {(image.repo, image.reference) for image in result.evict}
     for image in result.evict:
         if not is_digest(image.reference):
-            _unlink(store.repo_dir(image.repo) / "_tags" / image.reference)
+            store.untag(image.repo, image.reference)
     kept = {(image.repo, hex_digest) for image in _images(store, None)
             if (image.repo, image.reference) not in evicted for hex_digest in image.blobs}
     for image in result.evict:
-        repo_dir = store.repo_dir(image.repo)
         for hex_digest in image.blobs:
             if (image.repo, hex_digest) not in kept:
-                _unlink(repo_dir / "_manifests" / hex_digest)
-                _unlink(repo_dir / "_blobs" / hex_digest)
+                store.unlink_manifest(image.repo, Digest(hex_digest))
+                store.unlink_blob(image.repo, Digest(hex_digest))
     for hex_digest in result.delete:
-        _unlink(store.blob_path(Digest(hex_digest)))
+        store.delete_blob(Digest(hex_digest))
 
 
-def _images(store: ContentStore, index: MetadataIndex | None) -> Iterator[Image]:
+def _images(store: ContentStore, pulls: PullStats | None) -> Iterator[Image]:
     """Every tag of every repository, and every manifest only a digest pull holds."""
     for repo in store.list_repositories():
-        pulls = index.pull_stats(repo) if index is not None else {}
+        counts = pulls.counts(repo) if pulls is not None else {}
         tagged: set[str] = set()
-        for tag in store.list_tags(repo):
-            record = store.read_tag(repo, tag)
-            if record is None:
-                continue
+        for tag, record in store.tag_records(repo).items():
             blobs, manifests = _closure(store, record.digest)
             tagged |= manifests
-            last = max(pulls.get(tag, (0, 0.0))[1], record.confirmed_at)
+            last = max(counts.get(tag, NEVER_PULLED).last_pulled, record.confirmed_at)
             yield Image(repo, tag, last, frozenset(blobs), frozenset(manifests))
-        for hex_digest in _linked_manifests(store, repo):
-            if hex_digest in tagged or store.blob_size(Digest(hex_digest)) is None:
+        for digest in store.linked_manifests(repo):
+            if digest.hex in tagged or store.blob_size(digest) is None:
                 continue
-            blobs, manifests = _closure(store, Digest(hex_digest))
-            if (manifests - {hex_digest}) & tagged:
+            blobs, manifests = _closure(store, digest)
+            if (manifests - {digest.hex}) & tagged:
                 continue
-            link = store.repo_dir(repo) / "_manifests" / hex_digest
-            last = max(pulls.get(f"sha256:{hex_digest}", (0, 0.0))[1], link.stat().st_mtime)
-            yield Image(repo, f"sha256:{hex_digest}", last, frozenset(blobs),
-                        frozenset(manifests))
+            linked_at = store.manifest_linked_at(repo, digest) or 0.0
+            last = max(counts.get(str(digest), NEVER_PULLED).last_pulled, linked_at)
+            yield Image(repo, str(digest), last, frozenset(blobs), frozenset(manifests))
 
 
 def _closure(store: ContentStore, digest: Digest) -> tuple[set[str], set[str]]:
@@ -123,18 +116,3 @@ def _closure(store: ContentStore, digest: Digest) -> tuple[set[str], set[str]]:
     manifests, blobs = closure(digest, store.read_blob)
     held = {d.hex for d in manifests + blobs}
     return held, {d.hex for d in manifests}
-
-
-def _linked_manifests(store: ContentStore, repo: Repository) -> list[str]:
-    try:
-        return sorted(p.name for p in (store.repo_dir(repo) / "_manifests").iterdir()
-                      if len(p.name) == 64)
-    except FileNotFoundError:
-        return []
-
-
-def _unlink(path: os.PathLike) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

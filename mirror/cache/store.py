@@ -1,6 +1,8 @@
 """The content store: the source of truth, on the cluster filesystem shared by every instance.
 
-Layout under the cache root (every name below was validated by `reference` first)::
+This module alone knows the layout; everything else asks the store (blobs, links, tags,
+quarantine) and never builds a path under the cache root. Layout under the root (every name
+below was validated by `reference` first)::
 
     blobs/sha256/<hh>/<hex>                    content (blobs and manifests), immutable
     repositories/<prefix>/<name>/_manifests/<hex>
@@ -9,6 +11,9 @@ Layout under the cache root (every name below was validated by `reference` first
                                                manifests references it or its upstream has it
     repositories/<prefix>/<name>/_tags/<tag>   JSON {"digest", "media_type", "confirmed_at"}
     tmp/                                       in-progress writes, renamed into place when done
+    tmp/<hex>.partial, tmp/<hex>.size          the one shared fill of a blob, and its size
+    quarantine/sha256/<hex>                    blobs `verify` found corrupt, kept for inspection
+    stats/<node>.json                          each node's published pull counts
 
 Every write goes to a file in `tmp/` (same filesystem, so `rename` is atomic), content is
 sha256-verified and fsync'd before the rename: nothing partial or unverified ever appears
@@ -18,18 +23,20 @@ under a final path. Repository components never start with `_` (distribution gra
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirror.errors import DigestMismatch
+from mirror.cache.blob_writer import BlobWriter
 from mirror.reference import Digest, Repository
 
 _TEMP_FILE_MAX_AGE = 86400.0  # seconds; only a dead instance leaves a temp file this old
+
+__all__ = ["BlobWriter", "ContentStore", "StoredBlob", "TagRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,121 +48,61 @@ class TagRecord:
     confirmed_at: float
 
 
-class BlobWriter:
-    """Writes one blob to a temp file while hashing it; `commit` verifies and renames it in.
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """A blob under its final path, and its size in bytes."""
 
-    Methods are blocking and meant to run in a worker thread: hashlib and os.write release
-    the GIL on large buffers, so hashing overlaps the event loop's network I/O.
-    """
-
-    def __init__(self, store: "ContentStore", digest: Digest,
-                 temp_path: Path | None = None) -> None:
-        """Creates the temp file exclusively (O_EXCL holds across NFS, GPFS, Lustre and
-        GlusterFS clients): with the digest's partial path, creating it claims the fill."""
-        self.digest = digest
-        self.final_path = store.blob_path(digest)
-        self.temp_path = temp_path or store.temp_path(digest.hex)
-        self.size_path = store.partial_size_path(digest) if temp_path else None
-        self._hash = hashlib.sha256()
-        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self.size = 0
-
-    def announce_size(self, size: int) -> None:
-        """Tell other instances following this fill how big the blob will be."""
-        if self.size_path is not None:
-            temp = self.size_path.with_name(f".{self.size_path.name}.{os.getpid()}")
-            temp.write_text(str(size))
-            os.rename(temp, self.size_path)
-
-    def write(self, chunk: bytes | memoryview) -> None:
-        self.write_many([chunk])
-
-    def write_many(self, chunks: list[bytes] | list[memoryview]) -> None:
-        """Hash and append chunks (one writev where the kernel takes them all)."""
-        for chunk in chunks:
-            self.hash(chunk)
-        self.append(chunks)
-
-    def hash(self, chunk: bytes | memoryview) -> None:
-        """Feed the digest; with `append`, lets two threads share one blob's work."""
-        self._hash.update(chunk)
-
-    def append(self, chunks: list[bytes] | list[memoryview]) -> None:
-        views = [memoryview(chunk) for chunk in chunks if chunk]
-        while views:
-            written = os.writev(self._fd, views)
-            self.size += written
-            while views and written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            if written:
-                views[0] = views[0][written:]
-
-    def verify(self) -> None:
-        """Check the digest of everything written; on mismatch delete the file and raise."""
-        actual = self._hash.hexdigest()
-        if actual != self.digest.hex:
-            self.abort()
-            raise DigestMismatch(f"upstream content for {self.digest} hashed to sha256:{actual}")
-
-    def seal(self) -> None:
-        """fsync and close the temp file, keeping it out of sight until `persist`: lets a
-        caller verify many blobs before making any of them visible."""
-        if self._fd >= 0:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-
-    def persist(self) -> None:
-        """fsync and rename the verified file into place, read-only. The size note goes
-        first, so once the blob is visible nothing of its fill is left in tmp/ (followers
-        arriving in between find the blob a moment later)."""
-        self.seal()
-        self.final_path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.temp_path, 0o444)
-        self._forget_size()
-        os.rename(self.temp_path, self.final_path)
-
-    def commit(self) -> None:
-        self.verify()
-        self.persist()
-
-    def abort(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        try:
-            os.unlink(self.temp_path)
-        except FileNotFoundError:
-            pass
-        self._forget_size()
-
-    def _forget_size(self) -> None:
-        if self.size_path is not None:
-            try:
-                os.unlink(self.size_path)
-            except FileNotFoundError:
-                pass
+    digest: Digest
+    size: int
 
 
 class ContentStore:
     """Content-addressed blobs plus per-repository links and tag records, as plain files."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.blobs_dir = root / "blobs" / "sha256"
-        self.repos_dir = root / "repositories"
-        self.tmp_dir = root / "tmp"
-        for directory in (self.blobs_dir, self.repos_dir, self.tmp_dir):
+        self._root = root
+        self._blobs_dir = root / "blobs" / "sha256"
+        self._repos_dir = root / "repositories"
+        self._tmp_dir = root / "tmp"
+        self._stats_dir = root / "stats"
+        for directory in (self._blobs_dir, self._repos_dir, self._tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
-    # -- content ---------------------------------------------------------------------------
+    # -- paths: the one place that maps names to files -------------------------------------
     def blob_path(self, digest: Digest) -> Path:
-        return self.blobs_dir / digest.hex[:2] / digest.hex
+        return self._blobs_dir / digest.hex[:2] / digest.hex
 
     def temp_path(self, stem: str) -> Path:
-        return self.tmp_dir / f".{stem}.{os.getpid()}.{secrets.token_hex(4)}"
+        return self._tmp_dir / f".{stem}.{os.getpid()}.{secrets.token_hex(4)}"
 
+    def partial_path(self, digest: Digest) -> Path:
+        """Where the one fill of `digest`, by whichever instance claimed it, is written."""
+        return self._tmp_dir / f"{digest.hex}.partial"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where `quarantine_blob` moves corrupt blobs (for messages to an operator)."""
+        return self._root / "quarantine"
+
+    def _partial_size_path(self, digest: Digest) -> Path:
+        return self._tmp_dir / f"{digest.hex}.size"
+
+    def _repo_dir(self, repo: Repository) -> Path:
+        return self._repos_dir / repo.prefix / repo.name
+
+    def _manifest_link(self, repo: Repository, digest: Digest) -> Path:
+        return self._repo_dir(repo) / "_manifests" / digest.hex
+
+    def _blob_link(self, repo: Repository, digest: Digest) -> Path:
+        return self._repo_dir(repo) / "_blobs" / digest.hex
+
+    def _tag_path(self, repo: Repository, tag: str) -> Path:
+        return self._repo_dir(repo) / "_tags" / tag
+
+    def _stats_path(self, node: str) -> Path:
+        return self._stats_dir / f"{node}.json"
+
+    # -- content ---------------------------------------------------------------------------
     def blob_size(self, digest: Digest) -> int | None:
         """Size of a cached blob, or None when it is not cached."""
         try:
@@ -170,26 +117,56 @@ class ContentStore:
             return None
 
     def new_writer(self, digest: Digest) -> BlobWriter:
-        return BlobWriter(self, digest)
+        return BlobWriter(digest, self.blob_path(digest), self.temp_path(digest.hex))
+
+    def put_bytes(self, digest: Digest, data: bytes) -> None:
+        """Store small content held in memory (manifests), verified like any blob."""
+        if self.blob_size(digest) is not None:
+            return
+        writer = self.new_writer(digest)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit()
+
+    def blobs(self) -> Iterator[StoredBlob]:
+        """Every blob under a final path, with its size, in digest order."""
+        for shard in _subdirs(self._blobs_dir):
+            with os.scandir(shard.path) as scan:
+                entries = sorted((e for e in scan if len(e.name) == 64
+                                  and not e.name.startswith(".")), key=lambda e: e.name)
+            for entry in entries:
+                try:
+                    size = entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue  # deleted since the scan
+                yield StoredBlob(Digest(entry.name), size)
+
+    def delete_blob(self, digest: Digest) -> None:
+        """Remove a blob for good (gc); one already gone is fine."""
+        _unlink(self.blob_path(digest))
+
+    def quarantine_blob(self, digest: Digest) -> Path:
+        """Move a blob out of service (one rename), keeping its bytes; return where to."""
+        target = self.quarantine_dir / "sha256" / digest.hex
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.blob_path(digest), target)
+        return target
 
     # -- fills shared by every instance on the cluster filesystem ---------------------------
-    def partial_path(self, digest: Digest) -> Path:
-        """Where the one fill of `digest`, by whichever instance claimed it, is written."""
-        return self.tmp_dir / f"{digest.hex}.partial"
-
-    def partial_size_path(self, digest: Digest) -> Path:
-        return self.tmp_dir / f"{digest.hex}.size"
-
     def claim_fill(self, digest: Digest) -> BlobWriter | None:
         """The writer of the shared fill of `digest`, or None if another fill holds it."""
         try:
-            return BlobWriter(self, digest, self.partial_path(digest))
+            return BlobWriter(digest, self.blob_path(digest), self.partial_path(digest),
+                              self._partial_size_path(digest))
         except FileExistsError:
             return None
 
     def partial_size(self, digest: Digest) -> int | None:
         """The size the filling instance announced, or None if it has not (yet)."""
-        text = self._read_small(self.partial_size_path(digest))
+        text = _read_small(self._partial_size_path(digest))
         return int(text) if text and text.isdigit() else None
 
     def break_stale_claim(self, digest: Digest, stale_seconds: float) -> bool:
@@ -204,10 +181,7 @@ class ContentStore:
         except FileNotFoundError:
             return True  # gone already: the owner finished or someone else broke it
         os.unlink(dead)
-        try:
-            os.unlink(self.partial_size_path(digest))
-        except FileNotFoundError:
-            pass
+        _unlink(self._partial_size_path(digest))
         return True
 
     def clean_tmp(self, stale_seconds: float) -> int:
@@ -217,7 +191,7 @@ class ContentStore:
         every few seconds."""
         removed = 0
         now = time.time()
-        for entry in os.scandir(self.tmp_dir):
+        for entry in os.scandir(self._tmp_dir):
             limit = stale_seconds if entry.name.endswith((".partial", ".size")) or \
                 ".partial.dead-" in entry.name else _TEMP_FILE_MAX_AGE
             try:
@@ -228,45 +202,51 @@ class ContentStore:
                 continue
         return removed
 
-    def put_bytes(self, digest: Digest, data: bytes) -> None:
-        """Store small content held in memory (manifests), verified like any blob."""
-        if self.blob_size(digest) is not None:
-            return
-        writer = self.new_writer(digest)
-        try:
-            writer.write(data)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.commit()
-
-    # -- repository metadata ---------------------------------------------------------------
-    def repo_dir(self, repo: Repository) -> Path:
-        return self.repos_dir / repo.prefix / repo.name
-
+    # -- repository links --------------------------------------------------------------------
     def link_manifest(self, repo: Repository, digest: Digest, media_type: str) -> None:
-        self._write_small(self.repo_dir(repo) / "_manifests" / digest.hex, media_type.encode())
+        self._write_small(self._manifest_link(repo, digest), media_type.encode())
 
     def manifest_media_type(self, repo: Repository, digest: Digest) -> str | None:
         """The media type of a manifest linked to `repo`, or None when it is not linked."""
-        text = self._read_small(self.repo_dir(repo) / "_manifests" / digest.hex)
-        return text or None
+        return _read_small(self._manifest_link(repo, digest)) or None
+
+    def linked_manifests(self, repo: Repository) -> list[Digest]:
+        """Every manifest linked to `repo`, in digest order."""
+        try:
+            names = os.listdir(self._repo_dir(repo) / "_manifests")
+        except FileNotFoundError:
+            return []
+        return [Digest(name) for name in sorted(names) if len(name) == 64]
+
+    def manifest_linked_at(self, repo: Repository, digest: Digest) -> float | None:
+        """When `digest` was (last) linked to `repo`, or None when it is not linked."""
+        try:
+            return os.stat(self._manifest_link(repo, digest)).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def unlink_manifest(self, repo: Repository, digest: Digest) -> None:
+        _unlink(self._manifest_link(repo, digest))
 
     def link_blob(self, repo: Repository, digest: Digest) -> None:
-        path = self.repo_dir(repo) / "_blobs" / digest.hex
+        path = self._blob_link(repo, digest)
         if not path.exists():
             self._write_small(path, b"")
 
     def blob_linked(self, repo: Repository, digest: Digest) -> bool:
-        return (self.repo_dir(repo) / "_blobs" / digest.hex).exists()
+        return self._blob_link(repo, digest).exists()
 
+    def unlink_blob(self, repo: Repository, digest: Digest) -> None:
+        _unlink(self._blob_link(repo, digest))
+
+    # -- tags --------------------------------------------------------------------------------
     def write_tag(self, repo: Repository, tag: str, record: TagRecord) -> None:
         body = {"digest": str(record.digest), "media_type": record.media_type,
                 "confirmed_at": record.confirmed_at}
-        self._write_small(self.repo_dir(repo) / "_tags" / tag, json.dumps(body).encode())
+        self._write_small(self._tag_path(repo, tag), json.dumps(body).encode())
 
     def read_tag(self, repo: Repository, tag: str) -> TagRecord | None:
-        text = self._read_small(self.repo_dir(repo) / "_tags" / tag)
+        text = _read_small(self._tag_path(repo, tag))
         if not text:
             return None
         try:
@@ -278,15 +258,28 @@ class ContentStore:
 
     def list_tags(self, repo: Repository) -> list[str]:
         try:
-            return sorted(p.name for p in (self.repo_dir(repo) / "_tags").iterdir()
-                          if not p.name.startswith("."))
+            return sorted(name for name in os.listdir(self._repo_dir(repo) / "_tags")
+                          if not name.startswith("."))
         except FileNotFoundError:
             return []
 
+    def tag_records(self, repo: Repository) -> dict[str, TagRecord]:
+        """Every readable tag of `repo` with its record, in tag order."""
+        records = {}
+        for tag in self.list_tags(repo):
+            record = self.read_tag(repo, tag)
+            if record is not None:
+                records[tag] = record
+        return records
+
+    def untag(self, repo: Repository, tag: str) -> None:
+        _unlink(self._tag_path(repo, tag))
+
+    # -- repositories ------------------------------------------------------------------------
     def list_repositories(self) -> list[Repository]:
         """Every repository with at least one cached manifest, sorted."""
         found = []
-        for prefix_entry in _subdirs(self.repos_dir):
+        for prefix_entry in _subdirs(self._repos_dir):
             stack = [(prefix_entry.path, "")]
             while stack:
                 path, name = stack.pop()
@@ -303,19 +296,18 @@ class ContentStore:
         signature = []
         for part in ("_tags", "_manifests"):
             try:
-                signature.append(os.stat(self.repo_dir(repo) / part).st_mtime_ns)
+                signature.append(os.stat(self._repo_dir(repo) / part).st_mtime_ns)
             except FileNotFoundError:
                 signature.append(0)
         return signature
 
     # -- pull statistics, one file per node -----------------------------------------------
     def write_pull_stats(self, node: str, totals: dict) -> None:
-        self._write_small(self.root / "stats" / f"{node}.json",
-                          json.dumps(totals, sort_keys=True).encode())
+        self._write_small(self._stats_path(node), json.dumps(totals, sort_keys=True).encode())
 
     def read_pull_stats(self) -> dict[str, dict]:
         found = {}
-        for path in sorted((self.root / "stats").glob("*.json")):
+        for path in sorted(self._stats_dir.glob("*.json")):
             try:
                 totals = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -334,12 +326,19 @@ class ContentStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.rename(temp, path)
 
-    @staticmethod
-    def _read_small(path: Path) -> str | None:
-        try:
-            return path.read_text()
-        except FileNotFoundError:
-            return None
+
+def _read_small(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _subdirs(path: Path | str) -> list[os.DirEntry]:

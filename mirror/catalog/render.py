@@ -22,7 +22,8 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from mirror import __version__
-from mirror.cache.index import MetadataIndex
+from mirror.cache.open_cache import open_cache
+from mirror.cache.pulls import PullStats
 from mirror.cache.store import ContentStore
 from mirror.catalog.charts import bar_chart
 from mirror.catalog.facts import OCI_KEY_PREFIX, manifest_facts
@@ -91,25 +92,21 @@ class FactsCache:
 
 def render(config: Config, out: Path | None = None) -> RenderReport:
     """Render the catalog of `config`'s cache into `out` (default: catalog.out)."""
-    store = ContentStore(config.cache.root)
-    index = MetadataIndex(config.cache.index_dir, store)
-    try:
+    with open_cache(config.cache) as cache:
         writer = SiteWriter(out or config.catalog.out)
-        renderer = _Renderer(config, store, index, FactsCache(store), writer)
+        renderer = _Renderer(config, cache.store, cache.pulls, FactsCache(cache.store), writer)
         rows = renderer.render_repositories()
         renderer.render_site_pages(rows)
         writer.commit({"site_key": renderer.site_key, "repos": renderer.repo_state})
-    finally:
-        index.close()
     return RenderReport(writer.out, len(rows), sum(len(r["tags"]) for r in rows),
                         writer.written, writer.reused)
 
 
-def gather(store: ContentStore, index: MetadataIndex, facts: FactsCache,
+def gather(store: ContentStore, pull_stats: PullStats, facts: FactsCache,
            repo: Repository) -> RepoView:
-    """Everything the pages of one repository show, from the store and index."""
+    """Everything the pages of one repository show, from the store and pull statistics."""
     view = RepoView(repo.prefix, repo.name, f"r/{_slug(repo)}")
-    pulls = index.pull_stats(repo)
+    pulls = pull_stats.counts(repo)
     for tag in store.list_tags(repo):
         record = store.read_tag(repo, tag)
         if record is None:
@@ -175,24 +172,20 @@ def pull_commands(site: dict, path: str, reference: str, kind: str) -> list[dict
 def _render_chunk(config: Config, out: Path, old_files: dict[str, str],
                   changed: list[tuple[Repository, list]]) -> dict[str, Any]:
     """A helper process's share of a render: its repositories' pages, written directly."""
-    store = ContentStore(config.cache.root)
-    index = MetadataIndex(config.cache.index_dir, store)
-    try:
+    with open_cache(config.cache) as cache:
         writer = SiteWriter(out, old_files=old_files)
-        repos = _Renderer(config, store, index, FactsCache(store), writer).render_changed(
-            changed)
+        repos = _Renderer(config, cache.store, cache.pulls, FactsCache(cache.store),
+                          writer).render_changed(changed)
         return {"repos": repos, "files": writer.files, "written": writer.written,
                 "reused": writer.reused}
-    finally:
-        index.close()
 
 
 class _Renderer:
-    def __init__(self, config: Config, store: ContentStore, index: MetadataIndex,
+    def __init__(self, config: Config, store: ContentStore, pulls: PullStats,
                  facts: FactsCache, writer: SiteWriter) -> None:
         self.config = config
         self.store = store
-        self.index = index
+        self.pulls = pulls
         self.facts = facts
         self.writer = writer
         self.env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
@@ -217,7 +210,7 @@ class _Renderer:
         for repo in self.store.list_repositories():
             slug = f"r/{_slug(repo)}"
             signature = self.store.repo_signature(repo) + [
-                _fingerprint(self.index.pull_stats(repo))]
+                _fingerprint(self.pulls.counts(repo))]
             old = self._previous_repos.get(slug)
             order.append(slug)
             if old and old["signature"] == signature and all(map(self.writer.keep,
@@ -235,7 +228,7 @@ class _Renderer:
     def render_changed(self, changed: list[tuple[Repository, list]]) -> dict[str, dict]:
         state = {}
         for repo, signature in changed:
-            view = gather(self.store, self.index, self.facts, repo)
+            view = gather(self.store, self.pulls, self.facts, repo)
             if view.tags:
                 row, files = self._repository(view)
                 state[view.slug] = {"signature": signature, "row": row, "files": files}
@@ -365,11 +358,9 @@ def _group(rows: list[dict]) -> list[tuple[str, list[dict]]]:
 
 def _blob_totals(store: ContentStore) -> tuple[int, int]:
     count = size = 0
-    for shard in sorted(store.blobs_dir.iterdir()):
-        with os.scandir(shard) as entries:
-            for entry in entries:
-                count += 1
-                size += entry.stat().st_size
+    for blob in store.blobs():
+        count += 1
+        size += blob.size
     return count, size
 
 

@@ -54,9 +54,9 @@ async def _housekeeping(service: ProxyService) -> None:
     for beat in itertools.count(1):
         await asyncio.sleep(_STATS_FLUSH_SECONDS)
         try:
-            service.index.flush_pulls()
+            service.pulls.flush()
             if beat % _STATS_EXPORT_EVERY == 0:
-                service.index.export_pulls()
+                service.pulls.publish()
             if beat % _CLEAN_EVERY == 0:
                 await loop.run_in_executor(None, service.store.clean_tmp,
                                            service.config.cache.fill_stale_seconds * 3)

@@ -23,7 +23,9 @@ from typing import Any
 
 from aiohttp import ClientResponse
 
-from mirror.cache.index import MetadataIndex
+from mirror.cache.metadata import MetadataCache
+from mirror.cache.open_cache import open_cache
+from mirror.cache.pulls import PullStats
 from mirror.cache.siftree import SifTree
 from mirror.cache.store import BlobWriter, ContentStore, TagRecord
 from mirror.config import Config
@@ -70,29 +72,27 @@ class Manifest:
 async def running_service(config: Config) -> AsyncIterator["ProxyService"]:
     """The service and everything it owns, for as long as the block runs. Nothing here
     contacts an upstream: the service starts with every upstream down."""
-    store = ContentStore(config.cache.root)
-    index = MetadataIndex(config.cache.index_dir, store)
-    removed = await asyncio.get_running_loop().run_in_executor(
-        None, store.clean_tmp, config.cache.fill_stale_seconds * 3)
-    if removed:
-        log.info("removed %d leftover temp files of stopped instances", removed)
-    try:
+    with open_cache(config.cache) as (store, metadata, pulls):
+        removed = await asyncio.get_running_loop().run_in_executor(
+            None, store.clean_tmp, config.cache.fill_stale_seconds * 3)
+        if removed:
+            log.info("removed %d leftover temp files of stopped instances", removed)
         async with Upstreams(config.upstreams, config.client) as upstreams:
-            service = ProxyService(config, store, index, upstreams)
+            service = ProxyService(config, store, metadata, pulls, upstreams)
             try:
                 yield service
             finally:
                 await service.close()
-    finally:
-        index.close()
 
 
 class ProxyService:
-    def __init__(self, config: Config, store: ContentStore, index: MetadataIndex,
-                 upstreams: Upstreams, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, store: ContentStore, index: MetadataCache,
+                 pulls: PullStats, upstreams: Upstreams,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
         self.index = index
+        self.pulls = pulls
         self.upstreams = upstreams
         self.clock = clock
         self.router = Router(config)
@@ -143,7 +143,7 @@ class ProxyService:
             manifest = await self._manifest_by_digest(repo, Digest.parse(reference))
         else:
             manifest = await self._manifest_by_tag(repo, check_tag(reference))
-        self.index.record_pull(repo, reference)
+        self.pulls.record(repo, reference)
         return manifest
 
     async def _manifest_by_digest(self, repo: Repository, digest: Digest) -> Manifest:

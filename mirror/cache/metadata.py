@@ -1,0 +1,101 @@
+"""The metadata cache: a node-local read-through cache of the store's repository metadata.
+
+It answers the hot questions (what does this tag point at, may this repository serve this
+digest, what media type does this manifest have) without filesystem metadata operations,
+which are slow on Lustre and GPFS. It is only ever a cache: positive answers are copied from
+the store, misses fall through to the store (so links written by another instance are seen),
+and deleting it loses nothing but this node's pull counts, which share its database
+(`pulls.py`). SQLite's WAL does not work on network filesystems, which is why the database
+lives on node-local disk, in the directory of the config key `cache.index_dir` (the key keeps
+the name from when this was called the metadata index: sites script against it).
+"""
+
+from __future__ import annotations
+
+import time
+
+import diskcache
+
+from mirror.cache.store import ContentStore, TagRecord
+from mirror.manifests import ParsedManifest
+from mirror.reference import Digest, Repository
+
+_REPOSITORIES_TTL_SECONDS = 30.0  # how long a scan of the store's repositories is reused
+
+
+class MetadataCache:
+    """Tags, manifest links and blob links of repositories, as the store holds them."""
+
+    def __init__(self, db: diskcache.Cache, store: ContentStore) -> None:
+        self._db = db
+        self._store = store
+
+    # -- tags ------------------------------------------------------------------------------
+    def tag(self, repo: Repository, tag: str, *, from_store: bool = False) -> TagRecord | None:
+        """The tag record; `from_store` skips this cache to see another instance's update."""
+        key = ("tag", repo.prefix, repo.name, tag)
+        if not from_store:
+            record = self._db.get(key)
+            if record is not None:
+                return record
+        record = self._store.read_tag(repo, tag)
+        if record is not None:
+            self._db.set(key, record)
+        return record
+
+    def put_tag(self, repo: Repository, tag: str, record: TagRecord) -> None:
+        self._store.write_tag(repo, tag, record)
+        self._db.set(("tag", repo.prefix, repo.name, tag), record)
+
+    def tags(self, repo: Repository) -> list[str]:
+        return self._store.list_tags(repo)
+
+    # -- manifests and blobs a repository may serve ----------------------------------------
+    def manifest_media_type(self, repo: Repository, digest: Digest) -> str | None:
+        key = ("manifest", repo.prefix, repo.name, digest.hex)
+        media_type = self._db.get(key)
+        if media_type is None:
+            media_type = self._store.manifest_media_type(repo, digest)
+            if media_type is not None:
+                self._db.set(key, media_type)
+        return media_type
+
+    def link_manifest(self, repo: Repository, digest: Digest, media_type: str,
+                      parsed: ParsedManifest) -> None:
+        """Record that `repo` has this manifest, and what it lets `repo` serve: its blobs,
+        and for an index its child manifests (with the type the index gives them)."""
+        for child in parsed.manifests:
+            if self.manifest_media_type(repo, child.digest) is None and child.media_type:
+                self._store.link_manifest(repo, child.digest, child.media_type)
+        for blob_digest in parsed.blob_digests:
+            self.link_blob(repo, blob_digest)
+        self._store.link_manifest(repo, digest, media_type)
+        self._db.set(("manifest", repo.prefix, repo.name, digest.hex), media_type)
+
+    def may_serve_blob(self, repo: Repository, digest: Digest) -> bool:
+        key = ("blob", repo.prefix, repo.name, digest.hex)
+        if key in self._db:
+            return True
+        if self._store.blob_linked(repo, digest):
+            self._db.set(key, True)
+            return True
+        return False
+
+    def link_blob(self, repo: Repository, digest: Digest) -> None:
+        key = ("blob", repo.prefix, repo.name, digest.hex)
+        if key not in self._db:
+            self._store.link_blob(repo, digest)
+            self._db.set(key, True)
+
+    # -- listing ---------------------------------------------------------------------------
+    def repositories(self) -> list[Repository]:
+        """Cached repositories, from a store scan remembered for a short while."""
+        cached = self._db.get("repositories")
+        if cached is not None and time.time() - cached[0] < _REPOSITORIES_TTL_SECONDS:
+            return cached[1]
+        repos = self._store.list_repositories()
+        self._db.set("repositories", (time.time(), repos))
+        return repos
+
+    def forget_repositories(self) -> None:
+        self._db.delete("repositories")
