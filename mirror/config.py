@@ -11,7 +11,6 @@ import hashlib
 import ipaddress
 import math
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,8 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mirror.errors import ConfigError
-
-_PREFIX_RE = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?")
+from mirror.reference import REGISTRY_HOST_RE
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +196,7 @@ class _Parser:
         port = self._get(table, "server", "port", int)
         if not 0 < port < 65536:
             self.problems.append(f"server.port: must be 1-65535, got {port}")
-        if host not in ("localhost",) and not _is_ip(host) and not _PREFIX_RE.fullmatch(host):
+        if host not in ("localhost",) and not _is_ip(host) and not REGISTRY_HOST_RE.fullmatch(host):
             self.problems.append(f"server.host: not an address or host name: {host!r}")
         return ServerConfig(host, port)
 
@@ -294,7 +292,7 @@ class _Parser:
         if url and not _is_registry_url(url):
             self.problems.append(f"{where}.url: must be http(s)://host[:port], got {url!r}")
         prefix = self._get(entry, where, "prefix", str)
-        if prefix and not _PREFIX_RE.fullmatch(prefix):
+        if prefix and not REGISTRY_HOST_RE.fullmatch(prefix):
             self.problems.append(f"{where}.prefix: must look like a registry host name "
                                  f"(lowercase, dots), got {prefix!r}")
         mode = self._get(entry, where, "mode", str)
