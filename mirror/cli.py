@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
 from mirror import config as config_module
-from mirror.errors import ConfigError, MirrorError
+from mirror.errors import ConfigError, InvalidValue, MirrorError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hpc-mirror: a pull-through cache for OCI registries, for HPC sites.")
@@ -23,16 +26,50 @@ def main() -> None:
     """hpc-mirror: a pull-through cache for OCI registries, for HPC sites."""
 
 
-def _load(path: Path | None, overrides: dict | None = None) -> config_module.Config:
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+@contextmanager
+def _errors_reported() -> Iterator[None]:
+    """The one place where errors become what a command prints and its exit status: 2 for
+    what the user gave (config, arguments, list files), 1 for an operation that failed."""
     try:
-        return config_module.load(path, overrides)
+        yield
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(f"error: {exc.path}: {problem}", err=True)
         raise typer.Exit(2) from None
+    except InvalidValue as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except MirrorError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: {exc.filename or ''}{': ' if exc.filename else ''}"
+                   f"{exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
 
 
-@app.command()
+def _command(name: str | None = None) -> Callable[[Command], Command]:
+    """`app.command`, with the command's errors reported by `_errors_reported`."""
+    def register(func: Command) -> Command:
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with _errors_reported():
+                return func(*args, **kwargs)
+
+        app.command(name)(run)
+        return func
+
+    return register
+
+
+def _load(path: Path | None, overrides: dict | None = None) -> config_module.Config:
+    return config_module.load(path, overrides)
+
+
+@_command()
 def serve(
     config: ConfigOption = None,
     host: Annotated[Optional[str], typer.Option(
@@ -55,7 +92,7 @@ def serve(
     serve_app(cfg, workers)
 
 
-@app.command()
+@_command()
 def render(
     config: ConfigOption = None,
     out: Annotated[Optional[Path], typer.Option(
@@ -71,7 +108,7 @@ def render(
                f"{report.pages_reused} pages unchanged)")
 
 
-@app.command()
+@_command()
 def prefetch(
     images: Annotated[Optional[list[str]], typer.Argument(
         help="Images as pulled through the mirror: docker.io/library/alpine:3.20, "
@@ -100,17 +137,15 @@ def _image_list(images: list[str] | None, file: Path | None) -> list[str]:
         try:
             lines = file.read_text().splitlines()
         except OSError as exc:
-            typer.echo(f"error: cannot read {file}: {exc.strerror}", err=True)
-            raise typer.Exit(2) from None
+            raise InvalidValue(f"cannot read {file}: {exc.strerror}") from None
         wanted += [line.split("#", 1)[0].strip() for line in lines]
     wanted = [image for image in wanted if image]
     if not wanted:
-        typer.echo("error: name images as arguments or with --file", err=True)
-        raise typer.Exit(2)
+        raise InvalidValue("name images as arguments or with --file")
     return wanted
 
 
-@app.command()
+@_command()
 def export(
     bundle: Annotated[Path, typer.Argument(help="The tar file to write.")],
     images: Annotated[Optional[list[str]], typer.Argument(help="Images (name:tag).")] = None,
@@ -127,25 +162,21 @@ def export(
     cfg = _load(config)
     router = Router(cfg)
     chosen = []
-    try:
-        for text in _image_list(images, file):
-            ref = ImageRef.parse(text)
-            if ":" in ref.reference:
-                raise bundle_module.BundleError(f"{text}: export images by tag, so they keep "
-                                                "their names")
-            chosen.append((router.route(ref.path), ref.reference))
-        temp = bundle.with_name(f".{bundle.name}.partial")
-        with open(temp, "wb") as out:
-            blobs = bundle_module.export(ContentStore(cfg.cache.root), chosen, out)
-        temp.rename(bundle)
-    except MirrorError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from None
+    for text in _image_list(images, file):
+        ref = ImageRef.parse(text)
+        if ":" in ref.reference:
+            raise bundle_module.BundleError(f"{text}: export images by tag, so they keep "
+                                            "their names")
+        chosen.append((router.route(ref.path), ref.reference))
+    temp = bundle.with_name(f".{bundle.name}.partial")
+    with open(temp, "wb") as out:
+        blobs = bundle_module.export(ContentStore(cfg.cache.root), chosen, out)
+    temp.rename(bundle)
     typer.echo(f"wrote {len(chosen)} images ({blobs} blobs, "
                f"{bundle.stat().st_size} bytes) to {bundle}")
 
 
-@app.command("import")
+@_command("import")
 def import_(
     bundle: Annotated[Path, typer.Argument(help="A bundle written by `mirror export`.")],
     config: ConfigOption = None,
@@ -160,13 +191,12 @@ def import_(
             with open(bundle, "rb") as source:
                 imported = bundle_module.import_bundle(cache.store, cache.metadata, source)
         except (bundle_module.BundleError, OSError) as exc:
-            typer.echo(f"error: refused {bundle}: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise bundle_module.BundleError(f"refused {bundle}: {exc}") from None
     for image in imported:
         typer.echo(f"imported {image} ({image.digest})")
 
 
-@app.command()
+@_command()
 def verify(config: ConfigOption = None) -> None:
     """Re-hash every cached blob; quarantine and report corrupt ones (exit 1 if any)."""
     from rich.console import Console
@@ -190,7 +220,7 @@ def verify(config: ConfigOption = None) -> None:
     raise typer.Exit(1 if report.corrupt else 0)
 
 
-@app.command()
+@_command()
 def gc(
     max_size: Annotated[str, typer.Option(help="Evict until the cache is at most this size, "
                                           "e.g. 500G.")],
@@ -209,13 +239,12 @@ def gc(
     from mirror.units import human_size, parse_age, parse_size
 
     cfg = _load(config)
+    limit = parse_size(max_size)
+    age = parse_age(older_than) if older_than else None
     try:
-        limit = parse_size(max_size)
-        age = parse_age(older_than) if older_than else None
         pins = [_resolve_pin(Router(cfg), pin) for pin in cfg.cache.pins]
-    except (ValueError, MirrorError) as exc:
-        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
-        raise typer.Exit(2) from None
+    except MirrorError as exc:
+        raise InvalidValue(f"{cfg.source}: cache.pins: {exc.message}") from None
     with open_cache(cfg.cache) as cache:
         result = gc_module.plan(cache.store, cache.pulls, limit, age, time.time(),
                                 lambda image: any(pin(image) for pin in pins))

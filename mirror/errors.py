@@ -94,6 +94,11 @@ class UpstreamTimeout(UpstreamFailed):
     status = 504
 
 
+class InvalidValue(ValueError):
+    """Something a person wrote on a command line or in a list file (a size, an age, an
+    image name) that cannot be used; the CLI reports it and exits 2."""
+
+
 class ConfigError(Exception):
     """Every problem found in one config file; `problems` holds one line per problem."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from mirror.errors import InvalidValue
+
 _SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(i?B?)\s*", re.IGNORECASE)
 _AGE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -14,7 +16,7 @@ def parse_size(text: str) -> int:
     df -h and du -h mean them."""
     match = _SIZE_RE.fullmatch(text)
     if not match:
-        raise ValueError(f"not a size: {text!r} (write e.g. 500G or 1.5TiB)")
+        raise InvalidValue(f"not a size: {text!r} (write e.g. 500G or 1.5TiB)")
     number, prefix = float(match.group(1)), match.group(2).upper()
     return int(number * 1024 ** "_KMGTP".index(prefix or "_"))
 
@@ -23,7 +25,7 @@ def parse_age(text: str) -> float:
     """'30d', '12h', '90m', '3600' -> seconds."""
     match = _AGE_RE.fullmatch(text)
     if not match:
-        raise ValueError(f"not an age: {text!r} (write e.g. 30d, 12h or 90m)")
+        raise InvalidValue(f"not an age: {text!r} (write e.g. 30d, 12h or 90m)")
     return float(match.group(1)) * _AGE_UNITS[match.group(2).lower()]
 
 

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).parent.parent / "mirror"
 # (mirror/proxy/). Anything not listed may not be imported.
 ROOMS: dict[str, set[str]] = {
     "errors": set(),
-    "units": set(),
+    "units": {"errors"},
     "reference": {"errors"},
     "config": {"errors", "reference"},
     "manifests": {"errors", "reference"},
