@@ -44,7 +44,9 @@ LAYERS: dict[str, list[set[str]]] = {
         {"gc", "bundle"},
     ],
     "catalog": [
-        {"charts", "site_writer", "facts"},
+        {"charts", "site_writer", "model"},
+        {"facts"},
+        {"gather", "pages"},
         {"render"},
     ],
     "prefetch": [
