@@ -104,15 +104,15 @@ class ManifestFacts:
         if self.manifest_size is not None:
             data["manifest_size"] = self.manifest_size
         if self.children is not None:
-            data["children"] = _jsonable(self.children)
+            data["children"] = jsonable(self.children)
         if self.layers is not None:
-            data["config"] = _jsonable(self.config)
-            data["layers"] = _jsonable(self.layers)
+            data["config"] = jsonable(self.config)
+            data["layers"] = jsonable(self.layers)
             data["layers_size"] = self.layers_size
         if self.image is not None:
-            data["image"] = _jsonable(self.image)
+            data["image"] = jsonable(self.image)
         if self.sif is not None:
-            data["sif"] = {**_jsonable(self.sif), "signed": self.sif.signed,
+            data["sif"] = {**jsonable(self.sif), "signed": self.sif.signed,
                            "created_best": iso_text(self.sif.created_best)}
         return data
 
@@ -212,7 +212,7 @@ class RepoRow:
 
     def to_json(self) -> dict[str, Any]:
         """One entry of catalog.json's `repositories`."""
-        data = _jsonable(self)
+        data = jsonable(self)
         data["tags"] = data.pop("tag_names")
         return data
 
@@ -256,15 +256,15 @@ def iso_text(when: dt.datetime | None) -> str | None:
     return when.isoformat().replace("+00:00", "Z") if when else None
 
 
-def _jsonable(value: Any) -> Any:
-    """Records as JSON: dataclasses become objects of their fields, datetimes ISO 8601
-    text, tuples lists. (Faster than `dataclasses.asdict`, which deep-copies.)"""
+def jsonable(value: Any) -> Any:
+    """Records as JSON values: dataclasses become objects of their fields, datetimes ISO
+    8601 text, tuples lists. (Faster than `dataclasses.asdict`, which deep-copies.)"""
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dt.datetime):
         return iso_text(value)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from mirror.catalog.model import (
     SiteInfo,
     catalog_json,
     iso_text,
+    jsonable,
     manifest_page,
 )
 from mirror.catalog.site_writer import SiteWriter
@@ -70,7 +71,7 @@ def pull_commands(site: SiteInfo, path: str, reference: str, kind: Kind) -> list
 
 def fingerprint(*parts: Any) -> str:
     """A hash of `parts` (model records included) that changes with RENDER_VERSION."""
-    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=_plain)
+    text = json.dumps(jsonable(parts), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(f"{RENDER_VERSION}\0{text}".encode()).hexdigest()
 
 
@@ -167,9 +168,3 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       default=str)
 
-
-def _plain(value: Any) -> Any:
-    """A model record as its fields, for fingerprints; anything else as its text."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in fields(value)}
-    return str(value)
