@@ -117,8 +117,7 @@ class _Renderer:
         self.writer = writer
         self.pages = Pages(_site_info(config), writer)
         self.facts = FactsCache(store)
-        previous = writer.previous if writer.previous.get("site_key") == self.pages.site_key \
-            else {}
+        previous = writer.previous if writer.previous.get("site_key") == self.pages.site_key else {}
         self._previous_repos: dict[str, dict] = previous.get("repos", {})
         self.repo_state: dict[str, RepoState] = {}
 
