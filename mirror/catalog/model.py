@@ -3,7 +3,8 @@
 `facts.py` reads one manifest into `ManifestFacts`; `gather.py` builds a `RepoView` per
 repository and its `RepoRow`; `pages.py` renders them. Every record is plain data, so the
 render's helper processes can send it back pickled. `to_json()` is the one way a record
-becomes JSON: catalog.json, repo.json and the render state all go through it.
+becomes JSON (catalog.json, repo.json, the render state): it returns the JSON object, whose
+nested records `json_default` turns into objects of their fields when it is dumped.
 """
 
 from __future__ import annotations
@@ -104,15 +105,15 @@ class ManifestFacts:
         if self.manifest_size is not None:
             data["manifest_size"] = self.manifest_size
         if self.children is not None:
-            data["children"] = jsonable(self.children)
+            data["children"] = self.children
         if self.layers is not None:
-            data["config"] = jsonable(self.config)
-            data["layers"] = jsonable(self.layers)
+            data["config"] = self.config
+            data["layers"] = self.layers
             data["layers_size"] = self.layers_size
         if self.image is not None:
-            data["image"] = jsonable(self.image)
+            data["image"] = self.image
         if self.sif is not None:
-            data["sif"] = {**jsonable(self.sif), "signed": self.sif.signed,
+            data["sif"] = {**json_default(self.sif), "signed": self.sif.signed,
                            "created_best": iso_text(self.sif.created_best)}
         return data
 
@@ -212,7 +213,7 @@ class RepoRow:
 
     def to_json(self) -> dict[str, Any]:
         """One entry of catalog.json's `repositories`."""
-        data = jsonable(self)
+        data = json_default(self)
         data["tags"] = data.pop("tag_names")
         return data
 
@@ -256,15 +257,11 @@ def iso_text(when: dt.datetime | None) -> str | None:
     return when.isoformat().replace("+00:00", "Z") if when else None
 
 
-def jsonable(value: Any) -> Any:
-    """Records as JSON values: dataclasses become objects of their fields, datetimes ISO
-    8601 text, tuples lists. (Faster than `dataclasses.asdict`, which deep-copies.)"""
+def json_default(value: Any) -> Any:
+    """For `json.dumps(default=...)`: a record as the object of its fields, a time as
+    ISO 8601 text, anything else as its text. The encoder recurses into what it returns."""
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: getattr(value, f.name) for f in fields(value)}
     if isinstance(value, dt.datetime):
         return iso_text(value)
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
+    return str(value)

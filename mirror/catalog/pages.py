@@ -25,7 +25,7 @@ from mirror.catalog.model import (
     SiteInfo,
     catalog_json,
     iso_text,
-    jsonable,
+    json_default,
     manifest_page,
 )
 from mirror.catalog.site_writer import SiteWriter
@@ -71,7 +71,7 @@ def pull_commands(site: SiteInfo, path: str, reference: str, kind: Kind) -> list
 
 def fingerprint(*parts: Any) -> str:
     """A hash of `parts` (model records included) that changes with RENDER_VERSION."""
-    text = json.dumps(jsonable(parts), sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=json_default)
     return hashlib.sha256(f"{RENDER_VERSION}\0{text}".encode()).hexdigest()
 
 
@@ -166,5 +166,5 @@ def _group(rows: list[RepoRow]) -> list[tuple[str, list[RepoRow]]]:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str)
+                      default=json_default)
 
