@@ -83,6 +83,8 @@ from mirror import config as config_module  # noqa: E402
 from mirror.cache.open_cache import open_node_db  # noqa: E402
 from mirror.cache.pulls import PullStats, node_name  # noqa: E402
 from mirror.cache.store import ContentStore, TagRecord  # noqa: E402
+from mirror.catalog import gather as gather_module  # noqa: E402
+from mirror.catalog import pages as pages_module  # noqa: E402
 from mirror.catalog import render as catalog_module  # noqa: E402
 from mirror.catalog import site_writer as sitewriter_module  # noqa: E402
 from mirror.catalog.render import RenderReport, render  # noqa: E402
@@ -659,23 +661,24 @@ class PhaseTimer:
     phases are included in their parents; counts are calls."""
 
     PHASES = (
-        ("gather (model from store + index)", catalog_module, "gather"),
+        ("gather (model from the store)", catalog_module, "gather"),
         ("  store.list_repositories (glob)", catalog_module.ContentStore, "list_repositories"),
         ("  store.list_tags", catalog_module.ContentStore, "list_tags"),
         ("  store.read_tag", catalog_module.ContentStore, "read_tag"),
         ("  pulls.counts (diskcache get)", catalog_module.PullStats, "counts"),
-        ("  FactsCache.get (per-render memo)", catalog_module.FactsCache, "get"),
-        ("    manifest_facts", catalog_module, "manifest_facts"),
+        ("  FactsCache.get (per-render memo)", gather_module.FactsCache, "get"),
+        ("    manifest_facts", gather_module, "manifest_facts"),
         ("render_repositories", catalog_module._Renderer, "render_repositories"),
-        ("  _dumps (page fingerprints, repo.json, catalog.json)", catalog_module, "_dumps"),
-        ("  _page (fingerprint + reuse/render)", catalog_module._Renderer, "_page"),
+        ("  fingerprint (page keys)", pages_module, "fingerprint"),
+        ("  _dumps (repo.json, catalog.json)", pages_module, "_dumps"),
+        ("  _page (reuse/render)", pages_module.Pages, "_page"),
         ("    SiteWriter.unchanged (fingerprint match)", sitewriter_module.SiteWriter,
          "unchanged"),
         ("    Template.render", None, None),
         ("    SiteWriter.write", sitewriter_module.SiteWriter, "write"),
         ("      SiteWriter._target (in unchanged+write)", sitewriter_module.SiteWriter, "_target"),
         ("  _stats -> _blob_totals (blob scan)", catalog_module, "_blob_totals"),
-        ("  summarize", catalog_module, "summarize"),
+        ("  summarize", gather_module, "summarize"),
         ("SiteWriter.__init__ (read old state)", sitewriter_module.SiteWriter, "__init__"),
         ("SiteWriter.commit (delete removed files, state)", sitewriter_module.SiteWriter,
          "commit"),

@@ -45,7 +45,9 @@ LAYERS: dict[str, list[set[str]]] = {
         {"open_cache", "gc", "bundle"},
     ],
     "catalog": [
-        {"charts", "site_writer", "facts"},
+        {"charts", "site_writer", "model"},
+        {"facts"},
+        {"gather", "pages"},
         {"render"},
     ],
     "prefetch": [

@@ -199,3 +199,57 @@ def test_one_new_tag_rerenders_only_the_pages_it_touches(make_proxy, private_ups
     assert second.pages_written == 6
     assert second.pages_reused == first.pages_written - 5
     assert "2.0" in (out / "r" / UPSTREAM_PREFIX / "app" / "two" / "index.html").read_text()
+
+
+def test_every_kind_is_named_from_one_source(tmp_path):
+    """An artifact and an unreadable manifest, stored as the proxy stores them: each is
+    named by KIND_LABELS in catalog.json, the tag table and its own page."""
+    from mirror import config as config_module
+    from mirror.cache.store import ContentStore, TagRecord
+    from mirror.catalog.model import KIND_LABELS
+    from mirror.manifests import Kind
+    from mirror.reference import Digest, Repository
+    from tests.support import oci
+
+    store = ContentStore(tmp_path / "cache")
+
+    def put(data: bytes) -> Digest:
+        digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+        store.put_bytes(digest, data)
+        return digest
+
+    chart_config, chart = b"{}", b"chart bytes"
+    artifact = oci.image_manifest(
+        oci.OCI_MANIFEST, oci.descriptor_for("application/vnd.cncf.helm.config.v1+json",
+                                             chart_config),
+        [oci.descriptor_for("application/vnd.cncf.helm.chart.content.v1.tar+gzip", chart)])
+    for name, body in (("charts/web", artifact), ("broken/thing", b"\x00not a manifest")):
+        repo = Repository("up.test", name)
+        digest = put(body)
+        store.link_manifest(repo, digest, oci.OCI_MANIFEST)
+        store.write_tag(repo, "1.0", TagRecord(digest, oci.OCI_MANIFEST, 1_767_225_600.0))
+    for blob in (chart_config, chart):
+        put(blob)
+    cfg = config_module.load(None, {"cache": {"root": str(tmp_path / "cache"),
+                                              "index_dir": str(tmp_path / "index")},
+                                    "catalog": {"mirror_url": "mirror.site:5000"}})
+    out = tmp_path / "site"
+    render(cfg, out)
+
+    rows = {row["name"]: row for row in json.loads((out / "catalog.json").read_text())[
+        "repositories"]}
+    for name, kind in (("charts/web", Kind.ARTIFACT), ("broken/thing", Kind.UNKNOWN)):
+        label = KIND_LABELS[kind]
+        assert rows[name]["kinds"] == [label]
+        directory = out / "r" / "up.test" / name
+        assert f"<td>{label}</td>" in (directory / "index.html").read_text()
+        [page] = directory.glob("sha256-*.html")
+        assert f'<p class="lead">{label[0].upper()}{label[1:]} ·' in page.read_text()
+    web = json.loads((out / "r" / "up.test" / "charts" / "web" / "repo.json").read_text())
+    [facts] = web["manifests"].values()
+    assert facts["kind"] == "artifact" and len(facts["layers"]) == 1 and "image" not in facts
+    assert "oras pull --plain-http mirror.site:5000/up.test/charts/web:1.0" in \
+        (out / "r" / "up.test" / "charts" / "web" / "index.html").read_text()
+    broken = json.loads((out / "r" / "up.test" / "broken" / "thing" / "repo.json").read_text())
+    [facts] = broken["manifests"].values()
+    assert facts["problems"] and "layers" not in facts and "children" not in facts

@@ -3,9 +3,11 @@
 Only the 128-byte header, the descriptor table and a few small objects (definition, JSON
 metadata, signature heads, squashfs superblocks) are read, by seek+read at the offsets the
 header and descriptors give: nothing is executed or unpacked, so untrusted cached files are
-safe to inspect. Layout and codes: /work/shared/reference/sif-oras-facts.md part B. Damage that
-stops us reading the header or descriptor table raises SifError; damage further in (objects
-past EOF, bad JSON, bad superblocks) is listed in SifInfo.problems.
+safe to inspect. The layout and codes (header, descriptor table, data types and their
+extra fields, architectures) are those of the reference implementation, package `pkg/sif`
+of github.com/sylabs/sif (v2). Damage that stops us reading the header or descriptor table
+raises SifError; damage further in (objects past EOF, bad JSON, bad superblocks) is listed
+in SifInfo.problems.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import uuid
 from dataclasses import dataclass
 from typing import BinaryIO
 
-_HEADER = struct.Struct("<32s10s3s3s16s8q")  # B1: launch, magic, version, arch, uuid, 8 x q
-_DESCRIPTOR = struct.Struct("<i?III7q128s384s")  # B2: type, used, id, group, link, 7 x q, ...
-_SUPERBLOCK = struct.Struct("<4sIIIIHHHHHH")  # B6.6: squashfs superblock up to the minor version
+_HEADER = struct.Struct("<32s10s3s3s16s8q")  # launch, magic, version, arch, uuid, 8 x int64
+_DESCRIPTOR = struct.Struct("<i?III7q128s384s")  # type, used, id, group, link, 7 x int64, ...
+# The squashfs superblock up to its minor version (Linux: fs/squashfs/squashfs_fs.h).
+_SUPERBLOCK = struct.Struct("<4sIIIIHHHHHH")
 _MAGIC = b"SIF_MAGIC\0"
 _GROUP_FLAG = 0xF0000000
 _MAX_TABLE_BYTES = 64 << 20
@@ -177,7 +180,8 @@ class _Reader:
     """One pass over one file: header, descriptor table, then the small objects."""
 
     def __init__(self, f: BinaryIO, limit: int) -> None:
-        self.f, self.limit, self.problems = f, limit, []
+        self.f, self.limit = f, limit
+        self.problems: list[str] = []
         self.file_size = f.seek(0, os.SEEK_END)
 
     def at(self, offset: int, n: int) -> bytes:
@@ -228,7 +232,7 @@ class _Reader:
             created=_time(created), modified=_time(modified), descriptors_total=total,
             descriptors_free=free, data_offset=data_offset, data_size=data_size,
             file_size=self.file_size, objects=tuple(o for o, _ in entries),
-            definition=definition,
+            definition=definition if isinstance(definition, str) else None,
             labels=_str_map(attrs["labels"] if "labels" in attrs
                             else self.load(first.get(0x4003))),
             environment=_str_map(attrs.get("environment")),
@@ -371,9 +375,11 @@ def _parse_build_date(text: str | None) -> dt.datetime | None:
     day, month, year, hour, minute, second, zone = match.groups()
     offset = (int(zone[:3]) + int(zone[0] + (zone[3:] or "0")) / 60 if zone[0] in "+-"
               else _ZONES.get(zone.upper()))
+    if offset is None:
+        return None
     try:
         return dt.datetime(int(year), _MONTHS.index(month.capitalize()) + 1, int(day),
                            int(hour), int(minute), int(second),
                            tzinfo=dt.timezone(dt.timedelta(hours=offset))).astimezone(_UTC)
-    except (TypeError, ValueError, OverflowError):  # TypeError: zone not in _ZONES
+    except (ValueError, OverflowError):
         return None

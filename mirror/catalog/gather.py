@@ -1,0 +1,126 @@
+"""The model of one repository, gathered from the content store: its tags, the facts of
+every manifest they reach, a summary per tag, and the row the index lists it by."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from mirror.cache.pulls import NEVER_PULLED, PullCount
+from mirror.cache.store import ContentStore
+from mirror.catalog.facts import OCI_KEY_PREFIX, manifest_facts
+from mirror.catalog.model import (
+    KIND_LABELS,
+    ManifestFacts,
+    ManifestSummary,
+    RepoRow,
+    RepoView,
+    TagView,
+    iso_text,
+)
+from mirror.reference import Digest, Repository
+
+# Per tag or digest of a repository, over every node.
+PullCounts = dict[str, PullCount]
+
+
+class FactsCache:
+    """Facts by manifest digest for one render. Not kept between renders: a repository
+    whose signature is unchanged is not gathered at all, and one that changed needs only
+    its own few manifests, which are cheaper to read again than to keep in a database."""
+
+    def __init__(self, store: ContentStore) -> None:
+        self._store = store
+        self._facts: dict[str, ManifestFacts] = {}
+
+    def get(self, digest: str, media_type: str) -> ManifestFacts:
+        key = f"{digest}:{media_type}"
+        facts = self._facts.get(key)
+        if facts is None:
+            facts = manifest_facts(self._store, Digest.parse(digest), media_type)
+            self._facts[key] = facts
+        return facts
+
+
+def gather(store: ContentStore, facts: FactsCache, repo: Repository,
+           pulls: PullCounts) -> RepoView:
+    """Everything the pages of `repo` show; `pulls` are its pull counts."""
+    manifests: dict[str, ManifestFacts] = {}
+    tagged = store.tag_records(repo)
+    for record in tagged.values():
+        _add_facts(manifests, facts, store, repo, str(record.digest), record.media_type)
+    tags = []
+    for tag, record in tagged.items():
+        count, last = pulls.get(tag, NEVER_PULLED)
+        digest = str(record.digest)
+        tags.append(TagView(tag, digest, record.media_type, _iso(record.confirmed_at), count,
+                            _iso(last), summarize(manifests, digest)))
+    return RepoView(repo, tuple(tags), manifests)
+
+
+def _add_facts(manifests: dict[str, ManifestFacts], facts: FactsCache, store: ContentStore,
+               repo: Repository, digest: str, media_type: str) -> None:
+    """The facts of `digest` and, for an index, of each of its children."""
+    if digest in manifests:
+        return
+    found = facts.get(digest, media_type)
+    manifests[digest] = found
+    for child in found.children or ():
+        child_type = store.manifest_media_type(repo, Digest.parse(child.digest))
+        _add_facts(manifests, facts, store, repo, child.digest, child_type or child.media_type)
+
+
+def summarize(manifests: dict[str, ManifestFacts], digest: str) -> ManifestSummary:
+    """One manifest in a line; an index takes sizes and dates from its children."""
+    found = manifests[digest]
+    children = [manifests[child.digest] for child in found.children or ()]
+    sizes = [child.total_size for child in children] or [found.total_size]
+    known = [size for size in sizes if size is not None]
+    created = found.created or max((c.created for c in children if c.created), default=None)
+    meta = {**(found.image.labels if found.image else {}),
+            **(found.sif.labels if found.sif else {}), **found.annotations}
+    return ManifestSummary(
+        kind=found.kind,
+        platforms=found.platforms,
+        size=sum(known) if len(known) == len(sizes) else None,
+        created=created,
+        signed=bool(found.sif and found.sif.signed),
+        encrypted=bool(found.sif and found.sif.encrypted),
+        title=meta.get(OCI_KEY_PREFIX + "title", ""),
+        description=meta.get(OCI_KEY_PREFIX + "description", ""),
+        damaged=bool(found.problems),
+    )
+
+
+def repo_row(view: RepoView) -> RepoRow:
+    """`view` as the index lists it: its newest tag's size, date, title and description."""
+    summaries = [tag.summary for tag in view.tags]
+    latest = _newest_tag(view).summary
+    return RepoRow(
+        prefix=view.prefix, name=view.name, path=view.path,
+        page=f"{view.directory}/index.html",
+        tag_names=tuple(tag.name for tag in view.tags),
+        kinds=tuple(sorted({KIND_LABELS[s.kind] for s in summaries})),
+        platforms=tuple(sorted({p for s in summaries for p in s.platforms})),
+        size=latest.size, created=latest.created,
+        last_pulled=max((t.last_pulled for t in view.tags if t.last_pulled), default=None),
+        pulls=sum(tag.pulls for tag in view.tags),
+        signed=any(s.signed for s in summaries),
+        encrypted=any(s.encrypted for s in summaries),
+        title=latest.title, description=latest.description,
+        damaged=any(s.damaged for s in summaries),
+    )
+
+
+def _newest_tag(view: RepoView) -> TagView:
+    """`latest` if there is one, else the tag whose manifest was created last."""
+    for tag in view.tags:
+        if tag.name == "latest":
+            return tag
+    return max(view.tags, key=lambda t: (view.manifests[t.digest].created or "", t.name))
+
+
+def _iso(timestamp: float) -> str | None:
+    """Unix seconds as the pages show times, to the second; 0 means never."""
+    if not timestamp:
+        return None
+    return iso_text(datetime.fromtimestamp(timestamp, timezone.utc).replace(microsecond=0))
