@@ -23,7 +23,7 @@ from typing import Literal, get_args
 from aiohttp import web
 
 from . import oci
-from .registry import LOOPBACK, free_port
+from .processes import LOOPBACK, free_port
 
 FaultMode = Literal[
     "ok", "truncated", "wrong_digest", "reset", "status500", "status429", "slow", "hang"

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .registry import LOOPBACK, free_port
+from .processes import LOOPBACK, free_port
 
 KeyHint = Literal["x5c", "kid"]
 
