@@ -83,7 +83,23 @@ def _stop_leftovers() -> None:
         stop_process(process)
 
 
-class ServerProcess:
+class LoopbackServer:
+    """Anything listening on a loopback port, with its address in the forms clients use."""
+
+    port: int
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, as used in image references."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no trailing slash)."""
+        return f"http://{self.host}"
+
+
+class ServerProcess(LoopbackServer):
     """One server child process on a loopback port.
 
     A subclass sets `port`, writes its configuration and starts the process in `_spawn`,
@@ -96,7 +112,6 @@ class ServerProcess:
     ready_path: ClassVar[str] = "/v2/"
     ready_statuses: ClassVar[tuple[int, ...]] = (200,)
     start_error: ClassVar[type[StartError]] = StartError
-    port: int
 
     def __init__(self, start_timeout: float = 10.0) -> None:
         self.start_timeout = start_timeout
@@ -110,18 +125,6 @@ class ServerProcess:
     def _failure_log(self) -> str:
         """What the process wrote, for the error raised when it does not come up."""
         raise NotImplementedError
-
-    # --- addresses ----------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        """``127.0.0.1:PORT``, as used in image references."""
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no trailing slash)."""
-        return f"http://{self.host}"
 
     @property
     def pid(self) -> int | None:

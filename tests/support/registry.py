@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Literal, Union, cast
 
 from .processes import (
     PROBE_USER_AGENT,
@@ -180,12 +180,13 @@ class RegistryProcess(ServerProcess):
         if kind == "htpasswd":
             return {"htpasswd": {"realm": "hpc-mirror-tests", "path": str(value)}}
         if kind == "token":
+            settings = cast("TokenSettings", value)
             return {
                 "token": {
-                    "realm": value.realm,
-                    "service": value.service,
-                    "issuer": value.issuer,
-                    "rootcertbundle": str(value.rootcertbundle),
+                    "realm": settings.realm,
+                    "service": settings.service,
+                    "issuer": settings.issuer,
+                    "rootcertbundle": str(settings.rootcertbundle),
                 }
             }
         raise ValueError(f"unknown auth kind {kind!r}")
