@@ -38,16 +38,15 @@ def measure(session: Session) -> ProxyProcess:
     proxy = session.new_proxy()
     mark = session.upstream.mark()
     herd = _release_herd(session, proxy, image)
-    results, wall = herd.results, herd.wall
-    failures = _failures(results, image)
     requests = session.upstream.requests()[mark:]
     blob_gets = sum(1 for r in requests if r.method == "GET" and image.layer_hex in r.path)
     blob_heads = sum(1 for r in requests if r.method == "HEAD" and "/blobs/" in r.path)
     manifest_requests = sum(1 for r in requests if "/manifests/" in r.path)
-    good = [f for f in results if f is not None and not f.error and f.status == 200]
+    failures = _failures(herd.results, image)
+    good = [f for f in herd.results if f is not None and not f.error and f.status == 200]
     per_client = [f.mib_s for f in good]
     log(f"{CONCURRENT_CLIENTS} concurrent cold clients of {image.layer_size // MIB} MiB: "
-        f"wall {wall:.2f} s, per-client median "
+        f"wall {herd.wall:.2f} s, per-client median "
         f"{statistics.median(per_client) if per_client else 0:,.0f} MiB/s, upstream: "
         f"{blob_gets} blob GETs, {blob_heads} blob HEADs, {manifest_requests} manifest "
         f"requests; failures {len(failures)}, hung {herd.hung}")
@@ -64,26 +63,34 @@ def measure(session: Session) -> ProxyProcess:
               + "\n".join(failures) + f"\n{banner}", flush=True)
         session.proxy_issues.append("concurrent clients failed:\n" + "\n".join(failures))
     label = f"{CONCURRENT_CLIENTS}x{image.layer_size // MIB}M"
-    aggregate = len(good) * image.layer_size / MIB / wall if wall > 0 else None
     session.metrics += [
         Metric(f"concurrent{label}_upstream_blob_GETs", blob_gets, "GETs",
                target="== 1", check="value==1",
                notes=f"{blob_heads} HEADs, {manifest_requests} manifest reqs"),
         Metric(f"concurrent{label}_integrity_failures", len(failures), "failures",
                target="== 0", check="value==0"),
+        *_speed_metrics(label, herd.wall, per_client, len(good) * image.layer_size),
+    ]
+    session.details["concurrent"] = {
+        "clients": [asdict(f) if f else None for f in herd.results],
+        "wall_seconds": herd.wall, "upstream_blob_gets": blob_gets,
+        "upstream_blob_heads": blob_heads, "upstream_manifest_requests": manifest_requests,
+        "cpu_seconds": herd.cpu.used, "failures": failures}
+    return proxy
+
+
+def _speed_metrics(label: str, wall: float, per_client: list[float],
+                   moved: int) -> list[Metric]:
+    """Wall time, per-client MiB/s (median and slowest) and aggregate MiB/s, for info."""
+    return [
         Metric(f"concurrent{label}_wall", wall, "s"),
         Metric(f"concurrent{label}_client_median",
                statistics.median(per_client) if per_client else None, "MiB/s"),
         Metric(f"concurrent{label}_client_min",
                min(per_client) if per_client else None, "MiB/s"),
-        Metric(f"concurrent{label}_aggregate", aggregate, "MiB/s"),
+        Metric(f"concurrent{label}_aggregate", moved / MIB / wall if wall > 0 else None,
+               "MiB/s"),
     ]
-    session.details["concurrent"] = {
-        "clients": [asdict(f) if f else None for f in results],
-        "wall_seconds": wall, "upstream_blob_gets": blob_gets,
-        "upstream_blob_heads": blob_heads, "upstream_manifest_requests": manifest_requests,
-        "cpu_seconds": herd.cpu.used, "failures": failures}
-    return proxy
 
 
 def _release_herd(session: Session, proxy: ProxyProcess,

@@ -16,6 +16,7 @@ from benchmarks.harness import MIB, log
 from benchmarks.proxy.report import Metric
 from benchmarks.proxy.seed import TAG, Image, push_image, random_file
 from benchmarks.proxy.servers import BaselineRegistry, UpstreamRegistry, mirror_proxy
+from tests.support.processes import ServerProcess
 from tests.support.proxy import ProxyProcess
 from tests.support.seed import RegistryClient
 
@@ -108,8 +109,8 @@ class Session:
         self._count += 1
         return self.cache_parent / f"{kind}-{self._count}"
 
-    def stop_at_exit(self, server: Any) -> None:
-        """Stop `server` (anything with stop()) when the session ends, if not earlier."""
+    def stop_at_exit(self, server: ServerProcess) -> None:
+        """Stop `server` when the session ends, if it was not stopped earlier."""
         self._stack.callback(server.stop)
 
     def new_proxy(self) -> ProxyProcess:
