@@ -3,7 +3,9 @@ clean stop on SIGTERM, both raised as exceptions so every cleanup block still ru
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -23,3 +25,14 @@ def install(timeout: float) -> None:
     signal.signal(signal.SIGALRM, on_alarm)
     signal.signal(signal.SIGTERM, on_term)
     signal.alarm(max(1, int(timeout)))
+
+
+@contextlib.contextmanager
+def limit(timeout: float) -> Iterator[None]:
+    """`install` for the block; the alarm is cancelled on leaving it, so the cleanup and
+    the report that follow are not cut short."""
+    install(timeout)
+    try:
+        yield
+    finally:
+        signal.alarm(0)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.catalog_cache import filled, site  # noqa: F401 (session fixtures)
-from tests.support.proxy import ProxyProcess, proxy_config
+from tests.support.proxy import UPSTREAM_PREFIX, ProxyProcess, proxy_config, upstream_entry
 from tests.support.registry import RegistryProcess
 from tests.support.seed import RegistryClient, Seeded, seed_all
 
-UPSTREAM_PREFIX = "up.test"
+__all__ = ["UPSTREAM_PREFIX", "upstream_entry"]  # the tests import both from here
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +49,6 @@ def make_proxy(tmp_path: Path):
     yield make
     for proxy in started:
         proxy.stop()
-
-
-def upstream_entry(registry_url: str, **extra) -> dict:
-    return {"url": registry_url, "prefix": UPSTREAM_PREFIX, "default": True, **extra}
 
 
 @pytest.fixture

@@ -1,7 +1,10 @@
 """Integration-test harness for hpc-mirror: real upstreams and realistic content.
 
+- :mod:`.processes`: server child processes on free loopback ports, probed until they
+  answer and stopped by their own PID (:func:`~.processes.stop_process`).
 - :mod:`.registry`: run Debian's ``docker-registry`` (distribution 2.8) on 127.0.0.1
   and count the requests it received from its access log.
+- :mod:`.proxy`: run ``mirror serve`` with a test config, as users run it.
 - :mod:`.token_issuer`: a Bearer token server the registry trusts (``auth.token``).
 - :mod:`.seed`: a small push client and :func:`~.seed.seed_all`, the standard content.
 - :mod:`.sifwriter`: build SIF files (Singularity/Apptainer images) byte by byte.
@@ -19,7 +22,8 @@ Typical fixture bodies (conftest wraps them)::
 """
 
 from .faulty import FaultyUpstream
-from .registry import LoggedRequest, RegistryProcess, free_port, write_htpasswd
+from .processes import ServerProcess, StartError, free_port, stop_process
+from .registry import LoggedRequest, RegistryProcess, write_htpasswd
 from .seed import RegistryClient, Seeded, SeededImage, seed_all
 from .token_issuer import TokenIssuer, TokenSettings
 
@@ -30,9 +34,12 @@ __all__ = [
     "RegistryProcess",
     "Seeded",
     "SeededImage",
+    "ServerProcess",
+    "StartError",
     "TokenIssuer",
     "TokenSettings",
     "free_port",
     "seed_all",
+    "stop_process",
     "write_htpasswd",
 ]

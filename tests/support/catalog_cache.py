@@ -13,10 +13,8 @@ from mirror.catalog.render import render
 
 from . import oci
 from .clients import oras_pull, skopeo_copy
-from .proxy import ProxyProcess, proxy_config
+from .proxy import ProxyProcess, proxy_config, upstream_entry
 from .seed import RegistryClient, publish, publish_image
-
-UPSTREAM_PREFIX = "up.test"
 
 XSS = '<script>window.__xss = 1</script>'
 DAMAGED = ("bad/config:1.0", "bad/sif:1.0")
@@ -75,8 +73,7 @@ def filled(upstream, seeded, tmp_path_factory):
     work = tmp_path_factory.mktemp("catalog")
     extra = _seed_hostile_and_damaged(upstream.url, work)
     proxy = ProxyProcess(work / "proxy", proxy_config(
-        work / "proxy", {"test": {"url": upstream.url, "prefix": UPSTREAM_PREFIX,
-                                  "default": True}}))
+        work / "proxy", {"test": upstream_entry(upstream.url)}))
     with proxy:
         _pull_all(proxy, seeded, work)
         requests.get(f"{proxy.url}/v2/tools/alpha/manifests/1.0",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import oras.client
 
-UPSTREAM_PREFIX = "up.test"
+from .proxy import UPSTREAM_PREFIX
 
 
 def skopeo_copy(host: str, reference: str, dest: str, *extra: str) -> None:

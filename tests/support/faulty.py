@@ -23,7 +23,7 @@ from typing import Literal, get_args
 from aiohttp import web
 
 from . import oci
-from .registry import LOOPBACK, free_port
+from .processes import LOOPBACK, LoopbackServer, free_port
 
 FaultMode = Literal[
     "ok", "truncated", "wrong_digest", "reset", "status500", "status429", "slow", "hang"
@@ -40,7 +40,7 @@ def _error_body(code: str, message: str) -> dict:
     return {"errors": [{"code": code, "message": message, "detail": None}]}
 
 
-class FaultyUpstream:
+class FaultyUpstream(LoopbackServer):
     """Serve ``fault/img:1.0`` with a layer blob that misbehaves according to ``mode``.
 
     Modes (layer blob only; manifest and config are always served correctly):
@@ -96,14 +96,6 @@ class FaultyUpstream:
         self._released: asyncio.Event | None = None
 
     # --- public state ---------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
 
     @property
     def layer_size(self) -> int:

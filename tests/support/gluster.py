@@ -19,6 +19,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .processes import stop_process
+
 HOST = "hpc-mirror-gluster"
 _GLUSTERD_VOL = """volume management
     type mgmt/glusterd
@@ -86,13 +88,7 @@ class GlusterVolume:
             self._gluster("volume", "stop", self.name, "force", check=False)
             self._gluster("volume", "delete", self.name, check=False)
             self._created = False
-        if self._glusterd is not None and self._glusterd.poll() is None:
-            self._glusterd.terminate()
-            try:
-                self._glusterd.wait(20)
-            except subprocess.TimeoutExpired:
-                self._glusterd.kill()
-                self._glusterd.wait(10)
+        stop_process(self._glusterd, timeout=20)
 
     @staticmethod
     def _gluster(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ import json
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 # --- media types --------------------------------------------------------------------------
 
@@ -133,6 +133,18 @@ def digest_of_stream(chunks: Iterator[bytes]) -> tuple[str, int]:
         hasher.update(chunk)
         size += len(chunk)
     return "sha256:" + hasher.hexdigest(), size
+
+
+class StreamedBlob(Protocol):
+    """A blob too big to hold in memory: pushed from a stream of chunks."""
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def chunks(self) -> Iterator[bytes]: ...
 
 
 class DeterministicBlob:

@@ -9,9 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
+from .processes import LOOPBACK, ServerProcess, free_port, spawn_logged
 
-from .registry import free_port
+#: The prefix the test proxies map to their default upstream (the seeded registry).
+UPSTREAM_PREFIX = "up.test"
+
+#: Short client timeouts and few retries, so tests of failing upstreams end quickly.
+TEST_CLIENT_SETTINGS: dict[str, Any] = {
+    "connect_timeout_seconds": 2, "read_timeout_seconds": 5, "retries": 2,
+    "max_retry_wait_seconds": 1}
 
 
 def toml_text(tables: dict[str, Any], prefix: str = "") -> str:
@@ -47,87 +53,72 @@ def run_mirror(config_path: Path, *args: str, timeout: float = 300) -> subproces
                            str(config_path)], capture_output=True, text=True, timeout=timeout)
 
 
-def proxy_config(workdir: Path, upstreams: dict[str, dict[str, Any]], **cache: Any) -> dict:
-    """A config for one test proxy: its own cache root and index under `workdir`."""
-    return {
-        "server": {"host": "127.0.0.1", "port": free_port()},
+def upstream_entry(registry_url: str, **extra: Any) -> dict[str, Any]:
+    """An `[upstreams.<name>]` table: the default upstream, under UPSTREAM_PREFIX."""
+    return {"url": registry_url, "prefix": UPSTREAM_PREFIX, "default": True, **extra}
+
+
+def proxy_config(workdir: Path, upstreams: dict[str, dict[str, Any]], *,
+                 client: dict[str, Any] | None = TEST_CLIENT_SETTINGS, **cache: Any) -> dict:
+    """A config for one proxy: its own cache root and index under `workdir`, the tests'
+    client settings (`client=None`: the proxy's defaults) and `cache` overrides."""
+    config: dict[str, Any] = {
+        "server": {"host": LOOPBACK, "port": free_port()},
         "cache": {"root": str(workdir / "cache"), "index_dir": str(workdir / "index"),
                   "tag_ttl_seconds": 300, **cache},
-        "client": {"connect_timeout_seconds": 2, "read_timeout_seconds": 5, "retries": 2,
-                   "max_retry_wait_seconds": 1},
-        "upstreams": upstreams,
     }
+    if client is not None:
+        config["client"] = dict(client)
+    config["upstreams"] = upstreams
+    return config
 
 
-class ProxyProcess:
+class ProxyProcess(ServerProcess):
     """`python -m mirror.cli serve --config <file>` on a free port; stopped by its PID."""
 
+    name = "mirror serve"
+
     def __init__(self, workdir: Path, config: dict, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), log_level: str = "info",
+                 start_timeout: float = 15.0) -> None:
+        super().__init__(start_timeout)
         self.workdir = workdir
         self.args = args
         self.config = config
-        self.config_path = workdir / f"proxy-{config['server']['port']}.toml"
-        self.log_path = workdir / f"proxy-{config['server']['port']}.log"
+        self.log_level = log_level
+        self.config_path = workdir / f"proxy-{self.port}.toml"
+        self.log_path = workdir / f"proxy-{self.port}.log"
         self.env = env or {}
-        self._process: subprocess.Popen | None = None
 
     @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+    def port(self) -> int:
+        """The port in the config, so a retry on another port rewrites the config."""
+        return self.config["server"]["port"]
 
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.config['server']['port']}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
+    @port.setter
+    def port(self, value: int) -> None:
+        self.config["server"]["port"] = value
 
     @property
     def cache_root(self) -> Path:
         return Path(self.config["cache"]["root"])
 
-    def start(self) -> "ProxyProcess":
+    def blob_path(self, hex_digest: str) -> Path:
+        """Where the store keeps a blob once it is complete."""
+        return self.cache_root / "blobs" / "sha256" / hex_digest[:2] / hex_digest
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(toml_text(self.config))
-        log = open(self.log_path, "ab")
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "mirror.cli", "serve", "--config", str(self.config_path),
-             "--log-level", "info", *self.args],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
-        log.close()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"proxy exited {self._process.returncode}:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/v2/", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"proxy did not start:\n{self.log()}")
+        command = [sys.executable, "-m", "mirror.cli", "serve", "--config",
+                   str(self.config_path), "--log-level", self.log_level, *self.args]
+        return spawn_logged(command, self.log_path, env={**os.environ, **self.env})
 
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
-        self._process = None
+    def _failure_log(self) -> str:
+        return self.log()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> "ProxyProcess":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # -- what tests look at ----------------------------------------------------------------
     def stored_blobs(self) -> dict[str, int]:

@@ -20,63 +20,35 @@ log has stopped growing before reading it.
 
 from __future__ import annotations
 
-import atexit
-import http.client
 import json
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Literal, Union, cast
+
+from .processes import (
+    PROBE_USER_AGENT,
+    ServerProcess,
+    StartError,
+    free_port,
+    spawn_logged,
+)
 
 if TYPE_CHECKING:
     from .token_issuer import TokenSettings
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
-LOOPBACK = "127.0.0.1"
-
-#: User-Agent of the readiness probe; its requests are left out of :meth:`requests`.
-PROBE_USER_AGENT = "hpc-mirror-tests-readiness-probe"
 
 AuthSpec = Union[
     None,
     tuple[Literal["htpasswd"], Union[str, Path]],
     tuple[Literal["token"], "TokenSettings"],
 ]
-
-
-_running: set[subprocess.Popen[bytes]] = set()
-"""Registry processes not yet stopped; ended at interpreter exit if a test forgot."""
-
-
-def _terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """End one child by its own PID: SIGTERM, then SIGKILL; always reap it."""
-    _running.discard(process)
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@atexit.register
-def _terminate_leftovers() -> None:
-    for process in list(_running):
-        _terminate(process)
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def write_htpasswd(path: str | Path, username: str, password: str) -> Path:
@@ -125,11 +97,11 @@ def parse_access_line(line: str) -> LoggedRequest | None:
     )
 
 
-class RegistryStartError(RuntimeError):
+class RegistryStartError(StartError):
     """The registry process died or did not answer ``/v2/`` in time."""
 
 
-class RegistryProcess:
+class RegistryProcess(ServerProcess):
     """A ``docker-registry serve`` child process on 127.0.0.1 with private storage.
 
     ``auth`` is ``None`` (anonymous), ``("htpasswd", path)`` (Basic; the file must hold
@@ -141,6 +113,10 @@ class RegistryProcess:
     :meth:`close`) when not given.
     """
 
+    name = "docker-registry"
+    ready_statuses = (200, 401)
+    start_error = RegistryStartError
+
     def __init__(
         self,
         *,
@@ -151,11 +127,11 @@ class RegistryProcess:
         workdir: str | Path | None = None,
         start_timeout: float = 10.0,
     ) -> None:
+        super().__init__(start_timeout)
         self.auth = auth
         self.proxy_remote_url = proxy_remote_url
         self.proxy_credentials = proxy_credentials
         self.log_level = log_level
-        self.start_timeout = start_timeout
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hpc-mirror-registry-"))
         self.storage_dir = self.workdir / "storage"
@@ -164,26 +140,7 @@ class RegistryProcess:
         self.stderr_path = self.workdir / "stderr.log"
         self.port = free_port()
         self._secret = secrets.token_hex(16)
-        self._process: subprocess.Popen[bytes] | None = None
-        self._started_once = False
         self._stderr_start = 0  # size of stderr.log when the current process started
-
-    # --- addresses ------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        """``127.0.0.1:PORT``, as used in image references."""
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no trailing slash)."""
-        return f"http://{self.host}"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running registry, or ``None`` when stopped."""
-        return self._process.pid if self._process else None
 
     # --- configuration --------------------------------------------------------------------
 
@@ -223,108 +180,33 @@ class RegistryProcess:
         if kind == "htpasswd":
             return {"htpasswd": {"realm": "hpc-mirror-tests", "path": str(value)}}
         if kind == "token":
+            settings = cast("TokenSettings", value)
             return {
                 "token": {
-                    "realm": value.realm,
-                    "service": value.service,
-                    "issuer": value.issuer,
-                    "rootcertbundle": str(value.rootcertbundle),
+                    "realm": settings.realm,
+                    "service": settings.service,
+                    "issuer": settings.issuer,
+                    "rootcertbundle": str(settings.rootcertbundle),
                 }
             }
         raise ValueError(f"unknown auth kind {kind!r}")
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> "RegistryProcess":
-        """Start the process and wait until ``GET /v2/`` answers 200 or 401.
-
-        The first start retries on a new port if another process grabbed the chosen one;
-        restarts always keep the same port.
-        """
-        if self._process is not None:
-            raise RuntimeError("registry already running")
-        attempts = 1 if self._started_once else 3
-        for attempt in range(attempts):
-            try:
-                self._spawn_and_wait()
-                break
-            except RegistryStartError:
-                port_taken = "address already in use" in self._failure_summary()
-                if attempt + 1 < attempts and port_taken:
-                    self.port = free_port()
-                    continue
-                raise
-        self._started_once = True
-        return self
-
-    def _spawn_and_wait(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config(), indent=2))
-        # Append mode: a restart continues the same log, so marks stay valid.
+        # Logs are appended across restarts, so marks stay valid; remember where this
+        # process's stderr starts.
         self._stderr_start = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
-        with open(self.access_log_path, "ab") as out, open(self.stderr_path, "ab") as err:
-            self._process = subprocess.Popen(
-                [REGISTRY_BINARY, "serve", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=self.workdir,
-            )
-        _running.add(self._process)
-        try:
-            self._wait_ready()
-        except RegistryStartError:
-            self.stop()
-            raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        assert self._process is not None
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RegistryStartError(
-                    f"docker-registry exited with {self._process.returncode}:\n"
-                    + self._failure_summary()
-                )
-            if self._probe() in (200, 401):
-                return
-            time.sleep(0.05)
-        raise RegistryStartError(
-            f"docker-registry did not answer on {self.url} within "
-            f"{self.start_timeout} s:\n" + self._failure_summary()
-        )
-
-    def _probe(self) -> int | None:
-        conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=1.0)
-        try:
-            conn.request("GET", "/v2/", headers={"User-Agent": PROBE_USER_AGENT})
-            response = conn.getresponse()
-            response.read()
-            return response.status
-        except OSError:
-            return None
-        finally:
-            conn.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Terminate the process (SIGTERM, then SIGKILL) and reap it. Idempotent."""
-        process, self._process = self._process, None
-        if process is not None:
-            _terminate(process, timeout)
-
-    def restart(self) -> "RegistryProcess":
-        """Stop and start again on the same port with the same storage and logs."""
-        self.stop()
-        return self.start()
+        return spawn_logged([REGISTRY_BINARY, "serve", str(self.config_path)],
+                            self.access_log_path, self.stderr_path, cwd=self.workdir)
 
     def close(self) -> None:
         """Stop the process and remove the temp directory if this object created it."""
         self.stop()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> "RegistryProcess":
-        return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -339,7 +221,7 @@ class RegistryProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def _failure_summary(self) -> str:
+    def _failure_log(self) -> str:
         """This process's fatal/panic lines first (a Go panic trace buries them), then
         the tail of its stderr."""
         with open(self.stderr_path, "rb") as err:

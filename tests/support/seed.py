@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urljoin
@@ -52,7 +52,7 @@ class RegistryClient:
         timeout: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.credentials = (username, password) if username is not None else None
+        self.credentials = (username, password or "") if username is not None else None
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "hpc-mirror-tests-seed"
@@ -140,18 +140,19 @@ class RegistryClient:
     def push_blob(
         self,
         name: str,
-        data: bytes | oci.DeterministicBlob,
+        data: bytes | oci.StreamedBlob,
         media_type: str = "application/octet-stream",
     ) -> dict[str, Any]:
         """Upload a blob monolithically (POST, then PUT with the digest) unless the
         registry already has it; return its descriptor.
 
-        A :class:`~tests.support.oci.DeterministicBlob` is streamed, never held in memory.
+        A :class:`~tests.support.oci.StreamedBlob` is streamed, never held in memory.
         """
-        if isinstance(data, oci.DeterministicBlob):
-            digest, size, body = data.digest, data.size, data.chunks
-        else:
+        body: Body
+        if isinstance(data, bytes):
             digest, size, body = oci.sha256_digest(data), len(data), data
+        else:
+            digest, size, body = data.digest, data.size, data.chunks
         scope = self.push_scope(name)
         if not self.blob_exists(name, digest):
             started = self.request("POST", f"/v2/{name}/blobs/uploads/", scope=scope)
@@ -270,7 +271,7 @@ class Seeded:
 
 # --- publishing helpers -------------------------------------------------------------------
 
-BlobContent = bytes | oci.DeterministicBlob
+BlobContent = bytes | oci.StreamedBlob
 
 
 def publish(
@@ -279,7 +280,7 @@ def publish(
     tags: list[str] | None,
     media_type: str,
     manifest: bytes,
-    blobs: list[tuple[dict[str, Any], BlobContent]],
+    blobs: Sequence[tuple[dict[str, Any], BlobContent]],
 ) -> list[SeededImage]:
     """Push ``blobs`` and then ``manifest`` under each tag (or by digest if ``tags`` is
     None); return one :class:`SeededImage` per tag.

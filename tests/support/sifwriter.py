@@ -1,5 +1,5 @@
 """Write Singularity Image Format (SIF) files for tests, following the SIF layout notes
-(/work/shared/reference/sif-oras-facts.md, sections B1-B7).
+(the SIF format of github.com/sylabs/sif, pkg/sif).
 
 Why a writer of our own: the proxy and the catalog must handle SIF artifacts pushed by
 Apptainer/SingularityCE, but no such tool is available here, and committing third-party

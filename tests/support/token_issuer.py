@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .registry import LOOPBACK, free_port
+from .processes import LOOPBACK, LoopbackServer, free_port
 
 KeyHint = Literal["x5c", "kid"]
 
@@ -109,7 +109,7 @@ def parse_scope(scope: str) -> dict | None:
     return {"type": kind, "name": name, "actions": [a for a in actions.split(",") if a]}
 
 
-class TokenIssuer:
+class TokenIssuer(LoopbackServer):
     """Token endpoint ``GET /token?service=…&scope=…`` on a free 127.0.0.1 port.
 
     Requests must carry Basic ``username``/``password``; otherwise the answer is 401
@@ -149,10 +149,6 @@ class TokenIssuer:
         self._thread: threading.Thread | None = None
 
     # --- addresses and settings -----------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def realm(self) -> str:
@@ -198,6 +194,7 @@ class TokenIssuer:
             "jti": uuid.uuid4().hex,
             "access": access,
         }
+        headers: dict[str, Any]
         if self.key_hint == "x5c":
             headers = {"x5c": [self.identity.certificate_der_b64()]}
         else:

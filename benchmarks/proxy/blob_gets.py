@@ -1,0 +1,177 @@
+"""Warm and cold GETs of the big layer.
+
+Cold: each repetition starts a proxy with an empty cache, reads the manifest as a real pull
+does, and times the blob GET (the fill itself); the same GET straight from the upstream and
+through a fresh distribution proxy-mode registry are the peers. Warm: the last cold proxy
+keeps its cache and is timed against nginx serving the very same file."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+from benchmarks.harness import GIB, MIB, BenchError, log
+from benchmarks.proxy.clients import Fetch, get_blob, get_manifest
+from benchmarks.proxy.report import Metric
+from benchmarks.proxy.seed import TAG, Image
+from benchmarks.proxy.servers import PREFIX, NginxProcess
+from benchmarks.proxy.session import Session
+from tests.support.proxy import ProxyProcess
+
+
+@dataclass
+class Samples:
+    """Every timed GET of one kind of run, by who served it."""
+
+    by_server: dict[str, list[Fetch]] = field(default_factory=dict)
+    upstream_gets: list[int] = field(default_factory=list)  # per cold proxy GET
+
+    def add(self, server: str, fetch: Fetch) -> None:
+        self.by_server.setdefault(server, []).append(fetch)
+
+    def speeds(self, server: str) -> tuple[float, float]:
+        """Best and median MiB/s."""
+        values = [f.mib_s for f in self.by_server[server]]
+        return max(values), statistics.median(values)
+
+
+def measure(session: Session) -> None:
+    image = session.big
+    # Read the upstream's copy once so every variant starts from the page cache.
+    get_blob(session.client, session.upstream.port, image.blob_path(), image.layer_size,
+             "upstream warm-up")
+    cold = Samples()
+    proxy: ProxyProcess | None = None
+    for rep in range(session.reps):
+        if proxy is not None:
+            session.retire_proxy(proxy)
+        proxy = _cold_once(session, image, cold, rep)
+    assert proxy is not None
+    warm = _warm(session, image, proxy)
+    session.retire_proxy(proxy)
+    _record(session, image, cold, warm)
+
+
+def _cold_once(session: Session, image: Image, cold: Samples, rep: int) -> ProxyProcess:
+    """One cold GET through a new proxy, straight from the upstream, and through a new
+    distribution proxy; returns the proxy, whose cache now holds the layer."""
+    upstream = session.upstream
+    proxy = session.new_proxy()
+    # A real pull reads the manifest first; that links the layer to the repository so the
+    # timed blob GET is the fill itself.
+    get_manifest(proxy.port, image.manifest_path(TAG, PREFIX), "cold manifest")
+    mark = upstream.mark()
+    fetch = get_blob(session.client, proxy.port, image.blob_path(PREFIX), image.layer_size,
+                     "cold proxy GET", {"proxy": proxy.pid, "upstream": upstream.pid})
+    cold.upstream_gets.append(upstream.count("GET", image.layer_hex, since=mark))
+    cold.add("proxy", fetch)
+
+    direct = get_blob(session.client, upstream.port, image.blob_path(), image.layer_size,
+                      "direct upstream GET", {"upstream": upstream.pid})
+    cold.add("upstream", direct)
+
+    dist = session.new_baseline()
+    try:
+        get_manifest(dist.port, image.manifest_path(TAG), "distribution proxy cold manifest")
+        dist_fetch = get_blob(session.client, dist.port, image.blob_path(), image.layer_size,
+                              "distribution proxy cold GET",
+                              {"distproxy": dist.pid, "upstream": upstream.pid})
+    finally:
+        session.retire_baseline(dist)
+    cold.add("distproxy", dist_fetch)
+    log(f"cold {image.layer_size // MIB}M rep {rep + 1}: proxy {fetch.mib_s:,.0f} MiB/s "
+        f"({fetch.seconds:.2f} s, upstream blob GETs {cold.upstream_gets[-1]}); upstream "
+        f"direct {direct.mib_s:,.0f} MiB/s; distribution proxy {dist_fetch.mib_s:,.0f} MiB/s")
+    log(f"    CPU s/GiB: proxy path [{fetch.cpu_text()}]; direct [{direct.cpu_text()}];"
+        f" distribution [{dist_fetch.cpu_text()}]")
+    return proxy
+
+
+def _warm(session: Session, image: Image, proxy: ProxyProcess) -> Samples:
+    """Warm GETs from the proxy and from nginx serving the proxy's own blob directory."""
+    upstream = session.upstream
+    cached = proxy.blob_path(image.layer_hex)
+    if not cached.exists():
+        raise BenchError(f"the proxy did not leave {cached} after a complete GET")
+    # nginx serves blobs/sha256 of the cache, so /<hh>/<hex> is the same file.
+    nginx = NginxProcess(session.workdir / "nginx", cached.parents[1])
+    session.stop_at_exit(nginx)
+    nginx.start()
+    log(f"nginx pid {nginx.pid} on port {nginx.port} serving {nginx.root}")
+    nginx_path = f"/{image.layer_hex[:2]}/{image.layer_hex}"
+    mark = upstream.mark()
+    get_blob(session.client, proxy.port, image.blob_path(PREFIX), image.layer_size,
+             "warm-up proxy GET")
+    get_blob(session.client, nginx.port, nginx_path, image.layer_size, "warm-up nginx GET")
+    warm = Samples()
+    for rep in range(session.reps):
+        # Alternate who goes first so drift in the machine's speed hits both alike.
+        order = ["proxy", "nginx"] if rep % 2 == 0 else ["nginx", "proxy"]
+        for who in order:
+            if who == "proxy":
+                warm.add(who, get_blob(session.client, proxy.port, image.blob_path(PREFIX),
+                                       image.layer_size, "warm proxy GET",
+                                       {"proxy": proxy.pid}))
+            else:
+                warm.add(who, get_blob(session.client, nginx.port, nginx_path,
+                                       image.layer_size, "nginx GET", {"nginx": nginx.pid}))
+        last_proxy, last_nginx = warm.by_server["proxy"][-1], warm.by_server["nginx"][-1]
+        log(f"warm {image.layer_size // MIB}M rep {rep + 1}: proxy {last_proxy.mib_s:,.0f} "
+            f"MiB/s [{last_proxy.cpu_text()}], nginx {last_nginx.mib_s:,.0f} MiB/s "
+            f"[{last_nginx.cpu_text()}]")
+    warm_upstream = upstream.count(since=mark)
+    if warm_upstream:
+        session.proxy_issues.append(f"warm blob GETs caused {warm_upstream} upstream "
+                                    "requests (expected 0)")
+    nginx.stop()
+    return warm
+
+
+def cpu_per_gib(fetches: list[Fetch]) -> dict[str, float]:
+    """Median CPU seconds per GiB moved, per process name."""
+    names = {name for f in fetches for name in f.cpu}
+    return {name: statistics.median(sum(f.cpu.get(name, (0.0, 0.0))) / (f.size / GIB)
+                                    for f in fetches)
+            for name in sorted(names)}
+
+
+def _record(session: Session, image: Image, cold: Samples, warm: Samples) -> None:
+    label = f"{image.layer_size // MIB}M"
+    wp_best, wp_med = warm.speeds("proxy")
+    wn_best, wn_med = warm.speeds("nginx")
+    cp_best, cp_med = cold.speeds("proxy")
+    cd_best, cd_med = cold.speeds("upstream")
+    dist_best, dist_med = cold.speeds("distproxy")
+    extra_gets = [g for g in cold.upstream_gets if g != 1]
+    session.metrics += [
+        Metric(f"warm_blob_{label}_best", wp_best, "MiB/s", wn_best, "nginx sendfile",
+               "ratio >= 0.9", "ratio>=0.9"),
+        Metric(f"warm_blob_{label}_median", wp_med, "MiB/s", wn_med, "nginx sendfile",
+               "ratio >= 0.9", "ratio>=0.9"),
+        Metric(f"cold_blob_{label}_best", cp_best, "MiB/s", cd_best, "upstream direct",
+               ">= 1000 MiB/s", "value>=1000"),
+        Metric(f"cold_blob_{label}_median", cp_med, "MiB/s", cd_med, "upstream direct",
+               ">= 1000 MiB/s", "value>=1000",
+               notes=f"upstream GETs per cold GET {cold.upstream_gets}" if extra_gets else ""),
+        Metric(f"cold_blob_{label}_best_vs_distproxy", cp_best, "MiB/s", dist_best,
+               "distribution proxy, cold"),
+        Metric(f"cold_blob_{label}_median_vs_distproxy", cp_med, "MiB/s", dist_med,
+               "distribution proxy, cold"),
+    ]
+    for name, fetches in (("cold via proxy", cold.by_server["proxy"]),
+                          ("cold upstream direct", cold.by_server["upstream"]),
+                          ("cold via distribution proxy", cold.by_server["distproxy"]),
+                          ("warm via proxy", warm.by_server["proxy"]),
+                          ("warm via nginx", warm.by_server["nginx"])):
+        per = cpu_per_gib(fetches)
+        session.cpu_lines.append(f"{name:<28} " + ", ".join(f"{k} {v:.2f}"
+                                                           for k, v in per.items()))
+
+    def dicts(samples: Samples, server: str) -> list[dict]:
+        return [asdict(f) for f in samples.by_server[server]]
+
+    session.details["warm"] = {"proxy": dicts(warm, "proxy"), "nginx": dicts(warm, "nginx")}
+    session.details["cold"] = {"proxy": dicts(cold, "proxy"),
+                               "upstream_direct": dicts(cold, "upstream"),
+                               "distribution_proxy": dicts(cold, "distproxy"),
+                               "upstream_blob_gets_per_proxy_get": cold.upstream_gets}
