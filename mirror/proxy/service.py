@@ -120,23 +120,6 @@ class ProxyService:
     def _client(self, repo: Repository) -> RegistryClient:
         return self.upstreams.client(repo.prefix)
 
-    @asynccontextmanager
-    async def _upstream_ok(self, repo: Repository, method: str, path: str,
-                           not_found: MirrorError, accept: str | None = None
-                           ) -> AsyncIterator[ClientResponse]:
-        """An upstream response for `repo` that is a 200: a 404 raises `not_found`, any
-        other status is the upstream's failure."""
-        headers = {"Accept": accept} if accept else None
-        async with self._client(repo).request(method, f"/v2/{repo.name}/{path}",
-                                              scope=f"repository:{repo.name}:pull",
-                                              headers=headers) as response:
-            if response.status == 404:
-                raise not_found
-            if response.status != 200:
-                raise UpstreamBadGateway(f"upstream answered {response.status} to {method} "
-                                         f"{path.split('/')[0]}")
-            yield response
-
     # -- manifests -------------------------------------------------------------------------
     async def get_manifest(self, repo: Repository, reference: str) -> Manifest:
         if is_digest(reference):
@@ -212,8 +195,8 @@ class ProxyService:
 
     async def _head_manifest_digest(self, repo: Repository, tag: str) -> Digest | None:
         unknown = ManifestUnknown(f"manifest {tag!r} of {repo} is unknown upstream")
-        async with self._upstream_ok(repo, "HEAD", f"manifests/{tag}", unknown,
-                                     UPSTREAM_ACCEPT) as response:
+        async with self._client(repo).request_ok("HEAD", repo.name, f"manifests/{tag}",
+                                                 unknown, UPSTREAM_ACCEPT) as response:
             header = response.headers.get("Docker-Content-Digest", "")
         try:
             return Digest.parse(header)
@@ -224,8 +207,8 @@ class ProxyService:
                               expected: Digest | None) -> Manifest:
         """GET a manifest from upstream, verify it, store it byte-exact, link it to `repo`."""
         unknown = ManifestUnknown(f"manifest {reference!r} of {repo} is unknown upstream")
-        async with self._upstream_ok(repo, "GET", f"manifests/{reference}", unknown,
-                                     UPSTREAM_ACCEPT) as response:
+        async with self._client(repo).request_ok("GET", repo.name, f"manifests/{reference}",
+                                                 unknown, UPSTREAM_ACCEPT) as response:
             if (response.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise UpstreamBadGateway("upstream manifest is larger than the mirror accepts")
             body = await _read_limited(response, MAX_MANIFEST_BYTES)
@@ -310,8 +293,8 @@ class ProxyService:
     async def _head_blob(self, repo: Repository, digest: Digest) -> int | None:
         """The blob's size if `repo`'s upstream has it, else None."""
         try:
-            async with self._upstream_ok(repo, "HEAD", f"blobs/{digest}",
-                                         BlobUnknown()) as response:
+            async with self._client(repo).request_ok("HEAD", repo.name, f"blobs/{digest}",
+                                                     BlobUnknown()) as response:
                 return response.content_length
         except BlobUnknown:
             return None
@@ -355,8 +338,9 @@ class ProxyService:
     async def _run_fill(self, repo: Repository, fill: BlobFill) -> None:
         try:
             unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
-            async with self._upstream_ok(repo, "GET", f"blobs/{fill.digest}",
-                                         unknown) as response, self._heartbeat(fill):
+            async with self._client(repo).request_ok("GET", repo.name, f"blobs/{fill.digest}",
+                                                     unknown) as response, \
+                    self._heartbeat(fill):
                 if response.content_length is not None:
                     fill.writer.announce_size(response.content_length)
                 detached = detach_body(response)
@@ -410,7 +394,8 @@ class ProxyService:
         """The upstream's tags when it answers, else the tags cached for `repo`."""
         try:
             unknown = NameUnknown(f"repository {repo} is unknown upstream")
-            async with self._upstream_ok(repo, "GET", "tags/list", unknown) as response:
+            async with self._client(repo).request_ok("GET", repo.name, "tags/list",
+                                                     unknown) as response:
                 body = await response.json(content_type=None)
             tags = body.get("tags") if isinstance(body, dict) else None
             return sorted(t for t in tags or [] if isinstance(t, str))

@@ -95,6 +95,21 @@ class RegistryClient:
         finally:
             response.release()
 
+    @asynccontextmanager
+    async def request_ok(self, method: str, name: str, path: str, not_found: MirrorError,
+                         accept: str | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A 200 response to `method /v2/<name>/<path>` with pull scope on repository
+        `name`: a 404 raises `not_found`, any other status is the upstream's failure."""
+        headers = {"Accept": accept} if accept else None
+        async with self.request(method, f"/v2/{name}/{path}", scope=f"repository:{name}:pull",
+                                headers=headers) as response:
+            if response.status == 404:
+                raise not_found
+            if response.status != 200:
+                raise UpstreamBadGateway(f"upstream answered {response.status} to {method} "
+                                         f"{path.split('/')[0]}")
+            yield response
+
     # -- retries ---------------------------------------------------------------------------
     async def _send_with_retries(self, method: str, url: str, scope: str,
                                  headers: dict[str, str]) -> aiohttp.ClientResponse:
@@ -347,6 +362,3 @@ def _failure_from_exception(exc: BaseException, upstream: UpstreamConfig) -> Mir
         return UpstreamUnavailable(f"upstream {upstream.name} is unreachable")
     return UpstreamUnavailable(f"connection to upstream {upstream.name} failed")
 
-
-__all__ = ["Challenge", "RegistryClient", "Upstreams", "USER_AGENT", "UpstreamFailed",
-           "parse_challenge"]
