@@ -34,6 +34,8 @@ LAYERS: dict[str, list[set[str]]] = {
     "proxy": [
         {"policy", "memo", "routing"},
         {"upstream", "fill"},
+        {"sources"},
+        {"blob_fills"},
         {"service"},
         {"handlers"},
         {"app"},

@@ -121,7 +121,7 @@ async def _fetch_blob(service: ProxyService, repo: Repository, digest: Digest,
                 while (bound := await source.sendable(position, end)) < end:
                     report(result.reference, 0, bound - position)
                     position = bound
-                total = size if size is not None else source.fill.written
+                total = source.size or 0  # known once `sendable` has returned `end`
                 report(result.reference, 0, total - position)
                 result.fetched_bytes += total
         finally:

@@ -18,9 +18,9 @@ from mirror.errors import (
     RangeInvalid,
     Unsupported,
 )
-from mirror.proxy.fill import BlobSource, read_chunk
 from mirror.proxy.policy import parse_range
 from mirror.proxy.service import ProxyService
+from mirror.proxy.sources import BlobSource, read_chunk
 from mirror.reference import Digest
 
 log = logging.getLogger(__name__)

@@ -281,6 +281,7 @@ class DetachedBody:
     """A plain-HTTP response body handed from the event loop to a worker thread: the bytes
     aiohttp had already buffered, then a blocking socket holding the rest."""
 
+    length: int  # of the whole body, prefix included
     prefix: bytes
     sock: socket.socket
 
@@ -310,7 +311,7 @@ def detach_body(response: aiohttp.ClientResponse) -> DetachedBody | None:
         transport.pause_reading()
     sock = socket.socket(fileno=os.dup(raw.fileno()))
     sock.setblocking(True)
-    return DetachedBody(prefix, sock)
+    return DetachedBody(response.content_length, prefix, sock)
 
 
 class Upstreams:
