@@ -14,7 +14,7 @@ from aiohttp import web
 
 from mirror.config import Config
 from mirror.proxy.blob_fills import remove_leftovers
-from mirror.proxy.handlers import SERVICE, add_catalog_routes, add_routes, error_middleware
+from mirror.proxy.handlers import SERVICE, add_routes, add_site_routes, error_middleware
 from mirror.proxy.service import ProxyService, running_service
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_proxy_service)
     add_routes(app)
     if config.catalog.serve:
-        add_catalog_routes(app, config.catalog.out)
+        add_site_routes(app, config.catalog.out)
     return app
 
 
