@@ -18,6 +18,7 @@ _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
 _ANY_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 MAX_NAME_LENGTH = 255
+DEFAULT_TAG = "latest"  # what an image reference without tag or digest means
 
 # Manifest media types the proxy asks upstream for, richest first: an index or list is
 # preferred over a single-platform manifest so one cached tag serves every platform.
@@ -88,3 +89,23 @@ class Repository:
 
     def __str__(self) -> str:
         return f"{self.prefix}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """`[prefix/]name[:tag|@digest]`, as a user writes it and a pull addresses it."""
+
+    path: str  # the name as routed by the proxy: may start with an upstream prefix
+    reference: str
+
+    @classmethod
+    def parse(cls, text: str) -> "ImageRef":
+        text = text.strip()
+        if "@" in text:
+            path, _, reference = text.partition("@")
+            return cls(path, reference)
+        last = text.rsplit("/", 1)[-1]
+        if ":" in last:
+            path, _, tag = text.rpartition(":")
+            return cls(path, tag)
+        return cls(text, DEFAULT_TAG)
