@@ -102,8 +102,8 @@ class ProxyService:
         self._flights = SingleFlight()
         self._sif_tree = SifTree(config.cache.sif_tree, store) if config.cache.sif_tree \
             else None
-        # Hashing and file writes of fills; sha256 releases the GIL, so two threads use
-        # both cores of a small node while the event loop moves bytes.
+        # Hashing and file writes of fills and manifests; sha256 releases the GIL, so two
+        # threads use both cores of a small node while the event loop moves bytes.
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mirror-io")
         self._blobs = BlobFills(config, store, index, upstreams, self._executor,
                                 self._sif_tree)
