@@ -156,8 +156,8 @@ def export(
     """Write cached images to a bundle (an OCI image layout tar) for an air-gapped site."""
     from mirror.cache import bundle as bundle_module
     from mirror.cache.store import ContentStore
-    from mirror.prefetch.images import ImageRef
     from mirror.proxy.routing import Router
+    from mirror.reference import ImageRef
 
     cfg = _load(config)
     router = Router(cfg)
@@ -263,7 +263,7 @@ def gc(
 
 def _resolve_pin(router, pin: str):
     """A predicate matching the images a pin names: a repository, or one tag or digest."""
-    from mirror.prefetch.images import ImageRef
+    from mirror.reference import ImageRef
 
     has_reference = "@" in pin or ":" in pin.rsplit("/", 1)[-1]
     ref = ImageRef.parse(pin)

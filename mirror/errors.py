@@ -36,6 +36,10 @@ class ManifestUnknown(MirrorError):
     code, status = "MANIFEST_UNKNOWN", 404
 
 
+class PlatformUnknown(ManifestUnknown):
+    """An image index holds no manifest for the platform asked for."""
+
+
 class BlobUnknown(MirrorError):
     code, status = "BLOB_UNKNOWN", 404
 

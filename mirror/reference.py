@@ -21,6 +21,7 @@ _ANY_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 # of the mirror look like.
 REGISTRY_HOST_RE = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?")
 MAX_NAME_LENGTH = 255
+DEFAULT_TAG = "latest"  # what an image reference without tag or digest means
 
 # Manifest media types the proxy asks upstream for, richest first: an index or list is
 # preferred over a single-platform manifest so one cached tag serves every platform.
@@ -99,3 +100,23 @@ class Repository:
 
     def __str__(self) -> str:
         return f"{self.prefix}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """`[prefix/]name[:tag|@digest]`, as a user writes it and a pull addresses it."""
+
+    path: str  # the name as routed by the proxy: may start with an upstream prefix
+    reference: str
+
+    @classmethod
+    def parse(cls, text: str) -> "ImageRef":
+        text = text.strip()
+        if "@" in text:
+            path, _, reference = text.partition("@")
+            return cls(path, reference)
+        last = text.rsplit("/", 1)[-1]
+        if ":" in last:
+            path, _, tag = text.rpartition(":")
+            return cls(path, tag)
+        return cls(text, DEFAULT_TAG)

@@ -32,8 +32,10 @@ ROOMS: dict[str, set[str]] = {
 # Inside a room, a module may import only modules of earlier layers.
 LAYERS: dict[str, list[set[str]]] = {
     "proxy": [
-        {"policy", "memo", "routing"},
+        {"policy", "memo", "routing", "ranges"},
         {"upstream", "fill"},
+        {"sources"},
+        {"blob_fills"},
         {"service"},
         {"handlers"},
         {"app"},

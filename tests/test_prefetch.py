@@ -80,3 +80,11 @@ def test_platform_filter_and_failures_are_reported(upstream, seeded, tmp_path):
             assert blobs <= cached
         else:  # its config is its own: never fetched for another platform
             assert child.config["digest"][7:] not in cached
+
+
+def test_a_platform_no_index_holds_is_reported(upstream, seeded, tmp_path):
+    _, path = _config(tmp_path, upstream.url)
+    result = _prefetch(path, "--platform", "plan9/mips", f"{UPSTREAM_PREFIX}/multi/app:1.0")
+    assert result.returncode == 1
+    assert "MANIFEST_UNKNOWN: no manifest for platform plan9/mips" in " ".join(
+        result.stderr.split())

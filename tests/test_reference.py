@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mirror.errors import DigestInvalid, NameInvalid, TagInvalid
-from mirror.reference import Digest, check_name, check_tag, is_digest
+from mirror.reference import Digest, ImageRef, check_name, check_tag, is_digest
 
 HEX = "a" * 64
 
@@ -38,6 +38,17 @@ def test_bad_digests(text):
 def test_bad_tags(tag):
     with pytest.raises(TagInvalid):
         check_tag(tag)
+
+
+@pytest.mark.parametrize("text,path,reference", [
+    ("alpine", "alpine", "latest"),
+    (" up.test/tools/alpha:1.0 ", "up.test/tools/alpha", "1.0"),
+    ("localhost:5000/app", "localhost:5000/app", "latest"),
+    ("localhost:5000/app:2", "localhost:5000/app", "2"),
+    (f"app@sha256:{HEX}", "app", f"sha256:{HEX}"),
+])
+def test_image_ref_parse(text, path, reference):
+    assert ImageRef.parse(text) == ImageRef(path, reference)
 
 
 # Property-based: whatever a client sends, these either return their input or raise the

@@ -13,12 +13,10 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mirror.errors import MirrorError
+from mirror.errors import MirrorError, PlatformUnknown
 from mirror.manifests import Kind, parse, platform_text
 from mirror.proxy.service import ProxyService
-from mirror.reference import Digest, Repository
-
-DEFAULT_TAG = "latest"
+from mirror.reference import Digest, ImageRef, Repository
 
 
 @dataclass
@@ -36,26 +34,6 @@ class ImageResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """`[prefix/]name[:tag|@digest]`, as a user writes it and a pull addresses it."""
-
-    path: str  # the name as routed by the proxy: may start with an upstream prefix
-    reference: str
-
-    @classmethod
-    def parse(cls, text: str) -> "ImageRef":
-        text = text.strip()
-        if "@" in text:
-            path, _, reference = text.partition("@")
-            return cls(path, reference)
-        last = text.rsplit("/", 1)[-1]
-        if ":" in last:
-            path, _, tag = text.rpartition(":")
-            return cls(path, tag)
-        return cls(text, DEFAULT_TAG)
 
 
 Progress = Callable[[str, int, int], None]  # (image, bytes to add to total, bytes done)
@@ -76,8 +54,6 @@ async def prefetch(service: ProxyService, images: list[str], *, platform: str | 
             await _walk(service, repo, ref.reference, platform, result, downloads, report)
         except MirrorError as exc:
             result.error = f"{exc.code}: {exc.message}"
-        except ValueError as exc:
-            result.error = str(exc)
         return result
 
     return list(await asyncio.gather(*(one(image) for image in images)))
@@ -93,7 +69,7 @@ async def _walk(service: ProxyService, repo: Repository, reference: str,
         children = [c for c in parsed.manifests
                     if platform is None or platform_text(c.platform) == platform]
         if not children:
-            raise ValueError(f"no manifest for platform {platform} in {repo}:{reference}")
+            raise PlatformUnknown(f"no manifest for platform {platform} in {repo}:{reference}")
         for child in children:
             result.platforms.append(platform_text(child.platform) or "unspecified")
             await _walk(service, repo, str(child.digest), None, result, downloads, report)
@@ -121,7 +97,7 @@ async def _fetch_blob(service: ProxyService, repo: Repository, digest: Digest,
                 while (bound := await source.sendable(position, end)) < end:
                     report(result.reference, 0, bound - position)
                     position = bound
-                total = size if size is not None else source.fill.written
+                total = source.size or 0  # known once `sendable` has returned `end`
                 report(result.reference, 0, total - position)
                 result.fetched_bytes += total
         finally:

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from mirror.config import Config
-from mirror.proxy.handlers import SERVICE, add_catalog_routes, add_routes, error_middleware
+from mirror.proxy.blob_fills import remove_leftovers
+from mirror.proxy.handlers import SERVICE, add_routes, add_site_routes, error_middleware
 from mirror.proxy.service import ProxyService, running_service
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_proxy_service)
     add_routes(app)
     if config.catalog.serve:
-        add_catalog_routes(app, config.catalog.out)
+        add_site_routes(app, config.catalog.out)
     return app
 
 
@@ -48,9 +49,8 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _housekeeping(service: ProxyService) -> None:
-    """Pull counts into the node-local index every few seconds and published for other
+    """Pull counts into the node-local database every few seconds and published for other
     nodes once a minute; leftovers of instances that died removed every ten minutes."""
-    loop = asyncio.get_running_loop()
     for beat in itertools.count(1):
         await asyncio.sleep(_STATS_FLUSH_SECONDS)
         try:
@@ -58,8 +58,7 @@ async def _housekeeping(service: ProxyService) -> None:
             if beat % _STATS_EXPORT_EVERY == 0:
                 service.pulls.publish()
             if beat % _CLEAN_EVERY == 0:
-                await loop.run_in_executor(None, service.store.clean_tmp,
-                                           service.config.cache.fill_stale_seconds * 3)
+                await remove_leftovers(service.store, service.config.cache)
         except Exception:  # housekeeping must never take the proxy down
             log.exception("housekeeping failed")
 

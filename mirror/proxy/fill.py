@@ -1,66 +1,29 @@
-"""Sources of blob bytes for a response: a cached file, or a fill that is still arriving.
+"""One upstream download of a blob, teed into the store while clients read it as it grows.
 
-A `BlobFill` tees one upstream body into a temp file of the store while any number of
-clients stream the same temp file as it grows (each with its own file descriptor, so a slow
-client never holds back the fill or another client). Hashing and writing run in a worker
-thread, overlapped with receiving the next chunk. The last byte of every response is held
-back until the whole blob is verified, so a digest mismatch or a truncated upstream body
-aborts every response instead of completing it as if it were valid.
+A `BlobFill` writes one upstream body into a temp file of the store while any number of
+clients stream the same temp file (each with its own file descriptor, so a slow client never
+holds back the fill or another client). Hashing and writing run in a worker thread,
+overlapped with receiving the next chunk. The last byte of every response is held back
+until the whole blob is verified, so a digest mismatch or a truncated upstream body aborts
+every response instead of completing it as if it were valid.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import queue
 import socket
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from pathlib import Path
-from typing import IO, Protocol
 
 from mirror.cache.store import BlobWriter
 from mirror.errors import MirrorError, UpstreamBadGateway, UpstreamTimeout
-from mirror.reference import Digest
 
 _MAX_BATCH = 16 * 1024 * 1024
 _RECEIVE_BUFFER = 1024 * 1024
 _RECEIVE_BUFFERS = 8
 _PROGRESS_STEP = 4 * 1024 * 1024
-_FOLLOW_POLL = 0.05
-
-
-class BlobSource(Protocol):
-    """What the HTTP layer needs to send blob bytes, wherever they come from."""
-
-    digest: Digest
-    size: int | None
-    file: IO[bytes]
-
-    async def sendable(self, position: int, end: int) -> int:
-        """Wait until bytes after `position` may be sent; return the exclusive bound (<= end).
-        `end` itself is only returned once the content is verified. Raises if the fill failed."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class CachedBlob:
-    """A verified blob already under its final path."""
-
-    def __init__(self, digest: Digest, file: IO[bytes], size: int) -> None:
-        self.digest = digest
-        self.file = file
-        self.size = size
-
-    async def sendable(self, position: int, end: int) -> int:
-        return end
-
-    def close(self) -> None:
-        self.file.close()
 
 
 class BlobFill:
@@ -69,7 +32,7 @@ class BlobFill:
     def __init__(self, writer: BlobWriter, executor: Executor) -> None:
         self.digest = writer.digest
         self.writer = writer
-        self.size: int | None = None
+        self.size: int | None = None  # from the upstream's Content-Length, else once verified
         self.written = 0
         self.verified = False
         self.error: MirrorError | None = None
@@ -77,11 +40,6 @@ class BlobFill:
         self._progress = asyncio.Event()
         self._executor = executor
         self._stop = False  # set to end a worker-thread receive early
-
-    def open_reader(self) -> "FillReader":
-        """A reader with its own descriptor on the temp file: it stays valid after the file
-        is renamed into place (same inode) or unlinked on failure."""
-        return FillReader(self, open(self.writer.temp_path, "rb"))
 
     async def run(self, size: int | None, chunks: AsyncIterator[bytes]) -> None:
         """Consume the upstream body; set `verified` or `error`. Never raises.
@@ -118,7 +76,7 @@ class BlobFill:
         except BaseException as exc:  # cancellation included: never leave a temp file behind
             if pending is not None:
                 await asyncio.gather(pending, return_exceptions=True)
-            await self._fail(loop, exc)
+            await self._discard_partial(loop, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -138,7 +96,7 @@ class BlobFill:
             await self._verify_and_persist(loop)
         except BaseException as exc:
             self._stop = True
-            await self._fail(loop, exc)
+            await self._discard_partial(loop, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -146,7 +104,8 @@ class BlobFill:
             self.started.set()
             self._notify()
 
-    async def _fail(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
+    async def _discard_partial(self, loop: asyncio.AbstractEventLoop,
+                               exc: BaseException) -> None:
         """Delete the temp file of a failed or cancelled fill and record why; readers see
         the error on their next wait."""
         await loop.run_in_executor(self._executor, self.writer.abort)
@@ -157,6 +116,8 @@ class BlobFill:
         """Release the held-back last bytes as soon as the digest matches; the fsync and
         rename (slow on a disk with a lot of dirty data) happen after that."""
         self.writer.verify()
+        if self.size is None:  # an upstream that sent no length: now it is known
+            self.size = self.written
         self.verified = True
         self._notify()
         persist = loop.run_in_executor(self._executor, self.writer.persist)
@@ -215,8 +176,9 @@ class BlobFill:
             self.writer.hash(view)
             free.put(view.obj if isinstance(view.obj, memoryview) else memoryview(view.obj))
 
-    def fail(self, error: MirrorError) -> None:
-        """Fail before any byte arrived (upstream refused the request)."""
+    def fail_before_start(self, error: MirrorError) -> None:
+        """End a fill that never started (the upstream refused the request): delete its
+        empty temp file and wake its readers with `error`."""
         self.writer.abort()
         self.error = error
         self.started.set()
@@ -242,127 +204,3 @@ class BlobFill:
             if bound > position:
                 return bound
             await self._progress.wait()
-
-
-class FillReader:
-    """One client's view of a fill: its own descriptor, the fill's progress."""
-
-    def __init__(self, fill: BlobFill, file: IO[bytes]) -> None:
-        self.fill = fill
-        self.digest = fill.digest
-        self.file = file
-
-    @property
-    def size(self) -> int | None:
-        return self.fill.size
-
-    async def sendable(self, position: int, end: int) -> int:
-        return await self.fill.sendable(position, end)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def read_chunk(file: IO[bytes], position: int, count: int) -> bytes:
-    """pread, for responses that cannot use sendfile (chunked encoding, TLS)."""
-    return os.pread(file.fileno(), count, position)
-
-
-class PartialFollower:
-    """A blob another instance is filling into the shared partial file: stream that file
-    as it grows, for a client of this instance.
-
-    What a network filesystem shows of a file growing on another node can lag or be stale,
-    so every byte is hashed here before it is sent, and the last byte goes out only when
-    the filling instance has renamed the verified blob into place and these bytes hash to
-    the digest. If the filling instance dies (its heartbeat stops), this instance takes
-    the fill over and the client's response goes on from where it was.
-    """
-
-    def __init__(self, digest: Digest, partial: Path, final: Path, size: int,
-                 stale_seconds: float, takeover: Callable[[], "FillReader | None"],
-                 executor: Executor) -> None:
-        self.digest = digest
-        self.size: int | None = size
-        self._partial = partial
-        self._final = final
-        self._stale_seconds = stale_seconds
-        self._takeover = takeover
-        self._executor = executor
-        self.file: IO[bytes] = open(partial, "rb")
-        self._inner: FillReader | None = None
-        self._hash = hashlib.sha256()
-        self._hashed = 0
-        self._final_open = False
-
-    async def sendable(self, position: int, end: int) -> int:
-        size = self.size or 0
-        while True:
-            if self._inner is not None:
-                bound = await self._inner.sendable(position, end)
-            else:
-                bound = await self._follow(position, end)
-            if bound is None:
-                continue
-            if bound == size and end == size:
-                await self._hash_to(bound)
-                if self._hash.hexdigest() != self.digest.hex:
-                    raise UpstreamBadGateway(f"bytes of {self.digest} read from the shared "
-                                             "fill did not verify")
-            elif end == size:
-                await self._hash_to(bound)
-            return bound
-
-    async def _follow(self, position: int, end: int) -> int | None:
-        """The next bound from the other instance's file; None after a switch of source."""
-        last_growth = time.monotonic()
-        seen = -1
-        while True:
-            if not self._final_open and os.path.exists(self._final):
-                # A fresh open of the renamed file: close-to-open consistency on NFS.
-                self.file.close()
-                self.file = open(self._final, "rb")
-                self._final_open = True
-            available = os.fstat(self.file.fileno()).st_size
-            bound = end if self._final_open else min(available, end - 1)
-            if bound > position:
-                return bound
-            if available != seen:
-                seen, last_growth = available, time.monotonic()
-            elif time.monotonic() - last_growth > 1.0 and self._owner_died():
-                reader = self._takeover()
-                if reader is not None:  # this instance fills it now
-                    self.file.close()
-                    self._inner, self.file = reader, reader.file
-                else:  # another instance took over first: follow its new file
-                    self.file.close()
-                    self.file = open(self._partial, "rb")
-                return None
-            await asyncio.sleep(_FOLLOW_POLL)
-
-    def _owner_died(self) -> bool:
-        try:
-            idle = time.time() - os.stat(self._partial).st_mtime
-        except FileNotFoundError:
-            return not os.path.exists(self._final)  # gone without a result: it failed
-        return idle > self._stale_seconds
-
-    async def _hash_to(self, bound: int) -> None:
-        if bound > self._hashed:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._hash_range,
-                                                             bound)
-
-    def _hash_range(self, bound: int) -> None:
-        while self._hashed < bound:
-            chunk = os.pread(self.file.fileno(), min(_RECEIVE_BUFFER * 4, bound - self._hashed),
-                             self._hashed)
-            if not chunk:
-                raise UpstreamBadGateway(f"the shared fill of {self.digest} was cut short")
-            self._hash.update(chunk)
-            self._hashed += len(chunk)
-
-    def close(self) -> None:
-        if self._inner is not None:
-            self._inner.close()
-        else:
-            self.file.close()

@@ -18,9 +18,9 @@ from mirror.errors import (
     RangeInvalid,
     Unsupported,
 )
-from mirror.proxy.fill import BlobSource, read_chunk
-from mirror.proxy.policy import parse_range
+from mirror.proxy.ranges import parse_range
 from mirror.proxy.service import ProxyService
+from mirror.proxy.sources import BlobSource, read_chunk
 from mirror.reference import Digest
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,15 @@ _FALLBACK_CHUNK = 1024 * 1024
 def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/v2/", api_root)
     app.router.add_route("*", "/v2", api_root)
-    app.router.add_route("*", "/v2/_catalog", catalog)
+    app.router.add_route("*", "/v2/_catalog", repository_list)
     app.router.add_route("*", "/v2/{name:.+}/manifests/{reference}", manifest)
     app.router.add_route("*", "/v2/{name:.+}/blobs/uploads/{tail:.*}", unsupported)
     app.router.add_route("*", "/v2/{name:.+}/blobs/{digest}", blob)
     app.router.add_route("*", "/v2/{name:.+}/tags/list", tags_list)
 
 
-def add_catalog_routes(app: web.Application, site_dir: Path) -> None:
-    """Publish the rendered catalog at / next to /v2/. The directory is looked up per
+def add_site_routes(app: web.Application, site_dir: Path) -> None:
+    """Publish the rendered catalog site at / next to /v2/. The directory is looked up per
     request, so a new render (swapped in atomically) is served at once."""
     async def site_root(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/index.html")
@@ -259,7 +259,8 @@ async def tags_list(request: web.Request) -> web.Response:
     return _page(sorted(tags), request, "tags", request.path)
 
 
-async def catalog(request: web.Request) -> web.Response:
+async def repository_list(request: web.Request) -> web.Response:
+    """`/v2/_catalog`: the repositories cached here (not the HTML catalog site)."""
     _check_pull(request)
     return _page(_service(request).repositories(), request, "repositories", request.path)
 

@@ -1,10 +1,11 @@
-"""The proxy's decisions: what is answered from the cache, what asks the upstream, and how.
+"""The proxy's decisions for tags and manifests; blobs are handed to `BlobFills`.
 
 Policy follows mutability. Content by digest is immutable: once cached (and linked to the
 repository asking), it never costs an upstream request. A tag is trusted for
 `tag_ttl_seconds`; after that the upstream is asked with a HEAD and the manifest is fetched
 only if the digest moved. When the upstream fails, a cached tag is served stale with a
-warning. Concurrent misses of one blob or manifest share one upstream request.
+warning. Concurrent misses of one manifest share one upstream request (of one blob, too,
+across every instance: see blob_fills.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,16 +21,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import ClientResponse
-
 from mirror.cache.metadata import MetadataCache
 from mirror.cache.open_cache import open_cache
 from mirror.cache.pulls import PullStats
 from mirror.cache.siftree import SifTree
-from mirror.cache.store import BlobWriter, ContentStore, TagRecord
+from mirror.cache.store import ContentStore, TagRecord
 from mirror.config import Config
 from mirror.errors import (
-    BlobUnknown,
     DigestMismatch,
     ManifestUnknown,
     MirrorError,
@@ -40,13 +37,15 @@ from mirror.errors import (
 )
 from mirror.manifests import Kind
 from mirror.manifests import parse as parse_manifest
-from mirror.proxy.fill import BlobFill, BlobSource, CachedBlob, FillReader, PartialFollower
+from mirror.proxy.blob_fills import BlobFills, remove_leftovers
 from mirror.proxy.memo import ManifestMemory, SingleFlight
 from mirror.proxy.policy import tag_is_fresh
 from mirror.proxy.routing import Router
-from mirror.proxy.upstream import RegistryClient, Upstreams, detach_body
+from mirror.proxy.sources import BlobSource
+from mirror.proxy.upstream import RegistryClient, Upstreams
 from mirror.reference import (
     MANIFEST_MEDIA_TYPES,
+    OCI_MANIFEST,
     Digest,
     Repository,
     check_tag,
@@ -73,8 +72,7 @@ async def running_service(config: Config) -> AsyncIterator["ProxyService"]:
     """The service and everything it owns, for as long as the block runs. Nothing here
     contacts an upstream: the service starts with every upstream down."""
     with open_cache(config.cache) as (store, metadata, pulls):
-        removed = await asyncio.get_running_loop().run_in_executor(
-            None, store.clean_tmp, config.cache.fill_stale_seconds * 3)
+        removed = await remove_leftovers(store, config.cache)
         if removed:
             log.info("removed %d leftover temp files of stopped instances", removed)
         async with Upstreams(config.upstreams, config.client) as upstreams:
@@ -86,12 +84,15 @@ async def running_service(config: Config) -> AsyncIterator["ProxyService"]:
 
 
 class ProxyService:
-    def __init__(self, config: Config, store: ContentStore, index: MetadataCache,
+    """What the HTTP layer and prefetch ask for: routing, tags and manifests, and blobs
+    (delegated to `BlobFills`)."""
+
+    def __init__(self, config: Config, store: ContentStore, metadata: MetadataCache,
                  pulls: PullStats, upstreams: Upstreams,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
-        self.index = index
+        self.metadata = metadata
         self.pulls = pulls
         self.upstreams = upstreams
         self.clock = clock
@@ -99,18 +100,16 @@ class ProxyService:
         self._by_prefix = self.router.by_prefix
         self._memory = ManifestMemory(config.cache.manifest_memory_mib * 1024 * 1024)
         self._flights = SingleFlight()
-        self._fills: dict[str, BlobFill] = {}
         self._sif_tree = SifTree(config.cache.sif_tree, store) if config.cache.sif_tree \
             else None
-        self._fill_tasks: set[asyncio.Task] = set()
-        # Hashing and file writes of fills; sha256 releases the GIL, so two threads use
-        # both cores of a small node while the event loop moves bytes.
+        # Hashing and file writes of fills and manifests; sha256 releases the GIL, so two
+        # threads use both cores of a small node while the event loop moves bytes.
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mirror-io")
+        self._blobs = BlobFills(config, store, metadata, upstreams, self._executor,
+                                self._sif_tree)
 
     async def close(self) -> None:
-        for task in list(self._fill_tasks):
-            task.cancel()
-        await asyncio.gather(*self._fill_tasks, return_exceptions=True)
+        await self._blobs.close()
         self._executor.shutdown(wait=True)
 
     # -- routing ---------------------------------------------------------------------------
@@ -119,23 +118,6 @@ class ProxyService:
 
     def _client(self, repo: Repository) -> RegistryClient:
         return self.upstreams.client(repo.prefix)
-
-    @asynccontextmanager
-    async def _upstream_ok(self, repo: Repository, method: str, path: str,
-                           not_found: MirrorError, accept: str | None = None
-                           ) -> AsyncIterator[ClientResponse]:
-        """An upstream response for `repo` that is a 200: a 404 raises `not_found`, any
-        other status is the upstream's failure."""
-        headers = {"Accept": accept} if accept else None
-        async with self._client(repo).request(method, f"/v2/{repo.name}/{path}",
-                                              scope=f"repository:{repo.name}:pull",
-                                              headers=headers) as response:
-            if response.status == 404:
-                raise not_found
-            if response.status != 200:
-                raise UpstreamBadGateway(f"upstream answered {response.status} to {method} "
-                                         f"{path.split('/')[0]}")
-            yield response
 
     # -- manifests -------------------------------------------------------------------------
     async def get_manifest(self, repo: Repository, reference: str) -> Manifest:
@@ -147,7 +129,7 @@ class ProxyService:
         return manifest
 
     async def _manifest_by_digest(self, repo: Repository, digest: Digest) -> Manifest:
-        media_type = self.index.manifest_media_type(repo, digest)
+        media_type = self.metadata.manifest_media_type(repo, digest)
         if media_type is not None:
             body = self._cached_manifest_body(digest)
             if body is not None:
@@ -160,9 +142,9 @@ class ProxyService:
         # An offline upstream is never asked: whatever is cached is the answer.
         ttl = float("inf") if self._by_prefix[repo.prefix].offline else \
             self.config.cache.tag_ttl_seconds
-        record = self.index.tag(repo, tag)
+        record = self.metadata.tag(repo, tag)
         if record is not None and not tag_is_fresh(record.confirmed_at, now, ttl):
-            record = self.index.tag(repo, tag, from_store=True)  # another node may have asked
+            record = self.metadata.tag(repo, tag, from_store=True)  # another node may have asked
         if record is not None and tag_is_fresh(record.confirmed_at, now, ttl):
             cached = self._manifest_from_record(record)
             if cached is not None:
@@ -194,7 +176,7 @@ class ProxyService:
                 upstream_digest = await self._head_manifest_digest(repo, tag)
                 if upstream_digest == record.digest:
                     confirmed = TagRecord(record.digest, record.media_type, self.clock())
-                    self.index.put_tag(repo, tag, confirmed)
+                    self.metadata.put_tag(repo, tag, confirmed)
                     cached = self._manifest_from_record(confirmed)
                     if cached is not None:
                         return cached
@@ -212,8 +194,8 @@ class ProxyService:
 
     async def _head_manifest_digest(self, repo: Repository, tag: str) -> Digest | None:
         unknown = ManifestUnknown(f"manifest {tag!r} of {repo} is unknown upstream")
-        async with self._upstream_ok(repo, "HEAD", f"manifests/{tag}", unknown,
-                                     UPSTREAM_ACCEPT) as response:
+        async with self._client(repo).request_ok("HEAD", repo.name, f"manifests/{tag}",
+                                                 unknown, UPSTREAM_ACCEPT) as response:
             header = response.headers.get("Docker-Content-Digest", "")
         try:
             return Digest.parse(header)
@@ -224,8 +206,8 @@ class ProxyService:
                               expected: Digest | None) -> Manifest:
         """GET a manifest from upstream, verify it, store it byte-exact, link it to `repo`."""
         unknown = ManifestUnknown(f"manifest {reference!r} of {repo} is unknown upstream")
-        async with self._upstream_ok(repo, "GET", f"manifests/{reference}", unknown,
-                                     UPSTREAM_ACCEPT) as response:
+        async with self._client(repo).request_ok("GET", repo.name, f"manifests/{reference}",
+                                                 unknown, UPSTREAM_ACCEPT) as response:
             if (response.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise UpstreamBadGateway("upstream manifest is larger than the mirror accepts")
             body = await _read_limited(response, MAX_MANIFEST_BYTES)
@@ -241,10 +223,10 @@ class ProxyService:
             media_type = _media_type_from_body(body)
         await self._run_io(self.store.put_bytes, digest, body)
         parsed = parse_manifest(body, media_type)
-        self.index.link_manifest(repo, digest, media_type, parsed)
+        self.metadata.link_manifest(repo, digest, media_type, parsed)
         if expected is None:
-            self.index.put_tag(repo, reference, TagRecord(digest, media_type, self.clock()))
-            self.index.forget_repositories()
+            self.metadata.put_tag(repo, reference, TagRecord(digest, media_type, self.clock()))
+            self.metadata.forget_repositories()
             if self._sif_tree is not None and parsed.kind is Kind.SIF:
                 self._sif_tree.tag_fetched(repo, reference, parsed.layers[0].digest)
         self._memory.put(digest, body)
@@ -253,187 +235,33 @@ class ProxyService:
     # -- blobs -----------------------------------------------------------------------------
     async def blob_size(self, repo: Repository, digest: Digest) -> int:
         """For HEAD: the blob's size from the cache, or from the upstream without fetching."""
-        size = self.store.blob_size(digest)
-        if size is not None and await self._may_serve(repo, digest):
-            return size
-        fill = self._fills.get(digest.hex)
-        if fill is not None and fill.size is not None and await self._may_serve(repo, digest):
-            return fill.size
-        upstream_size = await self._head_blob(repo, digest)
-        if upstream_size is None:
-            raise BlobUnknown(f"blob {digest} is unknown to {repo}")
-        return upstream_size
+        return await self._blobs.size(repo, digest)
 
     async def open_blob(self, repo: Repository, digest: Digest) -> BlobSource:
         """A source for the blob's bytes: the cached file, or a share of a running fill."""
-        for _ in range(5):  # a fill may commit, fail or change hands between the checks
-            size = self.store.blob_size(digest)
-            if size is not None:
-                if not await self._may_serve(repo, digest):
-                    raise BlobUnknown(f"blob {digest} is unknown to {repo}")
-                try:
-                    return CachedBlob(digest, open(self.store.blob_path(digest), "rb"), size)
-                except FileNotFoundError:
-                    continue
-            fill = self._fills.get(digest.hex)
-            if fill is not None and not await self._may_serve(repo, digest):
-                raise BlobUnknown(f"blob {digest} is unknown to {repo}")
-            if fill is None:
-                writer = self.store.claim_fill(digest)
-                if writer is None:  # another instance fills it: follow its partial file
-                    follower = await self._follow_fill(repo, digest)
-                    if follower is not None:
-                        return follower
-                    continue
-                fill = self._start_fill(repo, writer)
-            try:
-                reader = fill.open_reader()
-            except FileNotFoundError:
-                continue
-            await fill.started.wait()
-            if fill.error is not None and fill.written == 0:
-                reader.close()
-                raise fill.error
-            return reader
-        raise UpstreamBadGateway(f"blob {digest} kept changing state; try again")
-
-    async def _may_serve(self, repo: Repository, digest: Digest) -> bool:
-        """Cross-repository isolation: the digest must belong to `repo` by one of its cached
-        manifests, or `repo`'s upstream must confirm it has the blob."""
-        if self.index.may_serve_blob(repo, digest):
-            return True
-        if await self._head_blob(repo, digest) is None:
-            return False
-        self.index.link_blob(repo, digest)
-        return True
-
-    async def _head_blob(self, repo: Repository, digest: Digest) -> int | None:
-        """The blob's size if `repo`'s upstream has it, else None."""
-        try:
-            async with self._upstream_ok(repo, "HEAD", f"blobs/{digest}",
-                                         BlobUnknown()) as response:
-                return response.content_length
-        except BlobUnknown:
-            return None
-
-    async def _follow_fill(self, repo: Repository, digest: Digest) -> BlobSource | None:
-        """Follow another instance's fill of `digest`; None when it finished, failed or its
-        instance died meanwhile (the caller then looks again, and may claim it)."""
-        if not await self._may_serve(repo, digest):
-            raise BlobUnknown(f"blob {digest} is unknown to {repo}")
-        stale = self.config.cache.fill_stale_seconds
-        while (size := self.store.partial_size(digest)) is None:
-            if self.store.blob_size(digest) is not None or \
-                    self.store.break_stale_claim(digest, stale):
-                return None
-            await asyncio.sleep(0.05)
-        try:
-            return PartialFollower(digest, self.store.partial_path(digest),
-                                   self.store.blob_path(digest), size, stale,
-                                   lambda: self._take_over(repo, digest), self._executor)
-        except FileNotFoundError:
-            return None
-
-    def _take_over(self, repo: Repository, digest: Digest) -> FillReader | None:
-        """The instance filling `digest` died: fill it here, unless another did first."""
-        if not self.store.break_stale_claim(digest, self.config.cache.fill_stale_seconds):
-            return None
-        writer = self.store.claim_fill(digest)
-        if writer is None:
-            return None
-        log.warning("taking over the fill of %s from an instance that stopped", digest)
-        return self._start_fill(repo, writer).open_reader()
-
-    def _start_fill(self, repo: Repository, writer: BlobWriter) -> BlobFill:
-        fill = BlobFill(writer, self._executor)
-        self._fills[writer.digest.hex] = fill
-        task = asyncio.ensure_future(self._run_fill(repo, fill))
-        self._fill_tasks.add(task)
-        task.add_done_callback(self._fill_tasks.discard)
-        return fill
-
-    async def _run_fill(self, repo: Repository, fill: BlobFill) -> None:
-        try:
-            unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
-            async with self._upstream_ok(repo, "GET", f"blobs/{fill.digest}",
-                                         unknown) as response, self._heartbeat(fill):
-                if response.content_length is not None:
-                    fill.writer.announce_size(response.content_length)
-                detached = detach_body(response)
-                if detached is None:
-                    await fill.run(response.content_length, _body_chunks(response))
-                else:
-                    await fill.run_from_socket(response.content_length, detached.prefix,
-                                               detached.sock,
-                                               self.config.client.read_timeout_seconds)
-                    response.close()
-            if fill.verified:
-                self.index.link_blob(repo, fill.digest)
-                if self._sif_tree is not None:
-                    self._sif_tree.blob_cached(fill.digest)
-            else:
-                log.warning("fill of %s for %s failed: %s", fill.digest, repo,
-                            fill.error.message if fill.error else "?")
-        except MirrorError as exc:
-            if not fill.started.is_set():
-                fill.fail(exc)
-            log.warning("fill of %s for %s failed: %s", fill.digest, repo, exc.message)
-        except BaseException:
-            if not fill.started.is_set():
-                fill.fail(UpstreamBadGateway(f"download of {fill.digest} failed"))
-            raise
-        finally:
-            self._fills.pop(fill.digest.hex, None)
-
-    @asynccontextmanager
-    async def _heartbeat(self, fill: BlobFill) -> AsyncIterator[None]:
-        """Touch the shared partial file while this instance fills it, so instances that
-        follow it can tell a slow upstream from a dead filler."""
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.config.cache.fill_stale_seconds / 4)
-                for path in (fill.writer.temp_path, fill.writer.size_path):
-                    try:
-                        if path is not None:
-                            os.utime(path)
-                    except FileNotFoundError:
-                        pass
-
-        task = asyncio.ensure_future(beat())
-        try:
-            yield
-        finally:
-            task.cancel()
+        return await self._blobs.open(repo, digest)
 
     # -- listings --------------------------------------------------------------------------
     async def list_tags(self, repo: Repository) -> list[str]:
         """The upstream's tags when it answers, else the tags cached for `repo`."""
         try:
             unknown = NameUnknown(f"repository {repo} is unknown upstream")
-            async with self._upstream_ok(repo, "GET", "tags/list", unknown) as response:
+            async with self._client(repo).request_ok("GET", repo.name, "tags/list",
+                                                     unknown) as response:
                 body = await response.json(content_type=None)
             tags = body.get("tags") if isinstance(body, dict) else None
             return sorted(t for t in tags or [] if isinstance(t, str))
         except (UpstreamFailed, ValueError):
-            cached = self.index.tags(repo)
+            cached = self.metadata.tags(repo)
             if not cached:
                 raise
             return cached
 
     def repositories(self) -> list[str]:
-        return [str(repo) for repo in self.index.repositories()]
+        return [str(repo) for repo in self.metadata.repositories()]
 
     async def _run_io(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
-
-
-async def _body_chunks(response: ClientResponse) -> AsyncIterator[bytes]:
-    """The body as the socket delivers it, without aiohttp joining pieces (a copy)."""
-    while True:
-        chunk, _ = await response.content.readchunk()
-        if not chunk:
-            return
-        yield chunk
 
 
 async def _read_limited(response: Any, limit: int) -> bytes:
@@ -453,4 +281,4 @@ def _media_type_from_body(body: bytes) -> str:
         media_type = doc.get("mediaType") if isinstance(doc, dict) else None
     except ValueError:
         media_type = None
-    return media_type if isinstance(media_type, str) and media_type else MANIFEST_MEDIA_TYPES[2]
+    return media_type if isinstance(media_type, str) and media_type else OCI_MANIFEST

@@ -95,6 +95,21 @@ class RegistryClient:
         finally:
             response.release()
 
+    @asynccontextmanager
+    async def request_ok(self, method: str, name: str, path: str, not_found: MirrorError,
+                         accept: str | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A 200 response to `method /v2/<name>/<path>` with pull scope on repository
+        `name`: a 404 raises `not_found`, any other status is the upstream's failure."""
+        headers = {"Accept": accept} if accept else None
+        async with self.request(method, f"/v2/{name}/{path}", scope=f"repository:{name}:pull",
+                                headers=headers) as response:
+            if response.status == 404:
+                raise not_found
+            if response.status != 200:
+                raise UpstreamBadGateway(f"upstream answered {response.status} to {method} "
+                                         f"{path.split('/')[0]}")
+            yield response
+
     # -- retries ---------------------------------------------------------------------------
     async def _send_with_retries(self, method: str, url: str, scope: str,
                                  headers: dict[str, str]) -> aiohttp.ClientResponse:
@@ -266,6 +281,7 @@ class DetachedBody:
     """A plain-HTTP response body handed from the event loop to a worker thread: the bytes
     aiohttp had already buffered, then a blocking socket holding the rest."""
 
+    length: int  # of the whole body, prefix included
     prefix: bytes
     sock: socket.socket
 
@@ -295,7 +311,7 @@ def detach_body(response: aiohttp.ClientResponse) -> DetachedBody | None:
         transport.pause_reading()
     sock = socket.socket(fileno=os.dup(raw.fileno()))
     sock.setblocking(True)
-    return DetachedBody(prefix, sock)
+    return DetachedBody(response.content_length, prefix, sock)
 
 
 class Upstreams:
@@ -347,6 +363,3 @@ def _failure_from_exception(exc: BaseException, upstream: UpstreamConfig) -> Mir
         return UpstreamUnavailable(f"upstream {upstream.name} is unreachable")
     return UpstreamUnavailable(f"connection to upstream {upstream.name} failed")
 
-
-__all__ = ["Challenge", "RegistryClient", "Upstreams", "USER_AGENT", "UpstreamFailed",
-           "parse_challenge"]
