@@ -12,7 +12,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from tests.support.registry import LOOPBACK, free_port
+from tests.support.processes import LOOPBACK, free_port
 
 BLOB = bytes(range(256)) * 4096 + b"tail"  # ~1 MiB, odd length
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
