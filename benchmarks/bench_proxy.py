@@ -54,32 +54,62 @@ from tests.support.processes import StartError  # noqa: E402
 
 REPETITIONS = 3
 
-ABORTS = (BenchError, StartError, watchdog.Timeout, KeyboardInterrupt, OSError,
-          subprocess.SubprocessError, threading.BrokenBarrierError)
+ABORTS = (
+    BenchError,
+    StartError,
+    watchdog.Timeout,
+    KeyboardInterrupt,
+    OSError,
+    subprocess.SubprocessError,
+    threading.BrokenBarrierError,
+)
 """What ends a run early: its partial results are still reported."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="256 MiB / 64 MiB blobs and 3 s wrk runs (smoke test)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="256 MiB / 64 MiB blobs and 3 s wrk runs (smoke test)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
-    parser.add_argument("--workdir", type=Path, metavar="DIR",
-                        help="parent of the run's temp dir (default: the system temp dir, "
-                             "/tmp); needs about 4 GiB free for a full run")
-    parser.add_argument("--cache-dir", type=Path, metavar="DIR",
-                        help="parent for the proxies' caches and the distribution peers' "
-                             "storage (default: inside the run's temp dir); e.g. /dev/shm "
-                             "to take the disk out of the cold measurements")
-    parser.add_argument("--client", choices=("socket", "curl"), default="socket",
-                        help="blob download client for the warm/cold tests (default socket)")
-    parser.add_argument("--reps", type=int, default=REPETITIONS,
-                        help=f"repetitions of each blob GET (default {REPETITIONS})")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temp dir (logs, caches) for inspection")
-    parser.add_argument("--timeout", type=float, default=540.0,
-                        help="abort the whole run after this many seconds (default 540)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="parent of the run's temp dir (default: the system temp dir, "
+        "/tmp); needs about 4 GiB free for a full run",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="parent for the proxies' caches and the distribution peers' "
+        "storage (default: inside the run's temp dir); e.g. /dev/shm "
+        "to take the disk out of the cold measurements",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("socket", "curl"),
+        default="socket",
+        help="blob download client for the warm/cold tests (default socket)",
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=REPETITIONS,
+        help=f"repetitions of each blob GET (default {REPETITIONS})",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (logs, caches) for inspection"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=540.0,
+        help="abort the whole run after this many seconds (default 540)",
+    )
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be at least 1")
@@ -109,13 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     error: str | None = None
     session: Session | None = None
     with run_directory(args.workdir, "hpc-mirror-bench-", args.keep) as workdir:
-        print(f"hpc-mirror benchmark ({'quick' if args.quick else 'full'}) on "
-              f"{platform.node()}: {cores} CPU cores, Python {platform.python_version()}, "
-              f"client {args.client}, workdir {workdir}")
-        print(f"NOTE: the load generators (wrk, the download clients) and every server "
-              f"share these {cores} cores, so absolute numbers are lower bounds and the "
-              "ratios compare servers under the same handicap. All content is in the page "
-              "cache: 'cold' means an empty proxy cache, not a cold disk.", flush=True)
+        print(
+            f"hpc-mirror benchmark ({'quick' if args.quick else 'full'}) on "
+            f"{platform.node()}: {cores} CPU cores, Python {platform.python_version()}, "
+            f"client {args.client}, workdir {workdir}"
+        )
+        print(
+            f"NOTE: the load generators (wrk, the download clients) and every server "
+            f"share these {cores} cores, so absolute numbers are lower bounds and the "
+            "ratios compare servers under the same handicap. All content is in the page "
+            "cache: 'cold' means an empty proxy cache, not a cold disk.",
+            flush=True,
+        )
         try:
             with watchdog.limit(args.timeout), Session(args, workdir) as session:
                 measure(session)
@@ -127,14 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     if session is not None:
         report.print_findings(session.cpu_lines, session.proxy_issues)
     report.print_results(metrics)
-    print(f"({cores} CPU cores shared by clients and servers; run took {elapsed:.0f} s"
-          f"{'; --quick sizes' if args.quick else ''})")
+    print(
+        f"({cores} CPU cores shared by clients and servers; run took {elapsed:.0f} s"
+        f"{'; --quick sizes' if args.quick else ''})"
+    )
     if args.json:
-        report.write_json(args.json, metrics, session.cpu_lines if session else [],
-                          session.details if session else {},
-                          session.proxy_issues if session else [],
-                          mode="quick" if args.quick else "full", cores=cores,
-                          client=args.client, seconds=elapsed, error=error)
+        report.write_json(
+            args.json,
+            metrics,
+            session.cpu_lines if session else [],
+            session.details if session else {},
+            session.proxy_issues if session else [],
+            mode="quick" if args.quick else "full",
+            cores=cores,
+            client=args.client,
+            seconds=elapsed,
+            error=error,
+        )
     if error:
         return 2
     return 0 if all(m.verdict != "MISS" for m in metrics) else 1

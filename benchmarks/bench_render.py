@@ -85,10 +85,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-cli", action="store_true", help="skip the CLI subprocess run")
     parser.add_argument("--fsync", action="store_true", help="fsync while synthesising")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
-    parser.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto",
-                        help="auto: py-spy if installed, else cProfile")
-    parser.add_argument("--timeout", type=float, default=290,
-                        help="abort after this long; profiles that would not fit are skipped")
+    parser.add_argument(
+        "--profiler",
+        choices=("auto", "py-spy", "cprofile"),
+        default="auto",
+        help="auto: py-spy if installed, else cProfile",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=290,
+        help="abort after this long; profiles that would not fit are skipped",
+    )
     args = parser.parse_args(argv)
     if args.tags < 1 or args.tags_per_repo < 1 or args.repeat < 1:
         parser.error("--tags, --tags-per-repo and --repeat must be >= 1")
@@ -104,18 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     error = None
     with run_directory(args.workdir, "hpc-mirror-bench-render-", args.keep) as workdir:
-        print(f"hpc-mirror render benchmark on {platform.node()}: {os.cpu_count()} CPUs, "
-              f"Python {platform.python_version()}, workdir {workdir}", flush=True)
+        print(
+            f"hpc-mirror render benchmark on {platform.node()}: {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}, workdir {workdir}",
+            flush=True,
+        )
         try:
             with watchdog.limit(args.timeout):
                 bench = RenderBench(args, workdir)
                 bench.run()
                 missed = [m.key for m in bench.metrics if m.status == "MISS"]
                 profiles, skipped = profiling.profile_within(
-                    bench, profiling.wanted(args, missed), profiling.choose_tool(args.profiler),
-                    lambda: args.timeout - (time.perf_counter() - started))
-        except (RuntimeError, watchdog.Timeout, KeyboardInterrupt, OSError,
-                subprocess.SubprocessError) as exc:
+                    bench,
+                    profiling.wanted(args, missed),
+                    profiling.choose_tool(args.profiler),
+                    lambda: args.timeout - (time.perf_counter() - started),
+                )
+        except (
+            RuntimeError,
+            watchdog.Timeout,
+            KeyboardInterrupt,
+            OSError,
+            subprocess.SubprocessError,
+        ) as exc:
             error = f"{type(exc).__name__}: {exc}"
             print(f"\nBENCHMARK ABORTED: {error}", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - started
@@ -131,15 +150,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nprofile skipped: {note}")
     print(f"\n(total benchmark time {elapsed:.1f} s, synthesis {bench.synth.shape.seconds:.1f} s)")
     if args.json:
-        report.write_json(args.json, {
-            "benchmark": "render", "host": platform.node(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "tags_requested": args.tags,
-            "cache": asdict(bench.base_shape), "tags_added_during_run": bench.new_tags,
-            "targets": {"full_seconds": FULL_TARGET, "incremental_seconds": INCREMENTAL_TARGET},
-            "results": [m.as_dict() for m in bench.metrics], "profiles": profiles,
-            "profiles_skipped": skipped, "load_average_before": load_before,
-            "load_average_after": os.getloadavg(), "error": error,
-            "elapsed_seconds": round(elapsed, 2)})
+        report.write_json(
+            args.json,
+            {
+                "benchmark": "render",
+                "host": platform.node(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "tags_requested": args.tags,
+                "cache": asdict(bench.base_shape),
+                "tags_added_during_run": bench.new_tags,
+                "targets": {"full_seconds": FULL_TARGET, "incremental_seconds": INCREMENTAL_TARGET},
+                "results": [m.as_dict() for m in bench.metrics],
+                "profiles": profiles,
+                "profiles_skipped": skipped,
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg(),
+                "error": error,
+                "elapsed_seconds": round(elapsed, 2),
+            },
+        )
     if error:
         return 2
     return 1 if any(m.status == "MISS" for m in bench.metrics) else 0

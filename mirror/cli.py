@@ -14,11 +14,16 @@ import typer
 from mirror import config as config_module
 from mirror.errors import ConfigError, InvalidValue, MirrorError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="hpc-mirror: a pull-through cache for OCI registries, for HPC sites.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="hpc-mirror: a pull-through cache for OCI registries, for HPC sites.",
+)
 
-ConfigOption = Annotated[Optional[Path], typer.Option(
-    "--config", "-c", help="Site config TOML, merged over the embedded default.")]
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="Site config TOML, merged over the embedded default."),
+]
 
 
 @app.callback()
@@ -46,13 +51,16 @@ def _errors_reported() -> Iterator[None]:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
-        typer.echo(f"error: {exc.filename or ''}{': ' if exc.filename else ''}"
-                   f"{exc.strerror or exc}", err=True)
+        typer.echo(
+            f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
+            err=True,
+        )
         raise typer.Exit(1) from None
 
 
 def _command(name: str | None = None) -> Callable[[Command], Command]:
     """`app.command`, with the command's errors reported by `_errors_reported`."""
+
     def register(func: Command) -> Command:
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -72,11 +80,13 @@ def _load(path: Path | None, overrides: dict | None = None) -> config_module.Con
 @_command()
 def serve(
     config: ConfigOption = None,
-    host: Annotated[Optional[str], typer.Option(
-        help="Bind address (overrides server.host).")] = None,
+    host: Annotated[
+        Optional[str], typer.Option(help="Bind address (overrides server.host).")
+    ] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (overrides server.port).")] = None,
-    workers: Annotated[int, typer.Option(
-        help="Processes sharing the port (SO_REUSEPORT), e.g. one per core.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Processes sharing the port (SO_REUSEPORT), e.g. one per core.")
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the pull-through proxy."""
@@ -84,39 +94,58 @@ def serve(
 
     server = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     cfg = _load(config, {"server": server} if server else None)
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    typer.echo(f"hpc-mirror serving {cfg.cache.root} on http://{cfg.server.host}:"
-               f"{cfg.server.port} with {max(workers, 1)} process(es) (config: {cfg.source})",
-               err=True)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    typer.echo(
+        f"hpc-mirror serving {cfg.cache.root} on http://{cfg.server.host}:"
+        f"{cfg.server.port} with {max(workers, 1)} process(es) (config: {cfg.source})",
+        err=True,
+    )
     serve_app(cfg, workers)
 
 
 @_command()
 def render(
     config: ConfigOption = None,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Output directory (overrides catalog.out, default site/).")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", "-o", help="Output directory (overrides catalog.out, default site/)."
+        ),
+    ] = None,
 ) -> None:
     """Render the static HTML catalog of the cache (reads the store only, never upstreams)."""
     from mirror.catalog.render import render as render_catalog
 
     cfg = _load(config)
     report = render_catalog(cfg, out)
-    typer.echo(f"rendered {report.repositories} repositories, {report.tags} tags into "
-               f"{report.out} ({report.pages_written} files written, "
-               f"{report.pages_reused} pages unchanged)")
+    typer.echo(
+        f"rendered {report.repositories} repositories, {report.tags} tags into "
+        f"{report.out} ({report.pages_written} files written, "
+        f"{report.pages_reused} pages unchanged)"
+    )
 
 
 @_command()
 def prefetch(
-    images: Annotated[Optional[list[str]], typer.Argument(
-        help="Images as pulled through the mirror: docker.io/library/alpine:3.20, "
-             "ghcr.io/org/tool@sha256:...")] = None,
-    file: Annotated[Optional[Path], typer.Option(
-        "--file", "-f", help="A file with one image per line (# starts a comment).")] = None,
-    platform: Annotated[Optional[str], typer.Option(
-        help="Only this platform of multi-arch images, e.g. linux/amd64 (default: all).")] = None,
+    images: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Images as pulled through the mirror: docker.io/library/alpine:3.20, "
+            "ghcr.io/org/tool@sha256:..."
+        ),
+    ] = None,
+    file: Annotated[
+        Optional[Path],
+        typer.Option("--file", "-f", help="A file with one image per line (# starts a comment)."),
+    ] = None,
+    platform: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Only this platform of multi-arch images, e.g. linux/amd64 (default: all)."
+        ),
+    ] = None,
     parallel: Annotated[int, typer.Option(help="Blob downloads at once.")] = 4,
     config: ConfigOption = None,
 ) -> None:
@@ -149,8 +178,9 @@ def _image_list(images: list[str] | None, file: Path | None) -> list[str]:
 def export(
     bundle: Annotated[Path, typer.Argument(help="The tar file to write.")],
     images: Annotated[Optional[list[str]], typer.Argument(help="Images (name:tag).")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f",
-                                                 help="A file with one image per line.")] = None,
+    file: Annotated[
+        Optional[Path], typer.Option("--file", "-f", help="A file with one image per line.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Write cached images to a bundle (an OCI image layout tar) for an air-gapped site."""
@@ -165,15 +195,17 @@ def export(
     for text in _image_list(images, file):
         ref = ImageRef.parse(text)
         if ":" in ref.reference:
-            raise bundle_module.BundleError(f"{text}: export images by tag, so they keep "
-                                            "their names")
+            raise bundle_module.BundleError(
+                f"{text}: export images by tag, so they keep their names"
+            )
         chosen.append((router.route(ref.path), ref.reference))
     temp = bundle.with_name(f".{bundle.name}.partial")
     with open(temp, "wb") as out:
         blobs = bundle_module.export(ContentStore(cfg.cache.root), chosen, out)
     temp.rename(bundle)
-    typer.echo(f"wrote {len(chosen)} images ({blobs} blobs, "
-               f"{bundle.stat().st_size} bytes) to {bundle}")
+    typer.echo(
+        f"wrote {len(chosen)} images ({blobs} blobs, {bundle.stat().st_size} bytes) to {bundle}"
+    )
 
 
 @_command("import")
@@ -209,23 +241,33 @@ def verify(config: ConfigOption = None) -> None:
     store = ContentStore(cfg.cache.root)
     total = sum(blob.size for blob in store.blobs())
     console = Console(stderr=True)
-    with Progress("verify", BarColumn(), DownloadColumn(binary_units=True),
-                  TransferSpeedColumn(), console=console) as bars:
+    with Progress(
+        "verify",
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        console=console,
+    ) as bars:
         task = bars.add_task("verify", total=total)
         report = verify_store(store, lambda done: bars.advance(task, done))
     console.print(f"checked {report.checked} blobs, {report.bytes_checked} bytes")
     for digest, actual in report.corrupt:
-        console.print(f"[red]corrupt[/red] {digest}: content hashes to {actual}; moved to "
-                      f"{store.quarantine_dir}")
+        console.print(
+            f"[red]corrupt[/red] {digest}: content hashes to {actual}; moved to "
+            f"{store.quarantine_dir}"
+        )
     raise typer.Exit(1 if report.corrupt else 0)
 
 
 @_command()
 def gc(
-    max_size: Annotated[str, typer.Option(help="Evict until the cache is at most this size, "
-                                          "e.g. 500G.")],
-    older_than: Annotated[Optional[str], typer.Option(
-        help="Only evict images last used longer ago than this, e.g. 30d.")] = None,
+    max_size: Annotated[
+        str, typer.Option(help="Evict until the cache is at most this size, e.g. 500G.")
+    ],
+    older_than: Annotated[
+        Optional[str],
+        typer.Option(help="Only evict images last used longer ago than this, e.g. 30d."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print what would go; delete nothing.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -246,19 +288,31 @@ def gc(
     except MirrorError as exc:
         raise InvalidValue(f"{cfg.source}: cache.pins: {exc.message}") from None
     with open_cache(cfg.cache) as cache:
-        result = gc_module.plan(cache.store, cache.pulls, limit, age, time.time(),
-                                lambda image: any(pin(image) for pin in pins))
+        result = gc_module.plan(
+            cache.store,
+            cache.pulls,
+            limit,
+            age,
+            time.time(),
+            lambda image: any(pin(image) for pin in pins),
+        )
         verb = "would evict" if dry_run else "evicted"
         for image in result.evict:
             typer.echo(f"{verb} {image}")
         if not dry_run:
             gc_module.apply(cache.store, result)
     after = result.total_before - result.freed
-    typer.echo(f"{'would free' if dry_run else 'freed'} {human_size(result.freed)} "
-               f"({len(result.delete)} blobs, {len(result.evict)} images); cache "
-               f"{human_size(result.total_before)} -> {human_size(after)}"
-               + ("" if after <= limit else f", still above {human_size(limit)}: the rest "
-                  "is pinned, newer than --older-than, or shared with kept images"))
+    typer.echo(
+        f"{'would free' if dry_run else 'freed'} {human_size(result.freed)} "
+        f"({len(result.delete)} blobs, {len(result.evict)} images); cache "
+        f"{human_size(result.total_before)} -> {human_size(after)}"
+        + (
+            ""
+            if after <= limit
+            else f", still above {human_size(limit)}: the rest "
+            "is pinned, newer than --older-than, or shared with kept images"
+        )
+    )
 
 
 def _resolve_pin(router, pin: str):
@@ -268,8 +322,9 @@ def _resolve_pin(router, pin: str):
     has_reference = "@" in pin or ":" in pin.rsplit("/", 1)[-1]
     ref = ImageRef.parse(pin)
     repo = router.route(ref.path)
-    return lambda image: image.repo == repo and (not has_reference
-                                                 or image.reference == ref.reference)
+    return lambda image: (
+        image.repo == repo and (not has_reference or image.reference == ref.reference)
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -129,10 +129,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 # Keys an `[upstreams.<name>]` table may leave out, and their values then. Every key of
 # the fixed tables ([server], [cache], [client], [catalog]) takes its default from
 # config.toml alone, which is also where the known keys of those tables are listed.
-_UPSTREAM_OPTIONAL: dict[str, Any] = {"default": False, "library_namespace": "",
-                                      "mode": "online", "username": ""}
-_UPSTREAM_KEYS = {"url", "prefix", "password_env", "password_file", "password",
-                  *_UPSTREAM_OPTIONAL}
+_UPSTREAM_OPTIONAL: dict[str, Any] = {
+    "default": False,
+    "library_namespace": "",
+    "mode": "online",
+    "username": "",
+}
+_UPSTREAM_KEYS = {"url", "prefix", "password_env", "password_file", "password", *_UPSTREAM_OPTIONAL}
 _FIXED_TABLES = ("server", "cache", "client", "catalog")
 
 
@@ -169,8 +172,9 @@ class _Parser:
         self._unknown_keys(table, name, set(self.known[name]))
         return table
 
-    def _get(self, table: dict[str, Any], where: str, key: str,
-             kind: type | tuple[type, ...]) -> Any:
+    def _get(
+        self, table: dict[str, Any], where: str, key: str, kind: type | tuple[type, ...]
+    ) -> Any:
         """`table[key]` if it has the right type; else a problem is recorded and the value
         from config.toml (or an upstream's optional default) stands in."""
         fallback = self.known.get(where, _UPSTREAM_OPTIONAL).get(key)
@@ -213,35 +217,47 @@ class _Parser:
         if not all(isinstance(pin, str) and pin for pin in pins):
             self.problems.append("cache.pins: must be a list of image names")
             pins = []
-        fill_stale = self._number(table, "cache", "fill_stale_seconds", minimum=0,
-                                  inclusive=False)
-        return CacheConfig(root, index_dir, ttl, stale, memory,
-                           self._path(table, "cache", "sif_tree"), tuple(pins), fill_stale)
+        fill_stale = self._number(table, "cache", "fill_stale_seconds", minimum=0, inclusive=False)
+        return CacheConfig(
+            root,
+            index_dir,
+            ttl,
+            stale,
+            memory,
+            self._path(table, "cache", "sif_tree"),
+            tuple(pins),
+            fill_stale,
+        )
 
-    def _number(self, table: dict[str, Any], where: str, key: str, *, minimum: float,
-                inclusive: bool = True) -> float:
+    def _number(
+        self, table: dict[str, Any], where: str, key: str, *, minimum: float, inclusive: bool = True
+    ) -> float:
         value = float(self._get(table, where, key, (int, float)))
         if not math.isfinite(value):
             self.problems.append(f"{where}.{key}: must be a finite number, got {value}")
             return minimum
         if value < minimum or (not inclusive and value == minimum):
-            self.problems.append(f"{where}.{key}: must be {'>=' if inclusive else '>'} "
-                                 f"{minimum:g}")
+            self.problems.append(f"{where}.{key}: must be {'>=' if inclusive else '>'} {minimum:g}")
         return value
 
     def _client(self) -> ClientConfig:
         table = self._table("client")
         return ClientConfig(
-            connect_timeout_seconds=self._number(table, "client", "connect_timeout_seconds",
-                                                 minimum=0, inclusive=False),
-            read_timeout_seconds=self._number(table, "client", "read_timeout_seconds",
-                                              minimum=0, inclusive=False),
+            connect_timeout_seconds=self._number(
+                table, "client", "connect_timeout_seconds", minimum=0, inclusive=False
+            ),
+            read_timeout_seconds=self._number(
+                table, "client", "read_timeout_seconds", minimum=0, inclusive=False
+            ),
             retries=self._count(table, "client", "retries"),
-            max_retry_wait_seconds=self._number(table, "client", "max_retry_wait_seconds",
-                                                minimum=0),
+            max_retry_wait_seconds=self._number(
+                table, "client", "max_retry_wait_seconds", minimum=0
+            ),
             breaker_failures=self._count(table, "client", "breaker_failures"),
-            breaker_cooldown_seconds=self._number(table, "client",
-                                                  "breaker_cooldown_seconds", minimum=0))
+            breaker_cooldown_seconds=self._number(
+                table, "client", "breaker_cooldown_seconds", minimum=0
+            ),
+        )
 
     def _count(self, table: dict[str, Any], where: str, key: str) -> int:
         value: int = self._get(table, where, key, int)
@@ -253,13 +269,16 @@ class _Parser:
         table = self._table("catalog")
         mirror_url = self._get(table, "catalog", "mirror_url", str)
         if "://" in mirror_url or mirror_url.endswith("/"):
-            self.problems.append("catalog.mirror_url: give host[:port][/path] without a "
-                                 f"scheme or trailing slash, got {mirror_url!r}")
+            self.problems.append(
+                "catalog.mirror_url: give host[:port][/path] without a "
+                f"scheme or trailing slash, got {mirror_url!r}"
+            )
         return CatalogConfig(
             mirror_url=mirror_url or f"{server.host}:{server.port}",
             title=self._get(table, "catalog", "title", str),
             out=self._required_path(table, "catalog", "out"),
-            serve=self._get(table, "catalog", "serve", bool))
+            serve=self._get(table, "catalog", "serve", bool),
+        )
 
     def _upstreams(self) -> tuple[UpstreamConfig, ...]:
         table = self.data.get("upstreams", {})
@@ -274,8 +293,10 @@ class _Parser:
         seen: dict[str, str] = {}
         for upstream in found:
             if upstream.prefix in seen:
-                self.problems.append(f"upstreams.{upstream.name}.prefix: {upstream.prefix!r} "
-                                     f"is also the prefix of upstreams.{seen[upstream.prefix]}")
+                self.problems.append(
+                    f"upstreams.{upstream.name}.prefix: {upstream.prefix!r} "
+                    f"is also the prefix of upstreams.{seen[upstream.prefix]}"
+                )
             seen[upstream.prefix] = upstream.name
         return tuple(found)
 
@@ -286,15 +307,19 @@ class _Parser:
             return None
         self._unknown_keys(entry, where, _UPSTREAM_KEYS)
         if "password" in entry:
-            self.problems.append(f"{where}.password: never put a password in the config file; "
-                                 "use password_env or password_file")
+            self.problems.append(
+                f"{where}.password: never put a password in the config file; "
+                "use password_env or password_file"
+            )
         url = self._get(entry, where, "url", str)
         if url and not _is_registry_url(url):
             self.problems.append(f"{where}.url: must be http(s)://host[:port], got {url!r}")
         prefix = self._get(entry, where, "prefix", str)
         if prefix and not REGISTRY_HOST_RE.fullmatch(prefix):
-            self.problems.append(f"{where}.prefix: must look like a registry host name "
-                                 f"(lowercase, dots), got {prefix!r}")
+            self.problems.append(
+                f"{where}.prefix: must look like a registry host name "
+                f"(lowercase, dots), got {prefix!r}"
+            )
         mode = self._get(entry, where, "mode", str)
         if mode not in ("online", "offline"):
             self.problems.append(f'{where}.mode: must be "online" or "offline", got {mode!r}')
@@ -302,11 +327,16 @@ class _Parser:
         password = self._password(entry, where)
         if password and not username:
             self.problems.append(f"{where}.username: required when a password is configured")
-        return UpstreamConfig(name=name, url=url.rstrip("/"), prefix=prefix,
-                              default=self._get(entry, where, "default", bool),
-                              library_namespace=self._get(entry, where, "library_namespace",
-                                                          str),
-                              offline=mode == "offline", username=username, password=password)
+        return UpstreamConfig(
+            name=name,
+            url=url.rstrip("/"),
+            prefix=prefix,
+            default=self._get(entry, where, "default", bool),
+            library_namespace=self._get(entry, where, "library_namespace", str),
+            offline=mode == "offline",
+            username=username,
+            password=password,
+        )
 
     def _password(self, entry: dict[str, Any], where: str) -> str:
         if "password_env" in entry and "password_file" in entry:
@@ -316,8 +346,7 @@ class _Parser:
             var = self._get(entry, where, "password_env", str)
             if not os.environ.get(var):
                 state = "is empty" if var in os.environ else "is not set"
-                self.problems.append(f"{where}.password_env: environment variable {var!r} "
-                                     f"{state}")
+                self.problems.append(f"{where}.password_env: environment variable {var!r} {state}")
                 return ""
             return os.environ[var]
         if "password_file" in entry:
@@ -327,8 +356,7 @@ class _Parser:
             try:
                 password = path.read_text().strip()
             except OSError as exc:
-                self.problems.append(f"{where}.password_file: cannot read {path}: "
-                                     f"{exc.strerror}")
+                self.problems.append(f"{where}.password_file: cannot read {path}: {exc.strerror}")
                 return ""
             if not password:
                 # An empty password would be accepted here and refused by the upstream on
@@ -362,8 +390,13 @@ def _is_registry_url(url: str) -> bool:
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and \
-        parts.path in ("", "/") and not parts.query and not parts.fragment
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+    )
 
 
 def _empty(kind: type | tuple[type, ...]) -> Any:

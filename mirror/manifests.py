@@ -58,8 +58,11 @@ def parse(manifest_bytes: bytes, media_type: str) -> ParsedManifest:
         return ParsedManifest(Kind.UNKNOWN)
     found = doc.get("annotations")
     annotations: dict[str, Any] = found if isinstance(found, dict) else {}
-    if media_type in INDEX_MEDIA_TYPES or doc.get("mediaType") in INDEX_MEDIA_TYPES or (
-            "manifests" in doc and "layers" not in doc):
+    if (
+        media_type in INDEX_MEDIA_TYPES
+        or doc.get("mediaType") in INDEX_MEDIA_TYPES
+        or ("manifests" in doc and "layers" not in doc)
+    ):
         children = tuple(_descriptors(doc.get("manifests")))
         return ParsedManifest(Kind.INDEX, manifests=children, annotations=annotations)
     config = next(iter(_descriptors([doc.get("config")])), None)
@@ -76,8 +79,10 @@ def parse(manifest_bytes: bytes, media_type: str) -> ParsedManifest:
 
 
 def _is_image_config(media_type: str) -> bool:
-    return media_type in ("application/vnd.oci.image.config.v1+json",
-                          "application/vnd.docker.container.image.v1+json")
+    return media_type in (
+        "application/vnd.oci.image.config.v1+json",
+        "application/vnd.docker.container.image.v1+json",
+    )
 
 
 def _descriptors(items: object) -> list[Descriptor]:
@@ -93,18 +98,21 @@ def _descriptors(items: object) -> list[Descriptor]:
         size = item.get("size")
         platform = item.get("platform")
         annotations = item.get("annotations")
-        found.append(Descriptor(
-            media_type=str(item.get("mediaType", "")),
-            digest=digest,
-            size=size if isinstance(size, int) and not isinstance(size, bool) else -1,
-            platform=platform if isinstance(platform, dict) else None,
-            annotations=annotations if isinstance(annotations, dict) else None,
-        ))
+        found.append(
+            Descriptor(
+                media_type=str(item.get("mediaType", "")),
+                digest=digest,
+                size=size if isinstance(size, int) and not isinstance(size, bool) else -1,
+                platform=platform if isinstance(platform, dict) else None,
+                annotations=annotations if isinstance(annotations, dict) else None,
+            )
+        )
     return found
 
 
-def closure(digest: Digest, read: Callable[[Digest], bytes | None]
-            ) -> tuple[list[Digest], list[Digest]]:
+def closure(
+    digest: Digest, read: Callable[[Digest], bytes | None]
+) -> tuple[list[Digest], list[Digest]]:
     """Everything a manifest holds on to: (the manifest and its index children, the
     configs and layers they reference), each once. A manifest `read` cannot return is
     listed but not walked, so callers decide what a missing piece means."""

@@ -37,8 +37,14 @@ def make_proxy(tmp_path: Path):
     """Build and start proxies; each is stopped (by its own PID) after the test."""
     started: list[ProxyProcess] = []
 
-    def make(upstreams: dict, *, env: dict | None = None, name: str = "proxy",
-             client: dict | None = None, **cache) -> ProxyProcess:
+    def make(
+        upstreams: dict,
+        *,
+        env: dict | None = None,
+        name: str = "proxy",
+        client: dict | None = None,
+        **cache,
+    ) -> ProxyProcess:
         workdir = tmp_path / f"{name}-{len(started)}"
         config = proxy_config(workdir, upstreams, **cache)
         config["client"].update(client or {})

@@ -101,8 +101,11 @@ def _exists(module: str) -> bool:
 
 
 def _modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p
-            for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    return {
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "__init__.py"
+    }
 
 
 def test_every_room_and_module_is_stated():
@@ -132,8 +135,12 @@ def test_modules_import_only_earlier_layers_of_their_room():
         for name, layer in layer_of.items():
             for imported in _imports(PACKAGE / room / f"{name}.py"):
                 parts = imported.split(".")
-                if _room_of(imported) == room and len(parts) > 2 and \
-                        layer_of[parts[2]] >= layer and parts[2] != name:
+                if (
+                    _room_of(imported) == room
+                    and len(parts) > 2
+                    and layer_of[parts[2]] >= layer
+                    and parts[2] != name
+                ):
                     violations.append(f"mirror.{room}.{name} imports {imported}")
     assert not violations, "\n".join(violations)
 

@@ -32,8 +32,9 @@ def bundle(upstream, seeded, tmp_path_factory):
     assert fetched.returncode == 0, fetched.stderr
     listing = work / "images.txt"
     listing.write_text("\n".join(names) + "\n")
-    written = run_mirror(work / "source.toml", "export", str(work / "bundle.tar"), "--file",
-                      str(listing))
+    written = run_mirror(
+        work / "source.toml", "export", str(work / "bundle.tar"), "--file", str(listing)
+    )
     assert written.returncode == 0, written.stderr
     assert f"wrote {len(IMAGES)} images" in written.stdout
     return work / "bundle.tar"
@@ -44,11 +45,17 @@ def test_bundle_is_an_oci_layout_naming_the_images(bundle, seeded):
         names = tar.getnames()
         index = json.loads(tar.extractfile("index.json").read())
     assert names[:2] == ["oci-layout", "index.json"]
-    recorded = {(e["annotations"]["io.github.hpc-mirror.repository"],
-                 e["annotations"]["org.opencontainers.image.ref.name"], e["digest"])
-                for e in index["manifests"]}
-    assert recorded == {(f"{UPSTREAM_PREFIX}/{i.split(':')[0]}", i.split(":")[1],
-                         seeded[i].digest) for i in IMAGES}
+    recorded = {
+        (
+            e["annotations"]["io.github.hpc-mirror.repository"],
+            e["annotations"]["org.opencontainers.image.ref.name"],
+            e["digest"],
+        )
+        for e in index["manifests"]
+    }
+    assert recorded == {
+        (f"{UPSTREAM_PREFIX}/{i.split(':')[0]}", i.split(":")[1], seeded[i].digest) for i in IMAGES
+    }
 
 
 def test_import_into_an_empty_cache_serves_the_same_digests(bundle, seeded, tmp_path):
@@ -83,10 +90,12 @@ def test_a_damaged_bundle_is_refused_and_leaves_nothing(bundle, seeded, tmp_path
     if damage == "truncate":
         bad.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
     else:
+
         def change(name, data):
             if name != f"blobs/sha256/{victim[7:]}":
                 return data
             return None if damage == "drop" else data[:50] + bytes([data[50] ^ 1]) + data[51:]
+
         _rewrite(bundle, bad, change)
     _config(tmp_path / "target.toml", tmp_path, "http://127.0.0.1:9")
     result = run_mirror(tmp_path / "target.toml", "import", str(bad))
@@ -97,8 +106,7 @@ def test_a_damaged_bundle_is_refused_and_leaves_nothing(bundle, seeded, tmp_path
     cache = tmp_path / "cache"
     assert list((cache / "blobs" / "sha256").glob("*/*")) == []
     assert list((cache / "tmp").iterdir()) == []
-    assert not (cache / "repositories").exists() or not any(
-        (cache / "repositories").rglob("_tags"))
+    assert not (cache / "repositories").exists() or not any((cache / "repositories").rglob("_tags"))
 
 
 def test_a_bundle_naming_a_bad_upstream_prefix_is_refused(bundle, tmp_path):
@@ -106,20 +114,31 @@ def test_a_bundle_naming_a_bad_upstream_prefix_is_refused(bundle, tmp_path):
         if name != "index.json":
             return data
         return data.replace(f'"{UPSTREAM_PREFIX}/'.encode(), b'"Not_A_Host/')
+
     _rewrite(bundle, tmp_path / "bad.tar", change)
     _config(tmp_path / "target.toml", tmp_path, "http://127.0.0.1:9")
     result = run_mirror(tmp_path / "target.toml", "import", str(tmp_path / "bad.tar"))
     assert result.returncode == 1
-    assert "index.json of the bundle is not valid: invalid upstream prefix 'Not_A_Host'" \
+    assert (
+        "index.json of the bundle is not valid: invalid upstream prefix 'Not_A_Host'"
         in result.stderr
+    )
 
 
 def test_export_names_what_is_missing(bundle, tmp_path):
     _config(tmp_path / "empty.toml", tmp_path, "http://127.0.0.1:9")
-    missing = run_mirror(tmp_path / "empty.toml", "export", str(tmp_path / "out.tar"),
-                         f"{UPSTREAM_PREFIX}/tools/alpha:1.0")
+    missing = run_mirror(
+        tmp_path / "empty.toml",
+        "export",
+        str(tmp_path / "out.tar"),
+        f"{UPSTREAM_PREFIX}/tools/alpha:1.0",
+    )
     assert missing.returncode == 1
     assert f"error: {UPSTREAM_PREFIX}/tools/alpha:1.0 is not cached" in missing.stderr
-    by_digest = run_mirror(tmp_path / "empty.toml", "export", str(tmp_path / "out.tar"),
-                           f"{UPSTREAM_PREFIX}/tools/alpha@sha256:{'a' * 64}")
+    by_digest = run_mirror(
+        tmp_path / "empty.toml",
+        "export",
+        str(tmp_path / "out.tar"),
+        f"{UPSTREAM_PREFIX}/tools/alpha@sha256:{'a' * 64}",
+    )
     assert by_digest.returncode == 1 and "export images by tag" in by_digest.stderr

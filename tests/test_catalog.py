@@ -19,16 +19,25 @@ from tests.support.proxy import ProxyProcess, proxy_config, toml_text
 
 def _page(site: Path, repository: str, digest: str, *, raw: bool = False) -> str:
     """A manifest's page; unescaped (as a reader sees the text) unless `raw`."""
-    text = (site / "r" / UPSTREAM_PREFIX / repository / f"sha256-{digest.split(':')[1]}.html"
-            ).read_text()
+    text = (
+        site / "r" / UPSTREAM_PREFIX / repository / f"sha256-{digest.split(':')[1]}.html"
+    ).read_text()
     return text if raw else html.unescape(text)
 
 
 def test_index_lists_every_repository_grouped_by_upstream(site, seeded):
     index = (site / "index.html").read_text()
     assert f"<h2>{UPSTREAM_PREFIX}</h2>" in index
-    for repository in ("tools/alpha", "tools/beta", "multi/app", "legacy/dockerimg", "sif/tool",
-                       "sif/legacy", "sif/zeroconfig", "hostile/labels"):
+    for repository in (
+        "tools/alpha",
+        "tools/beta",
+        "multi/app",
+        "legacy/dockerimg",
+        "sif/tool",
+        "sif/legacy",
+        "sif/zeroconfig",
+        "hostile/labels",
+    ):
         assert f'href="r/{UPSTREAM_PREFIX}/{repository}/index.html"' in index
     catalog = json.loads((site / "catalog.json").read_text())
     rows = {row["path"]: row for row in catalog["repositories"]}
@@ -48,7 +57,7 @@ def test_repository_page_has_pull_commands_and_snippets(site, seeded):
     mirror = f"mirror.site:5000/{UPSTREAM_PREFIX}"
     assert f"apptainer pull --no-https oras://{mirror}/sif/tool:1.0" in page
     assert f"oras://mirror.site:5000/{UPSTREAM_PREFIX}/sif/tool@{image.digest}" in page
-    assert "[[registry.mirror]]" in page and 'capabilities = [&#34;pull&#34;' in page
+    assert "[[registry.mirror]]" in page and "capabilities = [&#34;pull&#34;" in page
     oci_page = (site / "r" / UPSTREAM_PREFIX / "tools" / "beta" / "index.html").read_text()
     beta = f"mirror.site:5000/{UPSTREAM_PREFIX}/tools/beta:2.0"
     assert f"podman pull --tls-verify=false {beta}" in oci_page
@@ -63,8 +72,7 @@ def test_oci_image_page_shows_config_layers_and_history(site, seeded):
         assert label in page and value in page
     for variable in config["config"]["Env"]:
         assert variable in page
-    assert json.dumps(config["config"]["Entrypoint"]) in page or \
-        "/opt/alpha/bin/alpha" in page
+    assert json.dumps(config["config"]["Entrypoint"]) in page or "/opt/alpha/bin/alpha" in page
     for step in config["history"]:
         assert step["created_by"] in page
     for layer in image.layers:
@@ -78,8 +86,14 @@ def test_index_page_lists_platforms(site, seeded):
     assert "linux/amd64" in page and "linux/arm64" in page
     for child in index.children:
         assert f"sha256-{child.digest.split(':')[1]}.html" in page
-        assert (site / "r" / UPSTREAM_PREFIX / "multi" / "app" /
-                f"sha256-{child.digest.split(':')[1]}.html").exists()
+        assert (
+            site
+            / "r"
+            / UPSTREAM_PREFIX
+            / "multi"
+            / "app"
+            / f"sha256-{child.digest.split(':')[1]}.html"
+        ).exists()
 
 
 def test_sif_page_shows_what_the_sif_holds(site, seeded):
@@ -110,10 +124,14 @@ def test_damaged_content_is_shown_not_fatal(site):
         assert len(pages) == 1
         text = html.unescape(pages[0].read_text())
         assert "Could not read everything" in text
-    assert "not valid JSON" in next((site / "r" / UPSTREAM_PREFIX / "bad/config").glob(
-        "sha256-*")).read_text()
-    assert "not a readable SIF" in next((site / "r" / UPSTREAM_PREFIX / "bad/sif").glob(
-        "sha256-*")).read_text()
+    assert (
+        "not valid JSON"
+        in next((site / "r" / UPSTREAM_PREFIX / "bad/config").glob("sha256-*")).read_text()
+    )
+    assert (
+        "not a readable SIF"
+        in next((site / "r" / UPSTREAM_PREFIX / "bad/sif").glob("sha256-*")).read_text()
+    )
 
 
 def test_stats_page_has_an_svg_chart(site):
@@ -128,8 +146,11 @@ def test_render_is_deterministic(filled, tmp_path, site):
     render(cfg, again)
 
     def tree(root: Path) -> dict[str, str]:
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
 
     assert tree(again) == tree(site)
 
@@ -142,21 +163,30 @@ def test_second_render_writes_nothing(filled, tmp_path):
     second = render(cfg, out)
     assert first.pages_reused == 0
     assert (second.pages_written, second.pages_reused) == (0, first.pages_written)
-    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items()
-               if p.name != ".render-state.json")
+    assert all(
+        p.stat().st_mtime_ns == t for p, t in mtimes.items() if p.name != ".render-state.json"
+    )
 
 
 def test_cli_render_and_serve_publishes_the_site(filled, tmp_path):
     cfg, _, _ = filled
     out = tmp_path / "published"
-    proxy = ProxyProcess(tmp_path, proxy_config(
-        tmp_path, {"test": {"url": cfg.upstreams[0].url, "prefix": UPSTREAM_PREFIX,
-                            "default": True}}, root=str(cfg.cache.root)))
+    proxy = ProxyProcess(
+        tmp_path,
+        proxy_config(
+            tmp_path,
+            {"test": {"url": cfg.upstreams[0].url, "prefix": UPSTREAM_PREFIX, "default": True}},
+            root=str(cfg.cache.root),
+        ),
+    )
     proxy.config["catalog"] = {"serve": True, "out": str(out), "title": "Site <images>"}
     proxy.config_path.write_text(toml_text(proxy.config))
-    result = subprocess.run([sys.executable, "-m", "mirror.cli", "render", "--config",
-                             str(proxy.config_path)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "mirror.cli", "render", "--config", str(proxy.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "rendered" in result.stdout and (out / "index.html").exists()
     with proxy:
@@ -179,16 +209,24 @@ def test_one_new_tag_rerenders_only_the_pages_it_touches(make_proxy, private_ups
 
     def push_and_pull(repository: str, tag: str) -> None:
         spec = oci.ImageConfigSpec(title=repository, version=tag)
-        publish_image(client, repository, [tag], spec,
-                      [oci.make_layer(f"{repository}:{tag}", {"f": 100}, "F")])
-        assert requests.get(f"{proxy.url}/v2/{repository}/manifests/{tag}", headers=accept,
-                            timeout=30).ok
+        publish_image(
+            client,
+            repository,
+            [tag],
+            spec,
+            [oci.make_layer(f"{repository}:{tag}", {"f": 100}, "F")],
+        )
+        assert requests.get(
+            f"{proxy.url}/v2/{repository}/manifests/{tag}", headers=accept, timeout=30
+        ).ok
 
     proxy = make_proxy({"u": upstream_entry(private_upstream.url)})
     for repository in ("app/one", "app/two", "app/three"):
         push_and_pull(repository, "1.0")
-    cfg = config_module.load(None, {"cache": {"root": str(proxy.cache_root),
-                                              "index_dir": str(tmp_path / "render-index")}})
+    cfg = config_module.load(
+        None,
+        {"cache": {"root": str(proxy.cache_root), "index_dir": str(tmp_path / "render-index")}},
+    )
     out = tmp_path / "site"
     first = render(cfg, out)
     push_and_pull("app/two", "2.0")
@@ -220,9 +258,10 @@ def test_every_kind_is_named_from_one_source(tmp_path):
 
     chart_config, chart = b"{}", b"chart bytes"
     artifact = oci.image_manifest(
-        oci.OCI_MANIFEST, oci.descriptor_for("application/vnd.cncf.helm.config.v1+json",
-                                             chart_config),
-        [oci.descriptor_for("application/vnd.cncf.helm.chart.content.v1.tar+gzip", chart)])
+        oci.OCI_MANIFEST,
+        oci.descriptor_for("application/vnd.cncf.helm.config.v1+json", chart_config),
+        [oci.descriptor_for("application/vnd.cncf.helm.chart.content.v1.tar+gzip", chart)],
+    )
     for name, body in (("charts/web", artifact), ("broken/thing", b"\x00not a manifest")):
         repo = Repository("up.test", name)
         digest = put(body)
@@ -230,14 +269,19 @@ def test_every_kind_is_named_from_one_source(tmp_path):
         store.write_tag(repo, "1.0", TagRecord(digest, oci.OCI_MANIFEST, 1_767_225_600.0))
     for blob in (chart_config, chart):
         put(blob)
-    cfg = config_module.load(None, {"cache": {"root": str(tmp_path / "cache"),
-                                              "index_dir": str(tmp_path / "index")},
-                                    "catalog": {"mirror_url": "mirror.site:5000"}})
+    cfg = config_module.load(
+        None,
+        {
+            "cache": {"root": str(tmp_path / "cache"), "index_dir": str(tmp_path / "index")},
+            "catalog": {"mirror_url": "mirror.site:5000"},
+        },
+    )
     out = tmp_path / "site"
     render(cfg, out)
 
-    rows = {row["name"]: row for row in json.loads((out / "catalog.json").read_text())[
-        "repositories"]}
+    rows = {
+        row["name"]: row for row in json.loads((out / "catalog.json").read_text())["repositories"]
+    }
     for name, kind in (("charts/web", Kind.ARTIFACT), ("broken/thing", Kind.UNKNOWN)):
         label = KIND_LABELS[kind]
         assert rows[name]["kinds"] == [label]
@@ -248,8 +292,10 @@ def test_every_kind_is_named_from_one_source(tmp_path):
     web = json.loads((out / "r" / "up.test" / "charts" / "web" / "repo.json").read_text())
     [facts] = web["manifests"].values()
     assert facts["kind"] == "artifact" and len(facts["layers"]) == 1 and "image" not in facts
-    assert "oras pull --plain-http mirror.site:5000/up.test/charts/web:1.0" in \
-        (out / "r" / "up.test" / "charts" / "web" / "index.html").read_text()
+    assert (
+        "oras pull --plain-http mirror.site:5000/up.test/charts/web:1.0"
+        in (out / "r" / "up.test" / "charts" / "web" / "index.html").read_text()
+    )
     broken = json.loads((out / "r" / "up.test" / "broken" / "thing" / "repo.json").read_text())
     [facts] = broken["manifests"].values()
     assert facts["problems"] and "layers" not in facts and "children" not in facts

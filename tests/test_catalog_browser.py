@@ -12,16 +12,23 @@ from tests.conftest import UPSTREAM_PREFIX
 from tests.support.catalog_cache import XSS
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             headless=True)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
         yield browser
         browser.close()
 
@@ -46,8 +53,12 @@ def test_search_box_filters_the_list_offline(page, site: Path):
     everything = _visible_repositories(page)
     assert len(everything) >= 10
     page.get_by_label("Filter").fill("sif")
-    assert sorted(_visible_repositories(page)) == ["bad/sif", "sif/legacy", "sif/tool",
-                                                   "sif/zeroconfig"]
+    assert sorted(_visible_repositories(page)) == [
+        "bad/sif",
+        "sif/legacy",
+        "sif/tool",
+        "sif/zeroconfig",
+    ]
     page.get_by_label("Filter").fill("tools 2.0")  # every word must match
     assert _visible_repositories(page) == ["tools/beta"]
     page.get_by_label("Filter").fill("arm64")
@@ -71,7 +82,8 @@ def test_script_in_a_label_does_not_run(page, site: Path):
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     pages = [site / "index.html"] + sorted(
-        (site / "r" / UPSTREAM_PREFIX / "hostile" / "labels").glob("*.html"))
+        (site / "r" / UPSTREAM_PREFIX / "hostile" / "labels").glob("*.html")
+    )
     for path in pages:
         page.goto(path.as_uri())
         assert page.evaluate("window.__xss") is None

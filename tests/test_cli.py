@@ -8,25 +8,35 @@ import pytest
 
 
 def mirror(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mirror.cli", *args], capture_output=True,
-                          text=True, timeout=60, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "mirror.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture
 def site(tmp_path):
     path = tmp_path / "site.toml"
-    path.write_text(f'[cache]\nroot = "{tmp_path / "cache"}"\nindex_dir = "{tmp_path / "idx"}"\n'
-                    '[upstreams.a]\nurl = "http://127.0.0.1:9"\nprefix = "a.io"\n'
-                    'default = true\n')
+    path.write_text(
+        f'[cache]\nroot = "{tmp_path / "cache"}"\nindex_dir = "{tmp_path / "idx"}"\n'
+        '[upstreams.a]\nurl = "http://127.0.0.1:9"\nprefix = "a.io"\n'
+        "default = true\n"
+    )
     return path
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["gc", "--max-size", "5X"], "error: not a size: '5X'"),
-    (["gc", "--max-size", "1G", "--older-than", "soon"], "error: not an age: 'soon'"),
-    (["prefetch", "--file", "/nonexistent/list.txt"], "error: cannot read /nonexistent"),
-    (["export", "out.tar"], "error: name images as arguments or with --file"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["gc", "--max-size", "5X"], "error: not a size: '5X'"),
+        (["gc", "--max-size", "1G", "--older-than", "soon"], "error: not an age: 'soon'"),
+        (["prefetch", "--file", "/nonexistent/list.txt"], "error: cannot read /nonexistent"),
+        (["export", "out.tar"], "error: name images as arguments or with --file"),
+    ],
+)
 def test_what_the_user_gave_is_one_error_line_and_exit_2(site, tmp_path, args, message):
     result = mirror(*args, "--config", str(site), cwd=tmp_path)
     assert result.returncode == 2, result.stderr

@@ -58,15 +58,24 @@ def test_skopeo_copies_a_whole_multi_arch_index(proxy, seeded, tmp_path):
 def test_skopeo_inspect_by_digest(proxy, seeded):
     image = seeded["tools/beta:2.0"]
     result = subprocess.run(
-        ["skopeo", "inspect", "--tls-verify=false", "--raw",
-         f"docker://{proxy.host}/{UPSTREAM_PREFIX}/tools/beta@{image.digest}"],
-        capture_output=True, timeout=60)
+        [
+            "skopeo",
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            f"docker://{proxy.host}/{UPSTREAM_PREFIX}/tools/beta@{image.digest}",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == image.manifest
 
 
-@pytest.mark.parametrize("reference", ["sif/tool:1.0", "sif/legacy:oras-go-v1",
-                                       "sif/dockerv2:1.3.0", "sif/zeroconfig:3.7"])
+@pytest.mark.parametrize(
+    "reference",
+    ["sif/tool:1.0", "sif/legacy:oras-go-v1", "sif/dockerv2:1.3.0", "sif/zeroconfig:3.7"],
+)
 def test_oras_sdk_pulls_sif_byte_identical(proxy, seeded, tmp_path, reference):
     image = seeded[reference]
     files = oras_pull(proxy.host, reference, tmp_path)

@@ -31,9 +31,11 @@ def test_embedded_default_is_the_project_config_toml():
 def test_site_file_merges_over_defaults_and_replaces_upstreams(tmp_path, monkeypatch):
     monkeypatch.setenv("SITE_PW", "s3cret")
     site = tmp_path / "site.toml"
-    site.write_text('[server]\nport = 6000\n[cache]\nroot = "data"\n'
-                    '[upstreams.internal]\nurl = "http://127.0.0.1:9999"\nprefix = "reg.site"\n'
-                    'username = "robot"\npassword_env = "SITE_PW"\n')
+    site.write_text(
+        '[server]\nport = 6000\n[cache]\nroot = "data"\n'
+        '[upstreams.internal]\nurl = "http://127.0.0.1:9999"\nprefix = "reg.site"\n'
+        'username = "robot"\npassword_env = "SITE_PW"\n'
+    )
     cfg = config.load(site)
     assert cfg.server.port == 6000 and cfg.server.host == "127.0.0.1"
     assert cfg.cache.root == tmp_path / "data"
@@ -44,17 +46,24 @@ def test_site_file_merges_over_defaults_and_replaces_upstreams(tmp_path, monkeyp
 
 def test_every_problem_is_reported_with_file_and_key(tmp_path):
     site = tmp_path / "bad.toml"
-    site.write_text('[server]\nport = "x"\nhots = "a"\n[cache]\ntag_ttl_seconds = -1\n'
-                    '[upstreams.a]\nurl = "ftp://x"\nprefix = "A B"\npassword = "p"\n'
-                    '[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n'
-                    'password_env = "NOPE_NOT_SET_VAR"\nusername = "u"\n')
+    site.write_text(
+        '[server]\nport = "x"\nhots = "a"\n[cache]\ntag_ttl_seconds = -1\n'
+        '[upstreams.a]\nurl = "ftp://x"\nprefix = "A B"\npassword = "p"\n'
+        '[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n'
+        'password_env = "NOPE_NOT_SET_VAR"\nusername = "u"\n'
+    )
     with pytest.raises(ConfigError) as caught:
         config.load(site)
     text = str(caught.value)
-    for expected in ("server.port: must be int", "server.hots: unknown key",
-                     "cache.tag_ttl_seconds: must be >= 0", "upstreams.a.url: must be http",
-                     "upstreams.a.prefix", "upstreams.a.password: never put a password",
-                     "upstreams.b.password_env: environment variable 'NOPE_NOT_SET_VAR'"):
+    for expected in (
+        "server.port: must be int",
+        "server.hots: unknown key",
+        "cache.tag_ttl_seconds: must be >= 0",
+        "upstreams.a.url: must be http",
+        "upstreams.a.prefix",
+        "upstreams.a.password: never put a password",
+        "upstreams.b.password_env: environment variable 'NOPE_NOT_SET_VAR'",
+    ):
         assert expected in text
     assert all(line.startswith(str(site)) for line in text.splitlines())
 
@@ -62,8 +71,12 @@ def test_every_problem_is_reported_with_file_and_key(tmp_path):
 def test_cli_exits_2_naming_the_file_and_key(tmp_path):
     site = tmp_path / "bad.toml"
     site.write_text("[server]\nport = 70000\n")
-    result = subprocess.run([sys.executable, "-m", "mirror.cli", "serve", "--config", str(site)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "mirror.cli", "serve", "--config", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert f"{site}: server.port: must be 1-65535" in result.stderr
 
@@ -85,8 +98,12 @@ def test_fixed_tables_take_their_defaults_from_config_toml_alone():
     for table in ("server", "client"):
         for key, value in defaults[table].items():
             assert getattr(getattr(cfg, table), key) == value, f"{table}.{key}"
-    for key in ("tag_ttl_seconds", "max_stale_seconds", "manifest_memory_mib",
-                "fill_stale_seconds"):
+    for key in (
+        "tag_ttl_seconds",
+        "max_stale_seconds",
+        "manifest_memory_mib",
+        "fill_stale_seconds",
+    ):
         assert getattr(cfg.cache, key) == defaults["cache"][key], f"cache.{key}"
     assert cfg.catalog.title == defaults["catalog"]["title"]
     assert cfg.catalog.serve is defaults["catalog"]["serve"]
@@ -94,61 +111,106 @@ def test_fixed_tables_take_their_defaults_from_config_toml_alone():
 
 def test_an_upstream_needs_url_and_prefix_and_defaults_the_rest(tmp_path):
     site = tmp_path / "site.toml"
-    site.write_text('[upstreams.a]\nmode = "offline"\n'
-                    '[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n')
+    site.write_text(
+        '[upstreams.a]\nmode = "offline"\n'
+        '[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n'
+    )
     with pytest.raises(ConfigError) as caught:
         config.load(site)
     assert caught.value.problems == ["upstreams.a.url: missing", "upstreams.a.prefix: missing"]
     site.write_text('[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n')
     (upstream,) = config.load(site).upstreams
-    assert (upstream.default, upstream.library_namespace, upstream.offline,
-            upstream.username) == (False, "", False, "")
+    assert (upstream.default, upstream.library_namespace, upstream.offline, upstream.username) == (
+        False,
+        "",
+        False,
+        "",
+    )
 
 
 def test_a_wrong_type_names_the_key_and_parsing_goes_on(tmp_path):
     site = tmp_path / "site.toml"
-    site.write_text('[client]\nretries = 1.5\nread_timeout_seconds = 0\n[catalog]\nserve = "yes"\n'
-                    '[cache]\npins = "alpine"\n')
+    site.write_text(
+        '[client]\nretries = 1.5\nread_timeout_seconds = 0\n[catalog]\nserve = "yes"\n'
+        '[cache]\npins = "alpine"\n'
+    )
     with pytest.raises(ConfigError) as caught:
         config.load(site)
-    assert sorted(caught.value.problems) == ["cache.pins: must be list, got 'alpine'",
-                                             "catalog.serve: must be bool, got 'yes'",
-                                             "client.read_timeout_seconds: must be > 0",
-                                             "client.retries: must be int, got 1.5"]
+    assert sorted(caught.value.problems) == [
+        "cache.pins: must be list, got 'alpine'",
+        "catalog.serve: must be bool, got 'yes'",
+        "client.read_timeout_seconds: must be > 0",
+        "client.retries: must be int, got 1.5",
+    ]
 
 
 def test_an_empty_password_is_refused_at_start(tmp_path, monkeypatch):
     monkeypatch.setenv("EMPTY_PW", "")
     (tmp_path / "pw").write_text("\n")
     site = tmp_path / "site.toml"
-    site.write_text('[upstreams.a]\nurl = "https://a.example"\nprefix = "a.io"\n'
-                    'username = "u"\npassword_env = "EMPTY_PW"\n'
-                    '[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n'
-                    'username = "u"\npassword_file = "pw"\n')
+    site.write_text(
+        '[upstreams.a]\nurl = "https://a.example"\nprefix = "a.io"\n'
+        'username = "u"\npassword_env = "EMPTY_PW"\n'
+        '[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\n'
+        'username = "u"\npassword_file = "pw"\n'
+    )
     with pytest.raises(ConfigError) as caught:
         config.load(site)
     assert caught.value.problems == [
         "upstreams.a.password_env: environment variable 'EMPTY_PW' is empty",
-        f"upstreams.b.password_file: {tmp_path / 'pw'} is empty"]
+        f"upstreams.b.password_file: {tmp_path / 'pw'} is empty",
+    ]
 
 
-TEXTS = st.text(max_size=20) | st.text(st.sampled_from("ab:/[]\x00.1-~"), max_size=12) | \
-    st.sampled_from(["http://[::1", "https://h:99999", "https://h.example", "./x", ""])
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), TEXTS,
-                   st.lists(st.text(max_size=5), max_size=3),
-                   st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+TEXTS = (
+    st.text(max_size=20)
+    | st.text(st.sampled_from("ab:/[]\x00.1-~"), max_size=12)
+    | st.sampled_from(["http://[::1", "https://h:99999", "https://h.example", "./x", ""])
+)
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    TEXTS,
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
 TABLES = st.sampled_from(["server", "cache", "client", "catalog", "upstreams", "nonsense"])
-KEYS = st.sampled_from(["host", "port", "root", "index_dir", "tag_ttl_seconds", "pins",
-                        "retries", "read_timeout_seconds", "mirror_url", "serve", "out",
-                        "sif_tree", "url", "prefix", "mode", "default", "password_file", "x"])
+KEYS = st.sampled_from(
+    [
+        "host",
+        "port",
+        "root",
+        "index_dir",
+        "tag_ttl_seconds",
+        "pins",
+        "retries",
+        "read_timeout_seconds",
+        "mirror_url",
+        "serve",
+        "out",
+        "sif_tree",
+        "url",
+        "prefix",
+        "mode",
+        "default",
+        "password_file",
+        "x",
+    ]
+)
 
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.dictionaries(TABLES, st.dictionaries(KEYS, VALUES | st.dictionaries(KEYS, VALUES),
-                                                 max_size=4), max_size=3))
+@given(
+    st.dictionaries(
+        TABLES,
+        st.dictionaries(KEYS, VALUES | st.dictionaries(KEYS, VALUES), max_size=4),
+        max_size=3,
+    )
+)
 def test_any_config_loads_or_names_every_problem(tmp_path, data):
-    data = {table: {k: v for k, v in keys.items() if v is not None}
-            for table, keys in data.items()}
+    data = {table: {k: v for k, v in keys.items() if v is not None} for table, keys in data.items()}
     try:
         cfg = config.load(None, data)
     except ConfigError as exc:
@@ -157,13 +219,16 @@ def test_any_config_loads_or_names_every_problem(tmp_path, data):
     assert 0 < cfg.server.port < 65536 and cfg.client.retries >= 0
 
 
-@pytest.mark.parametrize(("table", "expected"), [
-    ({"cache": {"root": "a\x00b"}}, "cache.root: a path cannot contain a NUL byte"),
-    ({"cache": {"root": ""}}, "cache.root: must name a directory"),
-    ({"cache": {"tag_ttl_seconds": float("nan")}}, "cache.tag_ttl_seconds: must be a finite"),
-    ({"upstreams": {"a": {"url": "http://[::1", "prefix": "a"}}}, "upstreams.a.url: must be"),
-    ({"upstreams": {"a": {"url": "http://a:99999", "prefix": "a"}}}, "upstreams.a.url: must"),
-])
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({"cache": {"root": "a\x00b"}}, "cache.root: a path cannot contain a NUL byte"),
+        ({"cache": {"root": ""}}, "cache.root: must name a directory"),
+        ({"cache": {"tag_ttl_seconds": float("nan")}}, "cache.tag_ttl_seconds: must be a finite"),
+        ({"upstreams": {"a": {"url": "http://[::1", "prefix": "a"}}}, "upstreams.a.url: must be"),
+        ({"upstreams": {"a": {"url": "http://a:99999", "prefix": "a"}}}, "upstreams.a.url: must"),
+    ],
+)
 def test_values_that_once_crashed_the_parser_are_config_errors(table, expected):
     with pytest.raises(ConfigError) as caught:
         config.load(None, table)

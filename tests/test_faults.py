@@ -27,8 +27,7 @@ def faulty():
 
 
 def _proxy_for(make_proxy, server: FaultyUpstream, **client):
-    proxy = make_proxy({"faulty": {"url": server.url, "prefix": "faulty.test",
-                                   "default": True}})
+    proxy = make_proxy({"faulty": {"url": server.url, "prefix": "faulty.test", "default": True}})
     return proxy
 
 
@@ -56,8 +55,9 @@ def test_broken_body_aborts_the_response_and_stores_nothing(make_proxy, faulty, 
     proxy = _proxy_for(make_proxy, server)
     status, received, length = _raw_blob_get(proxy, server.layer_path)
     # Either an error before any byte, or a response cut short of its Content-Length.
-    assert status >= 500 or (status == 200 and length == server.layer_size
-                             and received < server.layer_size)
+    assert status >= 500 or (
+        status == 200 and length == server.layer_size and received < server.layer_size
+    )
     time.sleep(0.2)
     assert server.layer_digest.split(":")[1] not in proxy.stored_blobs()
     assert proxy.temp_files() == []

@@ -20,8 +20,9 @@ def test_gc_evicts_least_recently_used_and_keeps_pinned_and_shared(private_upstr
     client = RegistryClient(private_upstream.url)
     seeded = seed_all(client)
     client.close()
-    config = proxy_config(tmp_path, {"u": upstream_entry(private_upstream.url)},
-                          pins=[f"{UPSTREAM_PREFIX}/big/blob"])
+    config = proxy_config(
+        tmp_path, {"u": upstream_entry(private_upstream.url)}, pins=[f"{UPSTREAM_PREFIX}/big/blob"]
+    )
     path = tmp_path / "mirror.toml"
     path.write_text(toml_text(config))
     for image in ORDER:  # one at a time: each tag is confirmed a little later

@@ -43,10 +43,8 @@ def cache_roots(request, tmp_path):
 def _pair(make_proxy, server, cache_roots):
     upstreams = {"f": {"url": server.url, "prefix": "f.test", "default": True}}
     # Allow for the ~1 s attribute lag of a network filesystem in the heartbeat.
-    first = make_proxy(upstreams, name="node-a", root=str(cache_roots[0]),
-                       fill_stale_seconds=4)
-    second = make_proxy(upstreams, name="node-b", root=str(cache_roots[1]),
-                        fill_stale_seconds=4)
+    first = make_proxy(upstreams, name="node-a", root=str(cache_roots[0]), fill_stale_seconds=4)
+    second = make_proxy(upstreams, name="node-b", root=str(cache_roots[1]), fill_stale_seconds=4)
     return first, second
 
 
@@ -61,8 +59,9 @@ def _download(url: str) -> tuple[int, str]:
         return 0, repr(exc)
 
 
-def test_concurrent_misses_across_processes_cost_one_upstream_get(make_proxy, slow_upstream,
-                                                                  cache_roots):
+def test_concurrent_misses_across_processes_cost_one_upstream_get(
+    make_proxy, slow_upstream, cache_roots
+):
     first, second = _pair(make_proxy, slow_upstream, cache_roots)
     urls = [proxy.url + slow_upstream.layer_path for proxy in (first, second) * 8]
     with ThreadPoolExecutor(len(urls)) as pool:
@@ -73,15 +72,17 @@ def test_concurrent_misses_across_processes_cost_one_upstream_get(make_proxy, sl
     assert first.temp_files() == []
 
 
-def test_a_killed_filler_is_taken_over_and_its_followers_complete(make_proxy, slow_upstream,
-                                                                  cache_roots):
+def test_a_killed_filler_is_taken_over_and_its_followers_complete(
+    make_proxy, slow_upstream, cache_roots
+):
     first, second = _pair(make_proxy, slow_upstream, cache_roots)
     url_a = first.url + slow_upstream.layer_path
     with ThreadPoolExecutor(4) as pool:
         filler = pool.submit(_download, url_a)  # node A claims the fill
         time.sleep(0.6)
-        followers = [pool.submit(_download, second.url + slow_upstream.layer_path)
-                     for _ in range(3)]
+        followers = [
+            pool.submit(_download, second.url + slow_upstream.layer_path) for _ in range(3)
+        ]
         time.sleep(0.4)
         first._process.kill()  # SIGKILL, mid-fill
         results = [f.result() for f in followers]
@@ -109,11 +110,19 @@ def test_workers_share_the_port_and_stop_together(tmp_path, upstream, seeded):
         deadline = time.monotonic() + 20  # the second worker may still be starting
         while not ("mirror-worker-0" in proxy.log() and "mirror-worker-1" in proxy.log()):
             assert time.monotonic() < deadline, "one worker never answered"
-            response = requests.get(f"{proxy.url}/v2/tools/alpha/manifests/1.0",
-                                    headers={"Accept": image.media_type}, timeout=10)
+            response = requests.get(
+                f"{proxy.url}/v2/tools/alpha/manifests/1.0",
+                headers={"Accept": image.media_type},
+                timeout=10,
+            )
             assert response.content == image.manifest
     time.sleep(0.5)
     import os
-    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
-             and "Z" not in open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]]
+
+    alive = [
+        pid
+        for pid in children
+        if os.path.exists(f"/proc/{pid}")
+        and "Z" not in open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
+    ]
     assert alive == []

@@ -13,5 +13,4 @@ def test_metadata_reads_through_to_the_store(tmp_path):
     with open_node_db(tmp_path / "index-a") as db:
         MetadataCache(db, store).put_tag(REPO, "1.0", TagRecord(Digest("a" * 64), "a/x", 10.0))
     with open_node_db(tmp_path / "index-b") as db:  # another node: empty database
-        assert MetadataCache(db, store).tag(REPO, "1.0") == TagRecord(Digest("a" * 64), "a/x",
-                                                                       10.0)
+        assert MetadataCache(db, store).tag(REPO, "1.0") == TagRecord(Digest("a" * 64), "a/x", 10.0)

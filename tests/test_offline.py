@@ -18,9 +18,13 @@ ACCEPT = {"Accept": oci.ACCEPT_ALL_MANIFESTS}
 def _publish(registry, repository: str, tag: str):
     client = RegistryClient(registry.url)
     try:
-        [image] = publish_image(client, repository, [tag],
-                                oci.ImageConfigSpec(title=repository, version=tag),
-                                [oci.make_layer(f"{repository}:{tag}", {"f": 4000}, "F")])
+        [image] = publish_image(
+            client,
+            repository,
+            [tag],
+            oci.ImageConfigSpec(title=repository, version=tag),
+            [oci.make_layer(f"{repository}:{tag}", {"f": 4000}, "F")],
+        )
     finally:
         client.close()
     return image
@@ -37,8 +41,12 @@ def test_offline_upstream_serves_the_cache_and_is_never_contacted(make_proxy, pr
     paths += [f"/v2/air/gapped/blobs/{blob['digest']}" for blob in image.blobs]
     expected = {path: _get(online, path).content for path in paths}
     online.stop()
-    offline = make_proxy({"u": upstream_entry(private_upstream.url, mode="offline")},
-                         name="offline", root=str(online.cache_root), tag_ttl_seconds=0)
+    offline = make_proxy(
+        {"u": upstream_entry(private_upstream.url, mode="offline")},
+        name="offline",
+        root=str(online.cache_root),
+        tag_ttl_seconds=0,
+    )
     since = private_upstream.mark()
     for path in paths:
         response = _get(offline, path)
@@ -55,9 +63,10 @@ def test_offline_upstream_serves_the_cache_and_is_never_contacted(make_proxy, pr
 def test_circuit_breaker_stops_waiting_on_a_failing_upstream(make_proxy):
     server = FaultyUpstream("status500").start()
     try:
-        proxy = make_proxy({"f": {"url": server.url, "prefix": "f.test", "default": True}},
-                           client={"retries": 1, "breaker_failures": 2,
-                                   "breaker_cooldown_seconds": 2})
+        proxy = make_proxy(
+            {"f": {"url": server.url, "prefix": "f.test", "default": True}},
+            client={"retries": 1, "breaker_failures": 2, "breaker_cooldown_seconds": 2},
+        )
         for _ in range(2):
             assert _get(proxy, server.layer_path).status_code == 502
         tried = server.count()
@@ -77,8 +86,12 @@ def test_circuit_breaker_stops_waiting_on_a_failing_upstream(make_proxy):
 
 def test_stale_answers_are_bounded_by_max_stale_seconds(make_proxy, private_upstream):
     image = _publish(private_upstream, "stale/img", "1.0")
-    proxy = make_proxy({"u": upstream_entry(private_upstream.url)}, tag_ttl_seconds=0.1,
-                       max_stale_seconds=1.5, client={"breaker_failures": 0})
+    proxy = make_proxy(
+        {"u": upstream_entry(private_upstream.url)},
+        tag_ttl_seconds=0.1,
+        max_stale_seconds=1.5,
+        client={"breaker_failures": 0},
+    )
     assert _get(proxy, "/v2/stale/img/manifests/1.0").content == image.manifest
     private_upstream.stop()
     time.sleep(0.2)  # past the TTL: the proxy must ask, fail, and fall back

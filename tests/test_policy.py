@@ -32,9 +32,9 @@ def test_circuit_breaker_opens_cools_down_and_tries_once():
     breaker.failed(2)
     assert not breaker.allow(2.5) and not breaker.allow(11.9)
     assert breaker.retry_in(5) == 7
-    assert breaker.allow(12)       # half-open: one trial request
+    assert breaker.allow(12)  # half-open: one trial request
     assert not breaker.allow(12.1)  # while it runs, others still fail fast
-    breaker.failed(13)              # the trial failed: open again at once
+    breaker.failed(13)  # the trial failed: open again at once
     assert not breaker.allow(14) and breaker.allow(23)
     breaker.succeeded()
     assert breaker.allow(23.1) and breaker.failures == 0

@@ -12,8 +12,7 @@ from tests.support.proxy import ProxyProcess, proxy_config, run_mirror, toml_tex
 from tests.support.registry import RegistryProcess, free_port
 from tests.support.seed import RegistryClient, seed_all
 
-IMAGES = ["tools/alpha:1.0", "multi/app:1.0", "legacy/dockerimg:v2", "sif/tool:1.0",
-          "big/blob:1.0"]
+IMAGES = ["tools/alpha:1.0", "multi/app:1.0", "legacy/dockerimg:v2", "sif/tool:1.0", "big/blob:1.0"]
 
 
 def _config(tmp_path, registry_url: str) -> tuple[dict, object]:
@@ -34,19 +33,25 @@ def test_prefetch_then_serve_with_the_upstream_stopped(tmp_path):
         client.close()
         config, path = _config(tmp_path, registry.url)
         listing = tmp_path / "images.txt"
-        listing.write_text("# site images\n" + "\n".join(
-            f"{UPSTREAM_PREFIX}/{image}" for image in IMAGES[:3]) + "\n")
-        first = _prefetch(path, "--file", str(listing), f"{UPSTREAM_PREFIX}/{IMAGES[3]}",
-                          IMAGES[4])
+        listing.write_text(
+            "# site images\n"
+            + "\n".join(f"{UPSTREAM_PREFIX}/{image}" for image in IMAGES[:3])
+            + "\n"
+        )
+        first = _prefetch(path, "--file", str(listing), f"{UPSTREAM_PREFIX}/{IMAGES[3]}", IMAGES[4])
         assert first.returncode == 0, first.stderr
         assert "prefetch" in first.stderr and "failed" not in first.stderr
         blob_gets = registry.count("GET", "/blobs/")
-        expected_blobs = {b["digest"] for image in IMAGES for i in [seeded[image]]
-                          for m in [i, *i.children] for b in m.blobs}
+        expected_blobs = {
+            b["digest"]
+            for image in IMAGES
+            for i in [seeded[image]]
+            for m in [i, *i.children]
+            for b in m.blobs
+        }
         assert blob_gets == len(expected_blobs)
         since = registry.mark()
-        again = _prefetch(path, "--file", str(listing), f"{UPSTREAM_PREFIX}/{IMAGES[3]}",
-                          IMAGES[4])
+        again = _prefetch(path, "--file", str(listing), f"{UPSTREAM_PREFIX}/{IMAGES[3]}", IMAGES[4])
         assert again.returncode == 0, again.stderr
         assert registry.count("GET", "/blobs/", since=since) == 0  # resumable: nothing missing
     # upstream gone: real clients pull from the prefetched cache
@@ -57,22 +62,30 @@ def test_prefetch_then_serve_with_the_upstream_stopped(tmp_path):
         files = oras_pull(proxy.host, "sif/tool:1.0", tmp_path / "sif")
         assert open(files[0], "rb").read() == seeded["sif/tool:1.0"].sif.data
         big = seeded["big/blob:1.0"]
-        response = requests.get(f"{proxy.url}/v2/big/blob/blobs/{big.layers[0]['digest']}",
-                                timeout=60)
+        response = requests.get(
+            f"{proxy.url}/v2/big/blob/blobs/{big.layers[0]['digest']}", timeout=60
+        )
         assert response.status_code == 200 and len(response.content) == big.layers[0]["size"]
 
 
 def test_platform_filter_and_failures_are_reported(upstream, seeded, tmp_path):
     _, path = _config(tmp_path, upstream.url)
-    result = _prefetch(path, "--platform", "linux/arm64", f"{UPSTREAM_PREFIX}/multi/app:1.0",
-                       f"{UPSTREAM_PREFIX}/does/not-exist:1.0", f"{UPSTREAM_PREFIX}/Bad Name")
+    result = _prefetch(
+        path,
+        "--platform",
+        "linux/arm64",
+        f"{UPSTREAM_PREFIX}/multi/app:1.0",
+        f"{UPSTREAM_PREFIX}/does/not-exist:1.0",
+        f"{UPSTREAM_PREFIX}/Bad Name",
+    )
     assert result.returncode == 1
-    assert "failed up.test/does/not-exist:1.0: MANIFEST_UNKNOWN" in " ".join(
-        result.stderr.split())
+    assert "failed up.test/does/not-exist:1.0: MANIFEST_UNKNOWN" in " ".join(result.stderr.split())
     assert "Bad Name" in result.stderr and "NAME_INVALID" in result.stderr
     index = seeded["multi/app:1.0"]
-    platforms = {entry["digest"]: entry["platform"]["architecture"]
-                 for entry in json.loads(index.manifest)["manifests"]}
+    platforms = {
+        entry["digest"]: entry["platform"]["architecture"]
+        for entry in json.loads(index.manifest)["manifests"]
+    }
     cached = {p.name for p in (tmp_path / "cache" / "blobs" / "sha256").glob("*/*")}
     for child in index.children:
         blobs = {b["digest"][7:] for b in child.blobs}
@@ -87,4 +100,5 @@ def test_a_platform_no_index_holds_is_reported(upstream, seeded, tmp_path):
     result = _prefetch(path, "--platform", "plan9/mips", f"{UPSTREAM_PREFIX}/multi/app:1.0")
     assert result.returncode == 1
     assert "MANIFEST_UNKNOWN: no manifest for platform plan9/mips" in " ".join(
-        result.stderr.split())
+        result.stderr.split()
+    )

@@ -44,14 +44,14 @@ def test_every_manifest_kind_passes_byte_exact(proxy, seeded):
         assert response.headers["ETag"] == f'"{image.digest}"'
         assert int(response.headers["Content-Length"]) == len(image.manifest)
         kinds.add(image.media_type)
-    assert kinds >= {oci.OCI_MANIFEST, oci.OCI_INDEX, oci.DOCKER_MANIFEST,
-                     oci.DOCKER_MANIFEST_LIST}
+    assert kinds >= {oci.OCI_MANIFEST, oci.OCI_INDEX, oci.DOCKER_MANIFEST, oci.DOCKER_MANIFEST_LIST}
 
 
 def test_head_manifest_has_the_headers_and_no_body(proxy, seeded):
     image = seeded["tools/alpha:1.0"]
-    response = requests.head(f"{proxy.url}/v2/{image.repository}/manifests/1.0",
-                             headers=ACCEPT, timeout=10)
+    response = requests.head(
+        f"{proxy.url}/v2/{image.repository}/manifests/1.0", headers=ACCEPT, timeout=10
+    )
     assert response.status_code == 200
     assert response.headers["Docker-Content-Digest"] == image.digest
     assert int(response.headers["Content-Length"]) == len(image.manifest)
@@ -61,9 +61,11 @@ def test_head_manifest_has_the_headers_and_no_body(proxy, seeded):
 
 def test_routing_by_prefix_by_ns_and_default(proxy, seeded):
     image = seeded["tools/alpha:1.0"]
-    paths = [f"/v2/{UPSTREAM_PREFIX}/tools/alpha/manifests/1.0",
-             f"/v2/tools/alpha/manifests/1.0?ns={UPSTREAM_PREFIX}",
-             "/v2/tools/alpha/manifests/1.0"]
+    paths = [
+        f"/v2/{UPSTREAM_PREFIX}/tools/alpha/manifests/1.0",
+        f"/v2/tools/alpha/manifests/1.0?ns={UPSTREAM_PREFIX}",
+        "/v2/tools/alpha/manifests/1.0",
+    ]
     for path in paths:
         response = _get(proxy, path, headers=ACCEPT)
         assert response.status_code == 200, path
@@ -85,8 +87,13 @@ def test_library_namespace_for_one_component_names(make_proxy, upstream, seeded)
     client = RegistryClient(upstream.url)
     layer = oci.make_layer("busybox", {"bin/busybox": 1000}, "COPY busybox /bin/")
     try:
-        [image] = publish_image(client, "library/busybox", ["1.36"],
-                                oci.ImageConfigSpec(title="busybox", version="1.36"), [layer])
+        [image] = publish_image(
+            client,
+            "library/busybox",
+            ["1.36"],
+            oci.ImageConfigSpec(title="busybox", version="1.36"),
+            [layer],
+        )
     finally:
         client.close()
     proxy = make_proxy({"hub": upstream_entry(upstream.url, library_namespace="library")})
@@ -126,10 +133,13 @@ def test_range_on_a_miss_is_answered_from_the_fill(proxy, seeded):
     image = seeded["big/blob:1.0"]
     blob = seeded.big_blob
     start = 40 * 1024 * 1024
-    response = _get(proxy, f"/v2/{image.repository}/blobs/{blob.digest}",
-                    headers={"Range": f"bytes={start}-{start + 99}"})
+    response = _get(
+        proxy,
+        f"/v2/{image.repository}/blobs/{blob.digest}",
+        headers={"Range": f"bytes={start}-{start + 99}"},
+    )
     assert response.status_code == 206
-    expected = b"".join(blob.chunks())[start:start + 100]
+    expected = b"".join(blob.chunks())[start : start + 100]
     assert response.content == expected
 
 
@@ -191,34 +201,44 @@ def _raw_get(proxy, path):
         connection.close()
 
 
-@pytest.mark.parametrize("path", [
-    "/v2/tools/../../etc/manifests/1.0",
-    "/v2/../../../etc/passwd/blobs/sha256:" + "0" * 64,
-    "/v2/tools/%2e%2e/%2e%2e/etc/manifests/1.0",
-    "/v2/tools/..%2f..%2fetc/manifests/1.0",
-    "/v2/tools/alpha/manifests/..%2f..%2fx",
-    "/v2/tools/alpha/blobs/..%2f..%2fsha256:" + "0" * 64,
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/tools/../../etc/manifests/1.0",
+        "/v2/../../../etc/passwd/blobs/sha256:" + "0" * 64,
+        "/v2/tools/%2e%2e/%2e%2e/etc/manifests/1.0",
+        "/v2/tools/..%2f..%2fetc/manifests/1.0",
+        "/v2/tools/alpha/manifests/..%2f..%2fx",
+        "/v2/tools/alpha/blobs/..%2f..%2fsha256:" + "0" * 64,
+    ],
+)
 def test_dot_dot_never_leaves_the_name_grammar(proxy, upstream, seeded, path):
     since = upstream.mark()
     status, body = _raw_get(proxy, path)
     assert status in (400, 404)
-    assert body["errors"][0]["code"] in ("NAME_INVALID", "NAME_UNKNOWN", "TAG_INVALID",
-                                         "DIGEST_INVALID")
+    assert body["errors"][0]["code"] in (
+        "NAME_INVALID",
+        "NAME_UNKNOWN",
+        "TAG_INVALID",
+        "DIGEST_INVALID",
+    )
     assert upstream.count(since=since) == 0
     assert not any(".." in p.name for p in proxy.cache_root.rglob("*"))
 
 
-@pytest.mark.parametrize("path,status,code", [
-    ("/v2/Tools/Alpha/manifests/1.0", 400, "NAME_INVALID"),
-    ("/v2/tools//alpha/manifests/1.0", 400, "NAME_INVALID"),
-    ("/v2/tools/alpha/manifests/.hidden", 400, "TAG_INVALID"),
-    ("/v2/tools/alpha/manifests/sha256:1234", 400, "DIGEST_INVALID"),
-    ("/v2/tools/alpha/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"),
-    ("/v2/tools/alpha/manifests/nope", 404, "MANIFEST_UNKNOWN"),
-    ("/v2/tools/alpha/blobs/sha256:" + "0" * 64, 404, "BLOB_UNKNOWN"),
-    ("/v2/does/not/exist/tags/list", 404, "NAME_UNKNOWN"),
-])
+@pytest.mark.parametrize(
+    "path,status,code",
+    [
+        ("/v2/Tools/Alpha/manifests/1.0", 400, "NAME_INVALID"),
+        ("/v2/tools//alpha/manifests/1.0", 400, "NAME_INVALID"),
+        ("/v2/tools/alpha/manifests/.hidden", 400, "TAG_INVALID"),
+        ("/v2/tools/alpha/manifests/sha256:1234", 400, "DIGEST_INVALID"),
+        ("/v2/tools/alpha/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"),
+        ("/v2/tools/alpha/manifests/nope", 404, "MANIFEST_UNKNOWN"),
+        ("/v2/tools/alpha/blobs/sha256:" + "0" * 64, 404, "BLOB_UNKNOWN"),
+        ("/v2/does/not/exist/tags/list", 404, "NAME_UNKNOWN"),
+    ],
+)
 def test_bad_requests_get_oci_errors(proxy, seeded, path, status, code):
     response = _get(proxy, path, headers=ACCEPT)
     assert response.status_code == status, response.text
@@ -226,13 +246,16 @@ def test_bad_requests_get_oci_errors(proxy, seeded, path, status, code):
     assert "Traceback" not in response.text
 
 
-@pytest.mark.parametrize("method,path", [
-    ("PUT", "/v2/tools/alpha/manifests/1.0"),
-    ("DELETE", "/v2/tools/alpha/manifests/1.0"),
-    ("POST", "/v2/tools/alpha/blobs/uploads/"),
-    ("PATCH", "/v2/tools/alpha/blobs/uploads/abc"),
-    ("DELETE", "/v2/tools/alpha/blobs/sha256:" + "0" * 64),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("PUT", "/v2/tools/alpha/manifests/1.0"),
+        ("DELETE", "/v2/tools/alpha/manifests/1.0"),
+        ("POST", "/v2/tools/alpha/blobs/uploads/"),
+        ("PATCH", "/v2/tools/alpha/blobs/uploads/abc"),
+        ("DELETE", "/v2/tools/alpha/blobs/sha256:" + "0" * 64),
+    ],
+)
 def test_push_methods_are_unsupported(proxy, method, path):
     response = requests.request(method, proxy.url + path, data=b"x", timeout=10)
     assert response.status_code == 405
@@ -241,8 +264,9 @@ def test_push_methods_are_unsupported(proxy, method, path):
 
 def test_accept_without_the_stored_type_is_refused(proxy, seeded):
     index = seeded["multi/app:1.0"]
-    response = _get(proxy, f"/v2/{index.repository}/manifests/1.0",
-                    headers={"Accept": oci.OCI_MANIFEST})
+    response = _get(
+        proxy, f"/v2/{index.repository}/manifests/1.0", headers={"Accept": oci.OCI_MANIFEST}
+    )
     assert response.status_code == 404 and _error_code(response) == "MANIFEST_UNKNOWN"
     anything = _get(proxy, f"/v2/{index.repository}/manifests/1.0", headers={"Accept": "*/*"})
     assert anything.status_code == 200 and anything.content == index.manifest
@@ -250,8 +274,11 @@ def test_accept_without_the_stored_type_is_refused(proxy, seeded):
 
 def test_conditional_get_with_etag(proxy, seeded):
     image = seeded["tools/alpha:1.0"]
-    response = _get(proxy, "/v2/tools/alpha/manifests/1.0",
-                    headers={**ACCEPT, "If-None-Match": f'"{image.digest}"'})
+    response = _get(
+        proxy,
+        "/v2/tools/alpha/manifests/1.0",
+        headers={**ACCEPT, "If-None-Match": f'"{image.digest}"'},
+    )
     assert response.status_code == 304
 
 

@@ -39,12 +39,14 @@ def test_pull_statistics_are_summed_across_nodes(tmp_path):
 
 
 def test_open_cache_publishes_this_nodes_pulls_when_it_closes(tmp_path):
-    config = load(None, {"cache": {"root": str(tmp_path / "cache"),
-                                   "index_dir": str(tmp_path / "index")}}).cache
+    config = load(
+        None, {"cache": {"root": str(tmp_path / "cache"), "index_dir": str(tmp_path / "index")}}
+    ).cache
     with open_cache(config) as (store, metadata, pulls):
         pulls.record(REPO, "1.0")
         assert store.list_repositories() == metadata.repositories() == []
     assert [p.name for p in (tmp_path / "cache" / "stats").iterdir()] == [
-        f"{node_name(tmp_path / 'index')}.json"]
+        f"{node_name(tmp_path / 'index')}.json"
+    ]
     with open_cache(config) as cache:  # the counts were kept in the node's database too
         assert _counts(cache.pulls) == {"1.0": 1}

@@ -8,15 +8,34 @@ from mirror.reference import Digest, ImageRef, check_name, check_tag, is_digest
 HEX = "a" * 64
 
 
-@pytest.mark.parametrize("name", ["alpine", "library/alpine", "a/b/c", "my-org/tool_x",
-                                  "a.b/c__d", "x" * 255])
+@pytest.mark.parametrize(
+    "name", ["alpine", "library/alpine", "a/b/c", "my-org/tool_x", "a.b/c__d", "x" * 255]
+)
 def test_valid_names(name):
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "..", "a/../b", "../etc", "a/./b", "/a", "a/", "A/b",
-                                  "a//b", "-a", "a-", "a/_b", "a b", "a\x00b", "x" * 256,
-                                  "a/%2e%2e/b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "..",
+        "a/../b",
+        "../etc",
+        "a/./b",
+        "/a",
+        "a/",
+        "A/b",
+        "a//b",
+        "-a",
+        "a-",
+        "a/_b",
+        "a b",
+        "a\x00b",
+        "x" * 256,
+        "a/%2e%2e/b",
+    ],
+)
 def test_invalid_names(name):
     with pytest.raises(NameInvalid):
         check_name(name)
@@ -27,8 +46,18 @@ def test_digest_parse_and_format():
     assert is_digest(f"sha256:{HEX}") and not is_digest("latest")
 
 
-@pytest.mark.parametrize("text", ["sha256:" + "A" * 64, "sha256:abc", "sha256:" + HEX + "0",
-                                  "sha256:../../etc/passwd", "md5:abc", HEX, "sha512:" + HEX])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sha256:" + "A" * 64,
+        "sha256:abc",
+        "sha256:" + HEX + "0",
+        "sha256:../../etc/passwd",
+        "md5:abc",
+        HEX,
+        "sha512:" + HEX,
+    ],
+)
 def test_bad_digests(text):
     with pytest.raises(DigestInvalid):
         Digest.parse(text)
@@ -40,13 +69,16 @@ def test_bad_tags(tag):
         check_tag(tag)
 
 
-@pytest.mark.parametrize("text,path,reference", [
-    ("alpine", "alpine", "latest"),
-    (" up.test/tools/alpha:1.0 ", "up.test/tools/alpha", "1.0"),
-    ("localhost:5000/app", "localhost:5000/app", "latest"),
-    ("localhost:5000/app:2", "localhost:5000/app", "2"),
-    (f"app@sha256:{HEX}", "app", f"sha256:{HEX}"),
-])
+@pytest.mark.parametrize(
+    "text,path,reference",
+    [
+        ("alpine", "alpine", "latest"),
+        (" up.test/tools/alpha:1.0 ", "up.test/tools/alpha", "1.0"),
+        ("localhost:5000/app", "localhost:5000/app", "latest"),
+        ("localhost:5000/app:2", "localhost:5000/app", "2"),
+        (f"app@sha256:{HEX}", "app", f"sha256:{HEX}"),
+    ],
+)
 def test_image_ref_parse(text, path, reference):
     assert ImageRef.parse(text) == ImageRef(path, reference)
 
@@ -72,8 +104,9 @@ def test_any_text_is_a_name_or_name_invalid(text):
         return
     parts = name.split("/")
     assert name == text and len(name) <= 255
-    assert all(part and part not in (".", "..") and not part.startswith(("_", ".", "-"))
-               for part in parts)
+    assert all(
+        part and part not in (".", "..") and not part.startswith(("_", ".", "-")) for part in parts
+    )
 
 
 @given(st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z"))

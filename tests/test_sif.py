@@ -61,8 +61,9 @@ def unsquashfs_facts(squashfs: bytes, tmp_path_factory: pytest.TempPathFactory) 
         pytest.skip("unsquashfs not installed")
     image = tmp_path_factory.mktemp("unsq") / "image.sqfs"
     image.write_bytes(squashfs)
-    out = subprocess.run(["unsquashfs", "-s", str(image)], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["unsquashfs", "-s", str(image)], check=True, capture_output=True, text=True
+    ).stdout
     return {
         "compression": re.search(r"^Compression (\S+)", out, re.M)[1],
         "block_size": int(re.search(r"^Block size (\d+)", out, re.M)[1]),
@@ -97,8 +98,7 @@ class OddObject(SifObject):
 # --- the standard example ------------------------------------------------------------------
 
 
-def test_example_sif_everything(squashfs: bytes, unsquashfs_facts: dict,
-                                tmp_path: Path) -> None:
+def test_example_sif_everything(squashfs: bytes, unsquashfs_facts: dict, tmp_path: Path) -> None:
     ex = example_sif(squashfs, name="tool", version="1.0", created=CREATED)
     path = tmp_path / "tool.sif"
     path.write_bytes(ex.data)
@@ -120,7 +120,7 @@ def test_example_sif_everything(squashfs: bytes, unsquashfs_facts: dict,
     assert [o.group for o in info.objects] == [1, 1, 1, None]
     assert [o.link for o in info.objects] == [None, None, None, "group 1"]
     for obj, written in zip(info.objects, ex.objects):
-        assert ex.data[obj.offset:obj.offset + obj.size] == written.data
+        assert ex.data[obj.offset : obj.offset + obj.size] == written.data
         assert obj.created == obj.modified == when
     assert info.objects[0].offset == DEFAULT_DATA_OFFSET
     assert info.objects[2].offset % 4096 == 0
@@ -134,7 +134,12 @@ def test_example_sif_everything(squashfs: bytes, unsquashfs_facts: dict,
 
     (part,) = info.partitions
     assert (part.object_id, part.fs_type, part.partition_type, part.arch, part.size) == (
-        3, "Squashfs", "PrimSys", "amd64", len(squashfs))
+        3,
+        "Squashfs",
+        "PrimSys",
+        "amd64",
+        len(squashfs),
+    )
     sq = part.squashfs
     assert sq is not None
     assert sq.compression == unsquashfs_facts["compression"]
@@ -146,7 +151,12 @@ def test_example_sif_everything(squashfs: bytes, unsquashfs_facts: dict,
 
     (sig,) = info.signatures
     assert (sig.object_id, sig.kind, sig.hash_type, sig.signs, sig.legacy) == (
-        4, "PGP", "SHA256", "group 1", False)
+        4,
+        "PGP",
+        "SHA256",
+        "group 1",
+        False,
+    )
     assert sig.fingerprint == hashlib.sha1(b"tool:1.0").hexdigest().upper()
     assert sig.fingerprint == ex.fingerprint.hex().upper()
     assert info.signed and not info.encrypted and not info.oci_sif
@@ -171,19 +181,30 @@ def test_unsigned(squashfs: bytes) -> None:
 
 
 def test_other_arch_and_partition_kinds(squashfs: bytes) -> None:
-    data = build_sif([
-        Partition(data=squashfs, arch="04"),
-        Partition(data=b"\0" * 200, fs_type=FsType.EXT3, part_type=PartitionType.OVERLAY,
-                  arch="12"),
-        Partition(data=b"x" * 10, fs_type=FsType.RAW, part_type=PartitionType.DATA, arch="00"),
-        Partition(data=b"y", fs_type=FsType.IMMUTABLE_OBJECT,
-                  part_type=PartitionType.SYSTEM, arch="11"),
-    ], created=CREATED)
+    data = build_sif(
+        [
+            Partition(data=squashfs, arch="04"),
+            Partition(
+                data=b"\0" * 200, fs_type=FsType.EXT3, part_type=PartitionType.OVERLAY, arch="12"
+            ),
+            Partition(data=b"x" * 10, fs_type=FsType.RAW, part_type=PartitionType.DATA, arch="00"),
+            Partition(
+                data=b"y",
+                fs_type=FsType.IMMUTABLE_OBJECT,
+                part_type=PartitionType.SYSTEM,
+                arch="11",
+            ),
+        ],
+        created=CREATED,
+    )
     info = read_sif(data)
     assert info.arch == "arm64"
     assert [(p.fs_type, p.partition_type, p.arch) for p in info.partitions] == [
-        ("Squashfs", "PrimSys", "arm64"), ("Ext3", "Overlay", "riscv64"),
-        ("Raw", "Data", "unknown"), ("Archive", "System", "s390x")]
+        ("Squashfs", "PrimSys", "arm64"),
+        ("Ext3", "Overlay", "riscv64"),
+        ("Raw", "Data", "unknown"),
+        ("Archive", "System", "s390x"),
+    ]
     assert [p.squashfs is None for p in info.partitions] == [False, True, True, True]
     assert info.definition is None and info.labels == {} and info.problems == ()
 
@@ -195,15 +216,28 @@ def test_header_arch_unknown_falls_back_to_primsys(squashfs: bytes) -> None:
 
 def test_apps_scripts_and_oci_config() -> None:
     apps = {"foo": {"runscript": "#!/bin/sh\nfoo\n", "labels": {"A": "1"}}}
-    oci_config = {"config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"],
-                             "Labels": {"maintainer": "me"}}}
-    info = read_sif(build_sif([
-        DefinitionFile(data="Bootstrap: docker\nFrom: x\n\u00e9\n".encode() + b"\xff"),
-        GenericJSON(name="inspect-metadata.json", data=metadata_json(
-            labels={"A": "b", "n": 3}, startscript="start", test="check", helpfile="help me",
-            apps=apps)),
-        GenericJSON(name="oci-config.json", data=json.dumps(oci_config).encode()),
-    ], created=CREATED))
+    oci_config = {
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "Labels": {"maintainer": "me"}}
+    }
+    info = read_sif(
+        build_sif(
+            [
+                DefinitionFile(data="Bootstrap: docker\nFrom: x\n\u00e9\n".encode() + b"\xff"),
+                GenericJSON(
+                    name="inspect-metadata.json",
+                    data=metadata_json(
+                        labels={"A": "b", "n": 3},
+                        startscript="start",
+                        test="check",
+                        helpfile="help me",
+                        apps=apps,
+                    ),
+                ),
+                GenericJSON(name="oci-config.json", data=json.dumps(oci_config).encode()),
+            ],
+            created=CREATED,
+        )
+    )
     assert info.definition == "Bootstrap: docker\nFrom: x\n\u00e9\n\ufffd"
     assert info.labels == {"A": "b", "n": "3"}
     assert (info.startscript, info.test, info.helpfile) == ("start", "check", "help me")
@@ -215,34 +249,67 @@ def test_apps_scripts_and_oci_config() -> None:
 
 
 def test_dsse_signature() -> None:
-    envelope = {"payloadType": "application/vnd.sylabs.sif-metadata+json",
-                "payload": "eyJ4IjoxfQ==" * 100, "signatures": [{"keyid": "", "sig": "AA=="}]}
-    info = read_sif(build_sif([
-        DefinitionFile(data=b"Bootstrap: scratch\n"),
-        Signature(data=json.dumps(envelope).encode(), hash_type=HashType.SHA512),
-    ], created=CREATED))
+    envelope = {
+        "payloadType": "application/vnd.sylabs.sif-metadata+json",
+        "payload": "eyJ4IjoxfQ==" * 100,
+        "signatures": [{"keyid": "", "sig": "AA=="}],
+    }
+    info = read_sif(
+        build_sif(
+            [
+                DefinitionFile(data=b"Bootstrap: scratch\n"),
+                Signature(data=json.dumps(envelope).encode(), hash_type=HashType.SHA512),
+            ],
+            created=CREATED,
+        )
+    )
     (sig,) = info.signatures
     assert (sig.kind, sig.hash_type, sig.fingerprint, sig.signs, sig.legacy) == (
-        "DSSE", "SHA512", None, "group 1", False)
+        "DSSE",
+        "SHA512",
+        None,
+        "group 1",
+        False,
+    )
     assert info.signed
 
 
 def test_legacy_signature_and_unknown_kind() -> None:
     fingerprint = bytes(range(1, 21))
-    info = read_sif(build_sif([
-        DefinitionFile(data=b"Bootstrap: scratch\n"),
-        Partition(data=b"not squashfs at all" * 10, fs_type=FsType.RAW),
-        Signature(name="part-signature", group=1, link_group=None, link_object=2,
-                  hash_type=HashType.SHA384, fingerprint=fingerprint,
-                  data=pgp_like_signature("SIFHASH:\n" + "ab" * 48)),
-        Signature(data=b"garbage", hash_type=HashType.BLAKE2B),
-    ], created=CREATED, data_offset=LEGACY_DATA_OFFSET))
+    info = read_sif(
+        build_sif(
+            [
+                DefinitionFile(data=b"Bootstrap: scratch\n"),
+                Partition(data=b"not squashfs at all" * 10, fs_type=FsType.RAW),
+                Signature(
+                    name="part-signature",
+                    group=1,
+                    link_group=None,
+                    link_object=2,
+                    hash_type=HashType.SHA384,
+                    fingerprint=fingerprint,
+                    data=pgp_like_signature("SIFHASH:\n" + "ab" * 48),
+                ),
+                Signature(data=b"garbage", hash_type=HashType.BLAKE2B),
+            ],
+            created=CREATED,
+            data_offset=LEGACY_DATA_OFFSET,
+        )
+    )
     legacy, odd = info.signatures
     assert (legacy.kind, legacy.hash_type, legacy.signs, legacy.legacy) == (
-        "PGP", "SHA384", "object 2", True)
+        "PGP",
+        "SHA384",
+        "object 2",
+        True,
+    )
     assert legacy.fingerprint == "0102030405060708090A0B0C0D0E0F1011121314"
     assert (odd.kind, odd.hash_type, odd.fingerprint, odd.legacy) == (
-        "unknown", "BLAKE2b", None, False)
+        "unknown",
+        "BLAKE2b",
+        None,
+        False,
+    )
     assert info.objects[2].group == 1 and info.objects[3].group is None
 
 
@@ -267,36 +334,59 @@ def test_legacy_data_offset(squashfs: bytes) -> None:
 
 
 def test_custom_descriptor_table_placement() -> None:
-    data = build_sif([DefinitionFile(data=b"x")], descriptors_capacity=3,
-                     descriptors_offset=1000, created=CREATED)
+    data = build_sif(
+        [DefinitionFile(data=b"x")],
+        descriptors_capacity=3,
+        descriptors_offset=1000,
+        created=CREATED,
+    )
     info = read_sif(data)
     assert (info.descriptors_total, info.descriptors_free) == (3, 2)
     assert info.data_offset == 1000 + 3 * 585 and info.definition == "x"
 
 
 def metadata_sif(labels: dict, *, created: int = GO_ZERO_TIME) -> bytes:
-    return build_sif([GenericJSON(name="inspect-metadata.json", data=metadata_json(
-        labels=labels))], created=created)
+    return build_sif(
+        [GenericJSON(name="inspect-metadata.json", data=metadata_json(labels=labels))],
+        created=created,
+    )
 
 
-@pytest.mark.parametrize(("labels", "expected"), [
-    ({"org.opencontainers.image.created": "2024-10-24T12:32:01+02:00",
-      "org.label-schema.build-date": "Monday_1_January_2001_1:1:1_UTC"},
-     dt.datetime(2024, 10, 24, 10, 32, 1, tzinfo=UTC)),
-    ({"org.opencontainers.image.created": "2024-10-24T10:32:01Z"},
-     dt.datetime(2024, 10, 24, 10, 32, 1, tzinfo=UTC)),
-    ({"org.label-schema.build-date": "Thursday_24_October_2024_10:32:1_UTC"},
-     dt.datetime(2024, 10, 24, 10, 32, 1, tzinfo=UTC)),
-    ({"org.opencontainers.image.created": "not a date",
-      "org.label-schema.build-date": "Thursday_24_October_2024_12:32:1_CEST"},
-     dt.datetime(2024, 10, 24, 10, 32, 1, tzinfo=UTC)),
-    ({"org.label-schema.build-date": "Friday_3_May_2024_9:5:7_+03"},
-     dt.datetime(2024, 5, 3, 6, 5, 7, tzinfo=UTC)),
-    ({"org.label-schema.build-date": "Friday_3_May_2024_9:5:7_XYZT"}, None),
-    ({"org.label-schema.build-date": "Friday_31_February_2024_9:5:7_UTC"}, None),
-    ({"org.label-schema.build-date": "yesterday"}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (
+            {
+                "org.opencontainers.image.created": "2024-10-24T12:32:01+02:00",
+                "org.label-schema.build-date": "Monday_1_January_2001_1:1:1_UTC",
+            },
+            dt.datetime(2024, 10, 24, 10, 32, 1, tzinfo=UTC),
+        ),
+        (
+            {"org.opencontainers.image.created": "2024-10-24T10:32:01Z"},
+            dt.datetime(2024, 10, 24, 10, 32, 1, tzinfo=UTC),
+        ),
+        (
+            {"org.label-schema.build-date": "Thursday_24_October_2024_10:32:1_UTC"},
+            dt.datetime(2024, 10, 24, 10, 32, 1, tzinfo=UTC),
+        ),
+        (
+            {
+                "org.opencontainers.image.created": "not a date",
+                "org.label-schema.build-date": "Thursday_24_October_2024_12:32:1_CEST",
+            },
+            dt.datetime(2024, 10, 24, 10, 32, 1, tzinfo=UTC),
+        ),
+        (
+            {"org.label-schema.build-date": "Friday_3_May_2024_9:5:7_+03"},
+            dt.datetime(2024, 5, 3, 6, 5, 7, tzinfo=UTC),
+        ),
+        ({"org.label-schema.build-date": "Friday_3_May_2024_9:5:7_XYZT"}, None),
+        ({"org.label-schema.build-date": "Friday_31_February_2024_9:5:7_UTC"}, None),
+        ({"org.label-schema.build-date": "yesterday"}, None),
+        ({}, None),
+    ],
+)
 def test_created_best_fallbacks(labels: dict, expected: dt.datetime | None) -> None:
     info = read_sif(metadata_sif(labels))
     assert info.created is None
@@ -304,8 +394,9 @@ def test_created_best_fallbacks(labels: dict, expected: dt.datetime | None) -> N
 
 
 def test_created_best_prefers_header() -> None:
-    info = read_sif(metadata_sif({"org.opencontainers.image.created": "2001-01-01T00:00:00Z"},
-                                 created=CREATED))
+    info = read_sif(
+        metadata_sif({"org.opencontainers.image.created": "2001-01-01T00:00:00Z"}, created=CREATED)
+    )
     assert info.created_best == dt.datetime.fromtimestamp(CREATED, UTC)
 
 
@@ -314,7 +405,8 @@ def test_build_date_written_by_writer_parses(squashfs: bytes) -> None:
     labels = {"org.label-schema.build-date": ex.labels["org.label-schema.build-date"]}
     assert labels["org.label-schema.build-date"] == "Thursday_24_October_2024_10:32:1_UTC"
     assert read_sif(metadata_sif(labels)).created_best == dt.datetime.fromtimestamp(
-        1_729_765_921, UTC)
+        1_729_765_921, UTC
+    )
 
 
 def test_labels_object_fallback() -> None:
@@ -330,11 +422,16 @@ def test_labels_object_fallback() -> None:
 
 
 def test_encrypted_with_crypto_message() -> None:
-    info = read_sif(build_sif([
-        DefinitionFile(data=b"Bootstrap: scratch\n"),
-        Partition(data=bytes(range(256)) * 20, fs_type=FsType.ENCRYPTED_SQUASHFS),
-        CryptoMessage(data=b"-----BEGIN MESSAGE-----\nxyz\n", link_object=2),
-    ], created=CREATED))
+    info = read_sif(
+        build_sif(
+            [
+                DefinitionFile(data=b"Bootstrap: scratch\n"),
+                Partition(data=bytes(range(256)) * 20, fs_type=FsType.ENCRYPTED_SQUASHFS),
+                CryptoMessage(data=b"-----BEGIN MESSAGE-----\nxyz\n", link_object=2),
+            ],
+            created=CREATED,
+        )
+    )
     assert info.encrypted
     assert info.partitions[0].fs_type == "Encrypted squashfs"
     assert info.partitions[0].squashfs is None and info.problems == ()
@@ -348,24 +445,32 @@ def test_gocryptfs_partition_is_encrypted() -> None:
 
 
 def test_sbom_formats() -> None:
-    info = read_sif(build_sif([
-        Sbom(data=b"{}", sbom_format=SbomFormat.SPDX_JSON),
-        Sbom(data=b"<x/>", sbom_format=SbomFormat.CYCLONEDX_XML),
-        Sbom(data=b"{}", sbom_format=SbomFormat.SYFT_JSON),
-        Sbom(data=b"x", sbom_format=SbomFormat.SPDX_TAG_VALUE),
-    ]))
+    info = read_sif(
+        build_sif(
+            [
+                Sbom(data=b"{}", sbom_format=SbomFormat.SPDX_JSON),
+                Sbom(data=b"<x/>", sbom_format=SbomFormat.CYCLONEDX_XML),
+                Sbom(data=b"{}", sbom_format=SbomFormat.SYFT_JSON),
+                Sbom(data=b"x", sbom_format=SbomFormat.SPDX_TAG_VALUE),
+            ]
+        )
+    )
     assert info.sbom_formats == ("spdx-json", "cyclonedx-xml", "syft-json", "spdx-tag-value")
     assert {o.type_name for o in info.objects} == {"SBOM"}
 
 
 def test_oci_sif_root_index_and_unknown_type() -> None:
-    info = read_sif(build_sif([
-        OciBlob(data=b'{"config":1}'), OciRootIndex(data=b'{"manifests":[]}'),
-        OddObject(data=b"?"),
-    ]))
+    info = read_sif(
+        build_sif(
+            [
+                OciBlob(data=b'{"config":1}'),
+                OciRootIndex(data=b'{"manifests":[]}'),
+                OddObject(data=b"?"),
+            ]
+        )
+    )
     assert info.oci_sif and not info.signed and info.arch == "unknown"
-    assert [o.type_name for o in info.objects] == ["OCI.Blob", "OCI.RootIndex",
-                                                   "unknown 0x4ABC"]
+    assert [o.type_name for o in info.objects] == ["OCI.Blob", "OCI.RootIndex", "unknown 0x4ABC"]
 
 
 def test_plain_sif_is_not_oci_sif(squashfs: bytes) -> None:
@@ -390,7 +495,7 @@ def test_truncated_descriptor_table(squashfs: bytes, cut: int) -> None:
 def test_truncated_inside_partition(squashfs: bytes) -> None:
     ex = example_sif(squashfs, signed=False)
     part_offset = ex.data.index(squashfs)
-    info = read_sif(ex.data[:part_offset + 200])
+    info = read_sif(ex.data[: part_offset + 200])
     assert info.problems == ("object 3 extends past the end of the file",)
     assert info.definition == ex.definition and info.labels == ex.labels
     assert info.partitions[0].squashfs is not None  # the superblock is still there
@@ -407,9 +512,16 @@ def test_truncated_inside_metadata(squashfs: bytes) -> None:
     assert info.file_size == cut
 
 
-@pytest.mark.parametrize("data", [
-    b"", b"hello", b"\x7fELF" + bytes(4092), b"SIF_MAGIC\0" * 100, bytes(40000),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello",
+        b"\x7fELF" + bytes(4092),
+        b"SIF_MAGIC\0" * 100,
+        bytes(40000),
+    ],
+)
 def test_not_a_sif(data: bytes) -> None:
     with pytest.raises(SifError):
         read_sif(data)
@@ -427,46 +539,61 @@ def test_absurd_descriptor_table() -> None:
     good = bytearray(build_sif([DefinitionFile(data=b"x")], descriptors_capacity=2))
     for field_offset, value in [(88, 10**6), (88, -1), (104, 1 << 40), (96, -4096)]:
         bad = bytearray(good)
-        bad[field_offset:field_offset + 8] = value.to_bytes(8, "little", signed=True)
+        bad[field_offset : field_offset + 8] = value.to_bytes(8, "little", signed=True)
         with pytest.raises(SifError):
             read_sif(bytes(bad))
 
 
 def test_json_problems_and_size_limit(squashfs: bytes) -> None:
-    info = read_sif(build_sif([
-        GenericJSON(name="inspect-metadata.json", data=b"{not json"),
-        GenericJSON(name="oci-config.json", data=b"[1, 2]"),
-        Partition(data=b"\0" * 4096),
-    ]))
-    assert info.problems == ("inspect-metadata.json is not valid JSON",
-                             "oci-config.json is not a JSON object",
-                             "object 3 is not a squashfs image (no hsqs magic)")
+    info = read_sif(
+        build_sif(
+            [
+                GenericJSON(name="inspect-metadata.json", data=b"{not json"),
+                GenericJSON(name="oci-config.json", data=b"[1, 2]"),
+                Partition(data=b"\0" * 4096),
+            ]
+        )
+    )
+    assert info.problems == (
+        "inspect-metadata.json is not valid JSON",
+        "oci-config.json is not a JSON object",
+        "object 3 is not a squashfs image (no hsqs magic)",
+    )
     assert info.labels == {} and info.oci_config is None
 
     ex = example_sif(squashfs)
     small = read_sif(ex.data, max_object_bytes=100)
     assert small.labels == {}
     assert small.definition == ex.definition[:100]
-    assert small.problems == ("definition file is larger than 100 bytes; cut",
-                              "inspect-metadata.json is larger than 100 bytes; not read")
+    assert small.problems == (
+        "definition file is larger than 100 bytes; cut",
+        "inspect-metadata.json is larger than 100 bytes; not read",
+    )
 
 
 def test_fuzzed_files_give_sif_error_or_info(tmp_path: Path) -> None:
     """Random cuts and byte changes must never escape as anything but SifError."""
     squashfs = make_squashfs(tmp_path, {"a": b"hello"})
     valid = example_sif(squashfs, created=CREATED).data
-    small = build_sif([
-        DefinitionFile(data=b"Bootstrap: scratch\n"),
-        GenericJSON(name="inspect-metadata.json", data=metadata_json(labels={"a": "b"})),
-        Partition(data=squashfs), Signature(data=b'{"payloadType":"x"}'),
-        Sbom(data=b"{}"), CryptoMessage(data=b"k", link_object=3),
-    ], descriptors_capacity=6, descriptors_offset=128, created=CREATED)
+    small = build_sif(
+        [
+            DefinitionFile(data=b"Bootstrap: scratch\n"),
+            GenericJSON(name="inspect-metadata.json", data=metadata_json(labels={"a": "b"})),
+            Partition(data=squashfs),
+            Signature(data=b'{"payloadType":"x"}'),
+            Sbom(data=b"{}"),
+            CryptoMessage(data=b"k", link_object=3),
+        ],
+        descriptors_capacity=6,
+        descriptors_offset=128,
+        created=CREATED,
+    )
     rng = random.Random(20240601)
     outcomes = {"info": 0, "error": 0}
     for case in range(400):
         data = bytearray(small if case % 2 else valid)
         if case % 5 == 0:
-            del data[rng.randrange(len(data)):]
+            del data[rng.randrange(len(data)) :]
         hot_end = min(len(data), 128 + 6 * 585 if case % 2 else DEFAULT_DATA_OFFSET)
         for _ in range(rng.randint(1, 8)):
             if not data:

@@ -23,15 +23,24 @@ def _push_sif(registry, version: str):
         squashfs = make_squashfs(tmp)
     generation = SIF_GENERATIONS[0]
     sif = example_sif(squashfs, name="tool", version=version)
-    config = oci.descriptor_for(generation.config_type, generation.config,
-                                order=generation.order)
-    layer = oci.descriptor_for(oci.SIF_LAYER, sif.data, order=generation.order,
-                               annotations={oci.TITLE_ANNOTATION: f"tool_{version}.sif"})
+    config = oci.descriptor_for(generation.config_type, generation.config, order=generation.order)
+    layer = oci.descriptor_for(
+        oci.SIF_LAYER,
+        sif.data,
+        order=generation.order,
+        annotations={oci.TITLE_ANNOTATION: f"tool_{version}.sif"},
+    )
     manifest = oci.image_manifest(generation.manifest_type, config, [layer])
     client = RegistryClient(registry.url)
     try:
-        [image] = publish(client, generation.repository, [generation.tag], generation.put_type,
-                          manifest, [(config, generation.config), (layer, sif.data)])
+        [image] = publish(
+            client,
+            generation.repository,
+            [generation.tag],
+            generation.put_type,
+            manifest,
+            [(config, generation.config), (layer, sif.data)],
+        )
     finally:
         client.close()
     return image
@@ -41,12 +50,12 @@ def _pull(proxy, tmp_path):
     oras_pull(proxy.host, "sif/tool:1.0", tmp_path)
 
 
-def test_pulled_sif_appears_in_the_tree_and_follows_its_tag(make_proxy, private_upstream,
-                                                            tmp_path):
+def test_pulled_sif_appears_in_the_tree_and_follows_its_tag(make_proxy, private_upstream, tmp_path):
     first = _push_sif(private_upstream, "1.0")
     tree = tmp_path / "sif-tree"
-    proxy = make_proxy({"u": upstream_entry(private_upstream.url)}, sif_tree=str(tree),
-                       tag_ttl_seconds=0.2)
+    proxy = make_proxy(
+        {"u": upstream_entry(private_upstream.url)}, sif_tree=str(tree), tag_ttl_seconds=0.2
+    )
     _pull(proxy, tmp_path / "pull1")
     path = tree / UPSTREAM_PREFIX / "sif" / "tool" / "1.0.sif"
     deadline = time.monotonic() + 10
@@ -67,8 +76,9 @@ def test_pulled_sif_appears_in_the_tree_and_follows_its_tag(make_proxy, private_
         time.sleep(0.3)
         _pull(proxy, tmp_path / "pull2")
         deadline = time.monotonic() + 10
-        while "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() != \
-                moved.layers[0]["digest"]:
+        while (
+            "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() != moved.layers[0]["digest"]
+        ):
             assert time.monotonic() < deadline, "the tree did not follow the moved tag"
             time.sleep(0.05)
         assert "sha256:" + hashlib.sha256(held.read()).hexdigest() == layer

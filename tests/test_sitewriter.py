@@ -69,8 +69,19 @@ def test_commit_records_state_for_the_next_render(tmp_path):
     assert SiteWriter(out).previous == {"repos": {"x": 1}}
 
 
-@pytest.mark.parametrize("path", ["../escape.html", "/etc/passwd", "a/../../b", "a//b",
-                                  "./a", "a\\..\\b", "nul\x00.html", ".render-state.json"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../escape.html",
+        "/etc/passwd",
+        "a/../../b",
+        "a//b",
+        "./a",
+        "a\\..\\b",
+        "nul\x00.html",
+        ".render-state.json",
+    ],
+)
 def test_paths_outside_the_site_are_refused(tmp_path, path):
     writer = SiteWriter(tmp_path / "site")
     with pytest.raises(UnsafePath):

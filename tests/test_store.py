@@ -99,8 +99,10 @@ def test_blobs_lists_what_is_stored_and_delete_blob_removes_it(tmp_path):
     store.put_bytes(_digest(large), large)
     filling = store.claim_fill(_digest(b"in progress"))  # in tmp/: not a blob yet
     filling.write(b"in pro")
-    expected = sorted([StoredBlob(_digest(small), len(small)),
-                       StoredBlob(_digest(large), len(large))], key=lambda b: b.digest.hex)
+    expected = sorted(
+        [StoredBlob(_digest(small), len(small)), StoredBlob(_digest(large), len(large))],
+        key=lambda b: b.digest.hex,
+    )
     assert list(store.blobs()) == expected
     store.delete_blob(_digest(small))
     store.delete_blob(_digest(small))  # already gone: fine

@@ -256,9 +256,10 @@ def test_htpasswd_registry_rejects_anonymous_and_accepts_basic(tmp_path: Path) -
 def test_token_registry_rejects_anonymous_and_accepts_issued_tokens(
     tmp_path: Path, key_hint: str
 ) -> None:
-    with TokenIssuer("bob", "pw", workdir=tmp_path, key_hint=key_hint) as issuer, RegistryProcess(
-        auth=("token", issuer.settings)
-    ) as reg:
+    with (
+        TokenIssuer("bob", "pw", workdir=tmp_path, key_hint=key_hint) as issuer,
+        RegistryProcess(auth=("token", issuer.settings)) as reg,
+    ):
         challenge = requests.get(f"{reg.url}/v2/", timeout=5)
         assert challenge.status_code == 401
         assert f'realm="{issuer.realm}"' in challenge.headers["WWW-Authenticate"]

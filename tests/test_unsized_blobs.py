@@ -30,7 +30,7 @@ async def _blob(request: web.Request) -> web.StreamResponse:
     response.enable_chunked_encoding()
     await response.prepare(request)
     for start in range(0, len(BLOB), 64 * 1024):
-        await response.write(BLOB[start:start + 64 * 1024])
+        await response.write(BLOB[start : start + 64 * 1024])
     await response.write_eof()
     return response
 

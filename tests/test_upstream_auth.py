@@ -24,9 +24,13 @@ ACCEPT = {"Accept": oci.ACCEPT_ALL_MANIFESTS}
 def _seed(registry_url: str):
     client = RegistryClient(registry_url, username=USER, password=PASSWORD)
     try:
-        [image] = publish_image(client, "secure/app", ["1.0"],
-                                oci.ImageConfigSpec(title="secure", version="1.0"),
-                                [oci.make_layer("secure", {"s": 30000}, "S")])
+        [image] = publish_image(
+            client,
+            "secure/app",
+            ["1.0"],
+            oci.ImageConfigSpec(title="secure", version="1.0"),
+            [oci.make_layer("secure", {"s": 30000}, "S")],
+        )
     finally:
         client.close()
     return image
@@ -35,8 +39,9 @@ def _seed(registry_url: str):
 @pytest.fixture
 def htpasswd_upstream(tmp_path):
     htpasswd = tmp_path / "htpasswd"
-    line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True,
-                          check=True).stdout
+    line = subprocess.run(
+        ["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True
+    ).stdout
     htpasswd.write_text(line)
     with RegistryProcess(auth=("htpasswd", htpasswd), workdir=tmp_path / "reg") as registry:
         yield registry
@@ -45,14 +50,12 @@ def htpasswd_upstream(tmp_path):
 @pytest.fixture
 def token_upstream(tmp_path):
     with TokenIssuer(USER, PASSWORD, workdir=tmp_path) as issuer:
-        with RegistryProcess(auth=("token", issuer.settings),
-                             workdir=tmp_path / "reg") as registry:
+        with RegistryProcess(auth=("token", issuer.settings), workdir=tmp_path / "reg") as registry:
             yield registry, issuer
 
 
 def _pull_everything(proxy, image) -> None:
-    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0", headers=ACCEPT,
-                            timeout=30)
+    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0", headers=ACCEPT, timeout=30)
     assert response.status_code == 200, response.text
     assert response.content == image.manifest
     for blob in image.blobs:
@@ -68,8 +71,9 @@ def _credentialed(registry_url: str) -> dict:
 
 def test_basic_auth_upstream(make_proxy, htpasswd_upstream):
     image = _seed(htpasswd_upstream.url)
-    proxy = make_proxy({"basic": _credentialed(htpasswd_upstream.url)},
-                       env={"TEST_UPSTREAM_PASSWORD": PASSWORD})
+    proxy = make_proxy(
+        {"basic": _credentialed(htpasswd_upstream.url)}, env={"TEST_UPSTREAM_PASSWORD": PASSWORD}
+    )
     _pull_everything(proxy, image)
     assert PASSWORD not in proxy.log()
     assert PASSWORD not in proxy.config_path.read_text()
@@ -78,8 +82,9 @@ def test_basic_auth_upstream(make_proxy, htpasswd_upstream):
 def test_token_auth_upstream_caches_the_token(make_proxy, token_upstream):
     registry, issuer = token_upstream
     image = _seed(registry.url)
-    proxy = make_proxy({"token": _credentialed(registry.url)},
-                       env={"TEST_UPSTREAM_PASSWORD": PASSWORD})
+    proxy = make_proxy(
+        {"token": _credentialed(registry.url)}, env={"TEST_UPSTREAM_PASSWORD": PASSWORD}
+    )
     issued_before = issuer.issued_count
     _pull_everything(proxy, image)
     # one scope (repository:secure/app:pull): one token for the manifest and every blob
@@ -92,8 +97,7 @@ def test_token_auth_upstream_caches_the_token(make_proxy, token_upstream):
 def test_missing_credentials_give_denied_not_a_crash(make_proxy, htpasswd_upstream):
     _seed(htpasswd_upstream.url)
     proxy = make_proxy({"basic": upstream_entry(htpasswd_upstream.url)})
-    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0", headers=ACCEPT,
-                            timeout=30)
+    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0", headers=ACCEPT, timeout=30)
     assert response.status_code == 403
     assert response.json()["errors"][0]["code"] == "DENIED"
 
@@ -101,10 +105,10 @@ def test_missing_credentials_give_denied_not_a_crash(make_proxy, htpasswd_upstre
 def test_wrong_credentials_are_refused(make_proxy, token_upstream):
     registry, _ = token_upstream
     _seed(registry.url)
-    proxy = make_proxy({"token": _credentialed(registry.url)},
-                       env={"TEST_UPSTREAM_PASSWORD": "Wr0ng-S3cret-77"})
-    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0", headers=ACCEPT,
-                            timeout=30)
+    proxy = make_proxy(
+        {"token": _credentialed(registry.url)}, env={"TEST_UPSTREAM_PASSWORD": "Wr0ng-S3cret-77"}
+    )
+    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0", headers=ACCEPT, timeout=30)
     assert response.status_code == 403
     assert "Wr0ng-S3cret-77" not in proxy.log()
 
@@ -114,8 +118,12 @@ def test_client_credentials_are_not_forwarded(make_proxy, htpasswd_upstream):
     only its configured credentials (here: none, so the upstream refuses)."""
     _seed(htpasswd_upstream.url)
     proxy = make_proxy({"basic": upstream_entry(htpasswd_upstream.url)})
-    response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0",
-                            headers=ACCEPT, auth=(USER, PASSWORD), timeout=30)
+    response = requests.get(
+        f"{proxy.url}/v2/secure/app/manifests/1.0",
+        headers=ACCEPT,
+        auth=(USER, PASSWORD),
+        timeout=30,
+    )
     assert response.status_code == 403
 
 
@@ -160,12 +168,18 @@ def redirecting_upstream():
     host: a cross-host redirect the filesystem-backed docker-registry cannot produce."""
     blob = b"redirected blob bytes" * 1000
     storage_port, registry_port = free_port(), free_port()
-    storage_cls = type("Storage", (_RecordingHandler,), {"role": "storage", "blob": blob,
-                                                           "seen_authorization": []})
-    registry_cls = type("Registry", (_RecordingHandler,), {
-        "role": "registry", "storage_url": f"http://127.0.0.2:{storage_port}"})
-    servers = [ThreadingHTTPServer(("127.0.0.2", storage_port), storage_cls),
-               ThreadingHTTPServer(("127.0.0.1", registry_port), registry_cls)]
+    storage_cls = type(
+        "Storage", (_RecordingHandler,), {"role": "storage", "blob": blob, "seen_authorization": []}
+    )
+    registry_cls = type(
+        "Registry",
+        (_RecordingHandler,),
+        {"role": "registry", "storage_url": f"http://127.0.0.2:{storage_port}"},
+    )
+    servers = [
+        ThreadingHTTPServer(("127.0.0.2", storage_port), storage_cls),
+        ThreadingHTTPServer(("127.0.0.1", registry_port), registry_cls),
+    ]
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:
         thread.start()
@@ -178,8 +192,9 @@ def redirecting_upstream():
 def test_redirect_to_another_host_drops_authorization(make_proxy, redirecting_upstream):
     url, blob, storage = redirecting_upstream
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-    proxy = make_proxy({"redirecting": _credentialed(url)},
-                       env={"TEST_UPSTREAM_PASSWORD": PASSWORD})
+    proxy = make_proxy(
+        {"redirecting": _credentialed(url)}, env={"TEST_UPSTREAM_PASSWORD": PASSWORD}
+    )
     response = requests.get(f"{proxy.url}/v2/some/repo/blobs/{digest}", timeout=30)
     assert response.status_code == 200 and response.content == blob
     assert storage.seen_authorization == [None]

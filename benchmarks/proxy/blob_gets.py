@@ -38,8 +38,13 @@ class Samples:
 def measure(session: Session) -> None:
     image = session.big
     # Read the upstream's copy once so every variant starts from the page cache.
-    get_blob(session.client, session.upstream.port, image.blob_path(), image.layer_size,
-             "upstream warm-up")
+    get_blob(
+        session.client,
+        session.upstream.port,
+        image.blob_path(),
+        image.layer_size,
+        "upstream warm-up",
+    )
     cold = Samples()
     proxy: ProxyProcess | None = None
     for rep in range(session.reps):
@@ -61,29 +66,50 @@ def _cold_once(session: Session, image: Image, cold: Samples, rep: int) -> Proxy
     # timed blob GET is the fill itself.
     get_manifest(proxy.port, image.manifest_path(TAG, PREFIX), "cold manifest")
     mark = upstream.mark()
-    fetch = get_blob(session.client, proxy.port, image.blob_path(PREFIX), image.layer_size,
-                     "cold proxy GET", {"proxy": proxy.pid, "upstream": upstream.pid})
+    fetch = get_blob(
+        session.client,
+        proxy.port,
+        image.blob_path(PREFIX),
+        image.layer_size,
+        "cold proxy GET",
+        {"proxy": proxy.pid, "upstream": upstream.pid},
+    )
     cold.upstream_gets.append(upstream.count("GET", image.layer_hex, since=mark))
     cold.add("proxy", fetch)
 
-    direct = get_blob(session.client, upstream.port, image.blob_path(), image.layer_size,
-                      "direct upstream GET", {"upstream": upstream.pid})
+    direct = get_blob(
+        session.client,
+        upstream.port,
+        image.blob_path(),
+        image.layer_size,
+        "direct upstream GET",
+        {"upstream": upstream.pid},
+    )
     cold.add("upstream", direct)
 
     dist = session.new_baseline()
     try:
         get_manifest(dist.port, image.manifest_path(TAG), "distribution proxy cold manifest")
-        dist_fetch = get_blob(session.client, dist.port, image.blob_path(), image.layer_size,
-                              "distribution proxy cold GET",
-                              {"distproxy": dist.pid, "upstream": upstream.pid})
+        dist_fetch = get_blob(
+            session.client,
+            dist.port,
+            image.blob_path(),
+            image.layer_size,
+            "distribution proxy cold GET",
+            {"distproxy": dist.pid, "upstream": upstream.pid},
+        )
     finally:
         session.retire_baseline(dist)
     cold.add("distproxy", dist_fetch)
-    log(f"cold {image.layer_size // MIB}M rep {rep + 1}: proxy {fetch.mib_s:,.0f} MiB/s "
+    log(
+        f"cold {image.layer_size // MIB}M rep {rep + 1}: proxy {fetch.mib_s:,.0f} MiB/s "
         f"({fetch.seconds:.2f} s, upstream blob GETs {cold.upstream_gets[-1]}); upstream "
-        f"direct {direct.mib_s:,.0f} MiB/s; distribution proxy {dist_fetch.mib_s:,.0f} MiB/s")
-    log(f"    CPU s/GiB: proxy path [{fetch.cpu_text()}]; direct [{direct.cpu_text()}];"
-        f" distribution [{dist_fetch.cpu_text()}]")
+        f"direct {direct.mib_s:,.0f} MiB/s; distribution proxy {dist_fetch.mib_s:,.0f} MiB/s"
+    )
+    log(
+        f"    CPU s/GiB: proxy path [{fetch.cpu_text()}]; direct [{direct.cpu_text()}];"
+        f" distribution [{dist_fetch.cpu_text()}]"
+    )
     return proxy
 
 
@@ -100,8 +126,9 @@ def _warm(session: Session, image: Image, proxy: ProxyProcess) -> Samples:
     log(f"nginx pid {nginx.pid} on port {nginx.port} serving {nginx.root}")
     nginx_path = f"/{image.layer_hex[:2]}/{image.layer_hex}"
     mark = upstream.mark()
-    get_blob(session.client, proxy.port, image.blob_path(PREFIX), image.layer_size,
-             "warm-up proxy GET")
+    get_blob(
+        session.client, proxy.port, image.blob_path(PREFIX), image.layer_size, "warm-up proxy GET"
+    )
     get_blob(session.client, nginx.port, nginx_path, image.layer_size, "warm-up nginx GET")
     warm = Samples()
     for rep in range(session.reps):
@@ -109,20 +136,40 @@ def _warm(session: Session, image: Image, proxy: ProxyProcess) -> Samples:
         order = ["proxy", "nginx"] if rep % 2 == 0 else ["nginx", "proxy"]
         for who in order:
             if who == "proxy":
-                warm.add(who, get_blob(session.client, proxy.port, image.blob_path(PREFIX),
-                                       image.layer_size, "warm proxy GET",
-                                       {"proxy": proxy.pid}))
+                warm.add(
+                    who,
+                    get_blob(
+                        session.client,
+                        proxy.port,
+                        image.blob_path(PREFIX),
+                        image.layer_size,
+                        "warm proxy GET",
+                        {"proxy": proxy.pid},
+                    ),
+                )
             else:
-                warm.add(who, get_blob(session.client, nginx.port, nginx_path,
-                                       image.layer_size, "nginx GET", {"nginx": nginx.pid}))
+                warm.add(
+                    who,
+                    get_blob(
+                        session.client,
+                        nginx.port,
+                        nginx_path,
+                        image.layer_size,
+                        "nginx GET",
+                        {"nginx": nginx.pid},
+                    ),
+                )
         last_proxy, last_nginx = warm.by_server["proxy"][-1], warm.by_server["nginx"][-1]
-        log(f"warm {image.layer_size // MIB}M rep {rep + 1}: proxy {last_proxy.mib_s:,.0f} "
+        log(
+            f"warm {image.layer_size // MIB}M rep {rep + 1}: proxy {last_proxy.mib_s:,.0f} "
             f"MiB/s [{last_proxy.cpu_text()}], nginx {last_nginx.mib_s:,.0f} MiB/s "
-            f"[{last_nginx.cpu_text()}]")
+            f"[{last_nginx.cpu_text()}]"
+        )
     warm_upstream = upstream.count(since=mark)
     if warm_upstream:
-        session.proxy_issues.append(f"warm blob GETs caused {warm_upstream} upstream "
-                                    "requests (expected 0)")
+        session.proxy_issues.append(
+            f"warm blob GETs caused {warm_upstream} upstream requests (expected 0)"
+        )
     nginx.stop()
     return warm
 
@@ -130,9 +177,10 @@ def _warm(session: Session, image: Image, proxy: ProxyProcess) -> Samples:
 def cpu_per_gib(fetches: list[Fetch]) -> dict[str, float]:
     """Median CPU seconds per GiB moved, per process name."""
     names = {name for f in fetches for name in f.cpu}
-    return {name: statistics.median(sum(f.cpu.get(name, (0.0, 0.0))) / (f.size / GIB)
-                                    for f in fetches)
-            for name in sorted(names)}
+    return {
+        name: statistics.median(sum(f.cpu.get(name, (0.0, 0.0))) / (f.size / GIB) for f in fetches)
+        for name in sorted(names)
+    }
 
 
 def _record(session: Session, image: Image, cold: Samples, warm: Samples) -> None:
@@ -144,34 +192,75 @@ def _record(session: Session, image: Image, cold: Samples, warm: Samples) -> Non
     dist_best, dist_med = cold.speeds("distproxy")
     extra_gets = [g for g in cold.upstream_gets if g != 1]
     session.metrics += [
-        Metric(f"warm_blob_{label}_best", wp_best, "MiB/s", wn_best, "nginx sendfile",
-               "ratio >= 0.9", "ratio>=0.9"),
-        Metric(f"warm_blob_{label}_median", wp_med, "MiB/s", wn_med, "nginx sendfile",
-               "ratio >= 0.9", "ratio>=0.9"),
-        Metric(f"cold_blob_{label}_best", cp_best, "MiB/s", cd_best, "upstream direct",
-               ">= 1000 MiB/s", "value>=1000"),
-        Metric(f"cold_blob_{label}_median", cp_med, "MiB/s", cd_med, "upstream direct",
-               ">= 1000 MiB/s", "value>=1000",
-               notes=f"upstream GETs per cold GET {cold.upstream_gets}" if extra_gets else ""),
-        Metric(f"cold_blob_{label}_best_vs_distproxy", cp_best, "MiB/s", dist_best,
-               "distribution proxy, cold"),
-        Metric(f"cold_blob_{label}_median_vs_distproxy", cp_med, "MiB/s", dist_med,
-               "distribution proxy, cold"),
+        Metric(
+            f"warm_blob_{label}_best",
+            wp_best,
+            "MiB/s",
+            wn_best,
+            "nginx sendfile",
+            "ratio >= 0.9",
+            "ratio>=0.9",
+        ),
+        Metric(
+            f"warm_blob_{label}_median",
+            wp_med,
+            "MiB/s",
+            wn_med,
+            "nginx sendfile",
+            "ratio >= 0.9",
+            "ratio>=0.9",
+        ),
+        Metric(
+            f"cold_blob_{label}_best",
+            cp_best,
+            "MiB/s",
+            cd_best,
+            "upstream direct",
+            ">= 1000 MiB/s",
+            "value>=1000",
+        ),
+        Metric(
+            f"cold_blob_{label}_median",
+            cp_med,
+            "MiB/s",
+            cd_med,
+            "upstream direct",
+            ">= 1000 MiB/s",
+            "value>=1000",
+            notes=f"upstream GETs per cold GET {cold.upstream_gets}" if extra_gets else "",
+        ),
+        Metric(
+            f"cold_blob_{label}_best_vs_distproxy",
+            cp_best,
+            "MiB/s",
+            dist_best,
+            "distribution proxy, cold",
+        ),
+        Metric(
+            f"cold_blob_{label}_median_vs_distproxy",
+            cp_med,
+            "MiB/s",
+            dist_med,
+            "distribution proxy, cold",
+        ),
     ]
-    for name, fetches in (("cold via proxy", cold.by_server["proxy"]),
-                          ("cold upstream direct", cold.by_server["upstream"]),
-                          ("cold via distribution proxy", cold.by_server["distproxy"]),
-                          ("warm via proxy", warm.by_server["proxy"]),
-                          ("warm via nginx", warm.by_server["nginx"])):
+    for name, fetches in (
+        ("cold via proxy", cold.by_server["proxy"]),
+        ("cold upstream direct", cold.by_server["upstream"]),
+        ("cold via distribution proxy", cold.by_server["distproxy"]),
+        ("warm via proxy", warm.by_server["proxy"]),
+        ("warm via nginx", warm.by_server["nginx"]),
+    ):
         per = cpu_per_gib(fetches)
-        session.cpu_lines.append(f"{name:<28} " + ", ".join(f"{k} {v:.2f}"
-                                                           for k, v in per.items()))
+        session.cpu_lines.append(f"{name:<28} " + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
 
     def dicts(samples: Samples, server: str) -> list[dict]:
         return [asdict(f) for f in samples.by_server[server]]
 
     session.details["warm"] = {"proxy": dicts(warm, "proxy"), "nginx": dicts(warm, "nginx")}
-    session.details["cold"] = {"proxy": dicts(cold, "proxy"),
-                               "upstream_direct": dicts(cold, "upstream"),
-                               "distribution_proxy": dicts(cold, "distproxy"),
-                               "upstream_blob_gets_per_proxy_get": cold.upstream_gets}
+    session.details["cold"] = {
+        "proxy": dicts(cold, "proxy"),
+        "upstream_direct": dicts(cold, "upstream"),
+        "distribution_proxy": dicts(cold, "distproxy"),
+        "upstream_blob_gets_per_proxy_get": cold.upstream_gets,
+    }

@@ -30,18 +30,25 @@ def measure(session: Session) -> None:
         try:
             left = size
             while left:
-                left -= os.write(fd, data[:min(len(data), left)])
+                left -= os.write(fd, data[: min(len(data), left)])
             os.fsync(fd)
         finally:
             os.close(fd)
             target.unlink()
         write_speeds.append(size / MIB / (time.perf_counter() - started))
     write_speed = max(write_speeds)
-    log(f"machine: sha256 {sha_speed:,.0f} MiB/s on one core; write+fsync of "
+    log(
+        f"machine: sha256 {sha_speed:,.0f} MiB/s on one core; write+fsync of "
         f"{size // MIB} MiB to {session.cache_parent}: "
-        + ", ".join(f"{speed:,.0f}" for speed in write_speeds) + " MiB/s")
+        + ", ".join(f"{speed:,.0f}" for speed in write_speeds)
+        + " MiB/s"
+    )
     session.metrics += [
         Metric("ceiling_sha256_one_core", sha_speed, "MiB/s", notes="hashlib, 8 MiB updates"),
-        Metric(f"ceiling_cache_fs_write_fsync_{size // MIB}M", write_speed, "MiB/s",
-               notes=f"best of 2, new file in {session.cache_parent}"),
+        Metric(
+            f"ceiling_cache_fs_write_fsync_{size // MIB}M",
+            write_speed,
+            "MiB/s",
+            notes=f"best of 2, new file in {session.cache_parent}",
+        ),
     ]

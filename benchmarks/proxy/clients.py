@@ -22,8 +22,9 @@ USER_AGENT = "hpc-mirror-bench"
 RECV_BUFFER = 4 * MIB
 
 
-def http_get(port: int, path: str, headers: dict[str, str] | None = None,
-             timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
     """One untimed GET on the loopback port: status, headers (lower-case names), body."""
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
@@ -44,6 +45,7 @@ def get_manifest(port: int, path: str, what: str) -> bytes:
 
 
 # --- blob downloads ----------------------------------------------------------------------
+
 
 @dataclass
 class Fetch:
@@ -66,12 +68,20 @@ class Fetch:
         return ", ".join(f"{name} {sum(used) / gib:.2f}" for name, used in self.cpu.items())
 
 
-def socket_get(port: int, path: str, *, hash_body: bool = False,
-               headers: dict[str, str] | None = None, timeout: float = 120.0) -> Fetch:
+def socket_get(
+    port: int,
+    path: str,
+    *,
+    hash_body: bool = False,
+    headers: dict[str, str] | None = None,
+    timeout: float = 120.0,
+) -> Fetch:
     """HTTP/1.1 GET over a raw socket; the body is read with recv_into a 4 MiB buffer and
     discarded (or hashed). Time runs from sending the request to the last body byte."""
-    request = (f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
-               f"User-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n")
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
+        f"User-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n"
+    )
     for key, value in (headers or {}).items():
         request += f"{key}: {value}\r\n"
     request += "\r\n"
@@ -111,11 +121,17 @@ def socket_get(port: int, path: str, *, hash_body: bool = False,
                     digest.update(view[:count])
             elapsed = time.perf_counter() - start
             if length is not None and received != length:
-                return Fetch(status, received, elapsed, None,
-                             f"connection closed after {received} of {length} bytes")
+                return Fetch(
+                    status,
+                    received,
+                    elapsed,
+                    None,
+                    f"connection closed after {received} of {length} bytes",
+                )
     except (OSError, BenchError, ValueError, KeyError, IndexError) as exc:
-        return Fetch(status, received, time.perf_counter() - start, None,
-                     f"{type(exc).__name__}: {exc}")
+        return Fetch(
+            status, received, time.perf_counter() - start, None, f"{type(exc).__name__}: {exc}"
+        )
     return Fetch(status, received, elapsed, digest.hexdigest() if digest else None)
 
 
@@ -124,9 +140,23 @@ def curl_get(port: int, path: str, *, timeout: float = 120.0) -> Fetch:
     url = f"http://{LOOPBACK}:{port}{path}"
     try:
         result = subprocess.run(
-            [CURL, "-s", "-o", "/dev/null", "--max-time", str(int(timeout)), "-A", USER_AGENT,
-             "-w", "%{http_code} %{size_download} %{time_total}", url],
-            capture_output=True, text=True, timeout=timeout + 10)
+            [
+                CURL,
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                str(int(timeout)),
+                "-A",
+                USER_AGENT,
+                "-w",
+                "%{http_code} %{size_download} %{time_total}",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout + 10,
+        )
     except subprocess.TimeoutExpired:
         return Fetch(0, 0, timeout, None, "curl timed out")
     parts = result.stdout.split()
@@ -135,8 +165,14 @@ def curl_get(port: int, path: str, *, timeout: float = 120.0) -> Fetch:
     return Fetch(int(parts[0]), int(float(parts[1])), float(parts[2]))
 
 
-def get_blob(client: str, port: int, path: str, expected_size: int, what: str,
-             pids: dict[str, int | None] | None = None) -> Fetch:
+def get_blob(
+    client: str,
+    port: int,
+    path: str,
+    expected_size: int,
+    what: str,
+    pids: dict[str, int | None] | None = None,
+) -> Fetch:
     """Download a blob with `client` (socket or curl), discarding it; raise unless it is a
     complete 200. With `pids`, record the CPU seconds those processes (and the client)
     used meanwhile."""
@@ -144,12 +180,15 @@ def get_blob(client: str, port: int, path: str, expected_size: int, what: str,
         fetch = (curl_get if client == "curl" else socket_get)(port, path)
     fetch.cpu = meter.used
     if fetch.error or fetch.status != 200 or fetch.size != expected_size:
-        raise BenchError(f"{what}: GET {path} -> status {fetch.status}, {fetch.size} of "
-                         f"{expected_size} bytes, error {fetch.error}")
+        raise BenchError(
+            f"{what}: GET {path} -> status {fetch.status}, {fetch.size} of "
+            f"{expected_size} bytes, error {fetch.error}"
+        )
     return fetch
 
 
 # --- wrk -----------------------------------------------------------------------------------
+
 
 @dataclass
 class WrkResult:
@@ -166,8 +205,17 @@ class WrkResult:
 def run_wrk(port: int, path: str, seconds: int, accept: str) -> WrkResult:
     """`wrk -t2 -c32` against one path for `seconds`."""
     url = f"http://{LOOPBACK}:{port}{path}"
-    command = [WRK, "-t2", "-c32", f"-d{seconds}s", "--timeout", "5s",
-               "-H", f"Accept: {accept}", url]
+    command = [
+        WRK,
+        "-t2",
+        "-c32",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-H",
+        f"Accept: {accept}",
+        url,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
     out = result.stdout
     if result.returncode != 0:
@@ -179,7 +227,11 @@ def run_wrk(port: int, path: str, seconds: int, accept: str) -> WrkResult:
     latency = re.search(r"Latency\s+(\S+)", out)
     if not rps or not total:
         raise BenchError(f"cannot parse wrk output:\n{out}")
-    return WrkResult(float(rps.group(1)), int(total.group(1)),
-                     int(non2xx.group(1)) if non2xx else 0,
-                     errors.group(1).strip() if errors else "",
-                     latency.group(1) if latency else "?", out)
+    return WrkResult(
+        float(rps.group(1)),
+        int(total.group(1)),
+        int(non2xx.group(1)) if non2xx else 0,
+        errors.group(1).strip() if errors else "",
+        latency.group(1) if latency else "?",
+        out,
+    )

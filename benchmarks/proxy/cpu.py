@@ -52,13 +52,14 @@ class CpuMeter:
 
     def __exit__(self, *exc_info: object) -> None:
         after = self._sample()
-        self.used = {name: (after[name][0] - before[0], after[name][1] - before[1])
-                     for name, before in self._before.items()}
+        self.used = {
+            name: (after[name][0] - before[0], after[name][1] - before[1])
+            for name, before in self._before.items()
+        }
 
     def total(self, name: str) -> float:
         user, system = self.used.get(name, (0.0, 0.0))
         return user + system
 
     def describe(self) -> str:
-        return ", ".join(f"{name} {u:.2f} user + {s:.2f} sys"
-                         for name, (u, s) in self.used.items())
+        return ", ".join(f"{name} {u:.2f} user + {s:.2f} sys" for name, (u, s) in self.used.items())

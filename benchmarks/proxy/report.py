@@ -50,16 +50,20 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def print_results(metrics: list[Metric]) -> None:
     print()
     print("RESULTS")
-    header = (f"{'metric':<38} {'value':>10} {'unit':<8} {'peer':>10} {'ratio':>6}  "
-              f"{'target':<16} {'verdict':<7} peer")
+    header = (
+        f"{'metric':<38} {'value':>10} {'unit':<8} {'peer':>10} {'ratio':>6}  "
+        f"{'target':<16} {'verdict':<7} peer"
+    )
     print(header)
     print("-" * (len(header) + 20))
     for m in metrics:
         digits = 0 if m.unit in ("GETs", "failures", "req/s") else (2 if m.unit == "s" else 1)
         ratio = f"{m.ratio:.2f}" if m.ratio is not None else "-"
-        print(f"{m.name:<38} {fmt(m.value, digits):>10} {m.unit:<8} {fmt(m.peer, digits):>10} "
-              f"{ratio:>6}  {m.target or '-':<16} {m.verdict:<7} {m.peer_name or '-'}"
-              + (f"  [{m.notes}]" if m.notes else ""))
+        print(
+            f"{m.name:<38} {fmt(m.value, digits):>10} {m.unit:<8} {fmt(m.peer, digits):>10} "
+            f"{ratio:>6}  {m.target or '-':<16} {m.verdict:<7} {m.peer_name or '-'}"
+            + (f"  [{m.notes}]" if m.notes else "")
+        )
     print()
 
 
@@ -75,10 +79,21 @@ def print_findings(cpu_lines: list[str], proxy_issues: list[str]) -> None:
             print(issue)
 
 
-def write_json(path: Path, metrics: list[Metric], cpu_lines: list[str],
-               details: dict[str, Any], proxy_issues: list[str], **run: Any) -> None:
+def write_json(
+    path: Path,
+    metrics: list[Metric],
+    cpu_lines: list[str],
+    details: dict[str, Any],
+    proxy_issues: list[str],
+    **run: Any,
+) -> None:
     """Everything the run measured, with `run` (mode, cores, client, seconds, error)."""
-    payload = {**run, "metrics": [asdict(m) for m in metrics], "cpu": cpu_lines,
-               "details": details, "proxy_issues": proxy_issues}
+    payload = {
+        **run,
+        "metrics": [asdict(m) for m in metrics],
+        "cpu": cpu_lines,
+        "details": details,
+        "proxy_issues": proxy_issues,
+    }
     path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}")

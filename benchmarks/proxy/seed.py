@@ -80,17 +80,31 @@ def random_file(path: Path, size: int) -> FileBlob:
 def push_image(client: RegistryClient, repo: str, layer: FileBlob) -> Image:
     """Push a config blob, the layer (monolithic upload: POST, then PUT ?digest=) and an
     OCI manifest tagged TAG."""
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [layer.digest]}},
-                        sort_keys=True).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+        },
+        sort_keys=True,
+    ).encode()
     config_descriptor = oci.descriptor_for(oci.OCI_CONFIG, config)
     layer_descriptor = oci.descriptor(oci.OCI_LAYER_TAR, layer.digest, layer.size)
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": oci.OCI_MANIFEST,
-        "config": config_descriptor,
-        "layers": [layer_descriptor],
-    }, indent=2).encode()
-    [image] = publish(client, repo, [TAG], oci.OCI_MANIFEST, manifest,
-                      [(config_descriptor, config), (layer_descriptor, layer)])
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_MANIFEST,
+            "config": config_descriptor,
+            "layers": [layer_descriptor],
+        },
+        indent=2,
+    ).encode()
+    [image] = publish(
+        client,
+        repo,
+        [TAG],
+        oci.OCI_MANIFEST,
+        manifest,
+        [(config_descriptor, config), (layer_descriptor, layer)],
+    )
     return Image(repo, layer.digest.removeprefix("sha256:"), layer.size, image.digest)

@@ -48,8 +48,9 @@ def mirror_proxy(workdir: Path, upstream_url: str) -> ProxyProcess:
     """hpc-mirror in front of the upstream with its own cache root and index under
     `workdir`, the proxy's default client settings, and warning-level logging (aiohttp's
     access log is silent)."""
-    config = proxy_config(workdir, {"bench": upstream_entry(upstream_url, prefix=PREFIX)},
-                          client=None)
+    config = proxy_config(
+        workdir, {"bench": upstream_entry(upstream_url, prefix=PREFIX)}, client=None
+    )
     return ProxyProcess(workdir, config, log_level="warning", start_timeout=20.0)
 
 
@@ -98,11 +99,23 @@ http {{
     }}
 }}
 """)
-        command = [NGINX, "-p", str(w), "-e", str(self.error_log), "-c", str(conf),
-                   "-g", "daemon off;"]
+        command = [
+            NGINX,
+            "-p",
+            str(w),
+            "-e",
+            str(self.error_log),
+            "-c",
+            str(conf),
+            "-g",
+            "daemon off;",
+        ]
         return spawn_logged(command, w / "stdout.log", w / "stderr.log")
 
     def _failure_log(self) -> str:
-        texts = (path.read_text(errors="replace") for path in
-                 (self.error_log, self.workdir / "stderr.log") if path.exists())
+        texts = (
+            path.read_text(errors="replace")
+            for path in (self.error_log, self.workdir / "stderr.log")
+            if path.exists()
+        )
         return "\n".join("\n".join(text.splitlines()[-30:]) for text in texts)

@@ -31,8 +31,11 @@ class Session:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        self.cache_parent = Path(tempfile.mkdtemp(prefix="caches-", dir=args.cache_dir)) \
-            if args.cache_dir else workdir
+        self.cache_parent = (
+            Path(tempfile.mkdtemp(prefix="caches-", dir=args.cache_dir))
+            if args.cache_dir
+            else workdir
+        )
         self.client = args.client
         self.reps = args.reps
         self.big_size = (256 if args.quick else 1024) * MIB
@@ -97,10 +100,12 @@ class Session:
         generated = time.perf_counter()
         image = push_image(client, repo, layer)
         layer.path.unlink()
-        log(f"seeded {repo}:{TAG}: layer {size // MIB} MiB sha256:{image.layer_hex[:12]}... "
+        log(
+            f"seeded {repo}:{TAG}: layer {size // MIB} MiB sha256:{image.layer_hex[:12]}... "
             f"(random+hash+write {generated - started:.1f} s, push "
             f"{time.perf_counter() - generated:.1f} s), manifest "
-            f"{image.manifest_digest[:19]}...")
+            f"{image.manifest_digest[:19]}..."
+        )
         return image
 
     # --- servers the scenarios start and retire -------------------------------------------
@@ -131,8 +136,7 @@ class Session:
 
     def new_baseline(self) -> BaselineRegistry:
         """A fresh distribution proxy-mode registry with empty storage."""
-        peer = BaselineRegistry(workdir=self._next("distproxy"),
-                                proxy_remote_url=self.upstream.url)
+        peer = BaselineRegistry(workdir=self._next("distproxy"), proxy_remote_url=self.upstream.url)
         self.stop_at_exit(peer)
         return peer.start()
 
@@ -144,8 +148,13 @@ class Session:
         """Everything a stopped proxy wrote beyond its start-up line is an issue."""
         if proxy in self._unread:
             self._unread.remove(proxy)
-        lines = [line for line in proxy.log().splitlines()
-                 if line.strip() and not line.startswith("hpc-mirror serving")]
+        lines = [
+            line
+            for line in proxy.log().splitlines()
+            if line.strip() and not line.startswith("hpc-mirror serving")
+        ]
         if lines:
-            self.proxy_issues.append(f"--- log of {proxy.workdir.name} ({len(lines)} lines, "
-                                     "last 60) ---\n" + "\n".join(lines[-60:]))
+            self.proxy_issues.append(
+                f"--- log of {proxy.workdir.name} ({len(lines)} lines, "
+                "last 60) ---\n" + "\n".join(lines[-60:])
+            )

@@ -55,8 +55,9 @@ def choose_tool(requested: str) -> str:
     return requested
 
 
-def profile_within(bench: RenderBench, scenarios: list[str], tool: str,
-                   seconds_left: Callable[[], float]) -> tuple[list[dict[str, Any]], list[str]]:
+def profile_within(
+    bench: RenderBench, scenarios: list[str], tool: str, seconds_left: Callable[[], float]
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Profile each scenario that fits in the time left; the profiles, and why any was
     skipped."""
     profiles: list[dict[str, Any]] = []
@@ -66,8 +67,7 @@ def profile_within(bench: RenderBench, scenarios: list[str], tool: str,
         estimate = measured * (1.3 if tool == "py-spy" else 3.0) + 5
         left = seconds_left()
         if estimate > left - 10:
-            skipped.append(f"{which} (needs ~{estimate:.0f} s, {left:.0f} s left of "
-                           "--timeout)")
+            skipped.append(f"{which} (needs ~{estimate:.0f} s, {left:.0f} s left of --timeout)")
             log(f"skipping the {which} profile: {skipped[-1]}")
             continue
         log(f"profiling {which} with {tool}")
@@ -84,6 +84,7 @@ def profile(bench: RenderBench, which: str, tool: str) -> dict[str, Any]:
         return _profile_py_spy(bench, which)
     return _profile_cprofile(bench, which)
 
+
 def _profile_cprofile(bench: RenderBench, which: str) -> dict[str, Any]:
     phases = PhaseTimer()
     profiler = cProfile.Profile()
@@ -96,10 +97,17 @@ def _profile_cprofile(bench: RenderBench, which: str) -> dict[str, Any]:
             profiler.disable()
         total = time.perf_counter() - started
     stats = pstats.Stats(profiler, stream=io.StringIO())
-    return {"scenario": which, "tool": "cProfile", "seconds_profiled": round(total, 3),
-            "pages_written": report.pages_written, "pages_reused": report.pages_reused,
-            "phases": phases.table(), "top_cumulative": top(stats, "cumulative", 28),
-            "top_own": top(stats, "tottime", 22)}
+    return {
+        "scenario": which,
+        "tool": "cProfile",
+        "seconds_profiled": round(total, 3),
+        "pages_written": report.pages_written,
+        "pages_reused": report.pages_reused,
+        "phases": phases.table(),
+        "top_cumulative": top(stats, "cumulative", 28),
+        "top_own": top(stats, "tottime", 22),
+    }
+
 
 def _profile_py_spy(bench: RenderBench, which: str) -> dict[str, Any]:
     raw = bench.workdir / f"py-spy-{which}.txt"
@@ -107,28 +115,51 @@ def _profile_py_spy(bench: RenderBench, which: str) -> dict[str, Any]:
     py_spy = py_spy_path()
     if py_spy is None:
         raise BenchError("py-spy not found (pip install py-spy into the venv)")
-    command = [py_spy, "record", "--idle", "--rate", str(PY_SPY_RATE),
-               "--format", "raw", "--output", str(raw), "--",
-               PYTHON, "-m", "benchmarks.render.profiling", str(bench.config_path),
-               str(child_out)]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=240)
+    command = [
+        py_spy,
+        "record",
+        "--idle",
+        "--rate",
+        str(PY_SPY_RATE),
+        "--format",
+        "raw",
+        "--output",
+        str(raw),
+        "--",
+        PYTHON,
+        "-m",
+        "benchmarks.render.profiling",
+        str(bench.config_path),
+        str(child_out),
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
     if done.returncode != 0 or not child_out.exists():
         raise BenchError(f"py-spy exited {done.returncode}:\n{done.stderr[-2000:]}")
     child = json.loads(child_out.read_text())
     own, cumulative, samples = collapse(raw.read_text())
     per_sample = 1.0 / PY_SPY_RATE
-    return {"scenario": which, "tool": f"py-spy ({samples} samples at {PY_SPY_RATE} Hz, "
-            "idle frames included)", "seconds_profiled": child["seconds"],
-            "pages_written": child["pages_written"], "pages_reused": child["pages_reused"],
-            "phases": child["phases"],
-            "top_cumulative": [{"function": f, "calls": None, "own": round(
-                own_by_function(own).get(f, 0) * per_sample, 3),
-                "cumulative": round(n * per_sample, 3)}
-                for f, n in cumulative.most_common() if "benchmarks/" not in f][:28],
-            "top_own": [{"function": f, "calls": None, "own": round(n * per_sample, 3),
-                         "cumulative": None} for f, n in own.most_common(22)]}
-
+    return {
+        "scenario": which,
+        "tool": f"py-spy ({samples} samples at {PY_SPY_RATE} Hz, idle frames included)",
+        "seconds_profiled": child["seconds"],
+        "pages_written": child["pages_written"],
+        "pages_reused": child["pages_reused"],
+        "phases": child["phases"],
+        "top_cumulative": [
+            {
+                "function": f,
+                "calls": None,
+                "own": round(own_by_function(own).get(f, 0) * per_sample, 3),
+                "cumulative": round(n * per_sample, 3),
+            }
+            for f, n in cumulative.most_common()
+            if "benchmarks/" not in f
+        ][:28],
+        "top_own": [
+            {"function": f, "calls": None, "own": round(n * per_sample, 3), "cumulative": None}
+            for f, n in own.most_common(22)
+        ],
+    }
 
 
 def profile_child(config_path: str, out_path: str) -> None:
@@ -139,9 +170,16 @@ def profile_child(config_path: str, out_path: str) -> None:
         started = time.perf_counter()
         report = render(config)
         seconds = time.perf_counter() - started
-    Path(out_path).write_text(json.dumps({
-        "seconds": round(seconds, 3), "pages_written": report.pages_written,
-        "pages_reused": report.pages_reused, "phases": phases.table()}))
+    Path(out_path).write_text(
+        json.dumps(
+            {
+                "seconds": round(seconds, 3),
+                "pages_written": report.pages_written,
+                "pages_reused": report.pages_reused,
+                "phases": phases.table(),
+            }
+        )
+    )
 
 
 def py_spy_path() -> str | None:
@@ -201,16 +239,14 @@ class PhaseTimer:
         ("  fingerprint (page keys)", pages_module, "fingerprint"),
         ("  _dumps (repo.json, catalog.json)", pages_module, "_dumps"),
         ("  _page (reuse/render)", pages_module.Pages, "_page"),
-        ("    SiteWriter.unchanged (fingerprint match)", sitewriter_module.SiteWriter,
-         "unchanged"),
+        ("    SiteWriter.unchanged (fingerprint match)", sitewriter_module.SiteWriter, "unchanged"),
         ("    Template.render", jinja2.Template, "render"),
         ("    SiteWriter.write", sitewriter_module.SiteWriter, "write"),
         ("      SiteWriter._target (in unchanged+write)", sitewriter_module.SiteWriter, "_target"),
         ("  _stats -> _blob_totals (blob scan)", catalog_module, "_blob_totals"),
         ("  summarize", gather_module, "summarize"),
         ("SiteWriter.__init__ (read old state)", sitewriter_module.SiteWriter, "__init__"),
-        ("SiteWriter.commit (delete removed files, state)", sitewriter_module.SiteWriter,
-         "commit"),
+        ("SiteWriter.commit (delete removed files, state)", sitewriter_module.SiteWriter, "commit"),
     )
 
     def __init__(self) -> None:
@@ -239,11 +275,18 @@ class PhaseTimer:
             finally:
                 slot[0] += time.perf_counter() - started
                 slot[1] += 1
+
         return timed
 
     def table(self) -> list[dict[str, Any]]:
-        return [{"phase": label, "seconds": round(self.totals[label][0], 3),
-                 "calls": self.totals[label][1]} for label, _, _ in self.PHASES]
+        return [
+            {
+                "phase": label,
+                "seconds": round(self.totals[label][0], 3),
+                "calls": self.totals[label][1],
+            }
+            for label, _, _ in self.PHASES
+        ]
 
 
 def top(stats: pstats.Stats, key: str, limit: int) -> list[dict[str, Any]]:
@@ -253,8 +296,14 @@ def top(stats: pstats.Stats, key: str, limit: int) -> list[dict[str, Any]]:
         for marker in ("/site-packages/", "/lib/python3.11/", str(REPO_ROOT) + "/"):
             if marker in filename:
                 short = filename.split(marker, 1)[1]
-        rows.append({"function": f"{short}:{line}({name})" if line else name,
-                     "calls": nc, "own": round(tt, 3), "cumulative": round(ct, 3)})
+        rows.append(
+            {
+                "function": f"{short}:{line}({name})" if line else name,
+                "calls": nc,
+                "own": round(tt, 3),
+                "cumulative": round(ct, 3),
+            }
+        )
     field_name = "cumulative" if key == "cumulative" else "own"
     return sorted(rows, key=lambda r: -r[field_name])[:limit]
 

@@ -48,18 +48,70 @@ CONFIRMED_AT = 1_767_225_600.0  # 2026-01-01T00:00:00Z, fixed so the site is det
 SIF_FILES = 5  # distinct SIF files, shared by every SIF tag
 SEED = 20260101
 
-ORGS = ("library", "bioconda", "nvidia", "hpc", "spack", "opensciencegrid", "rocm",
-        "intel", "jupyter", "biocontainers", "eessi", "ecmwf", "nfcore", "lammps", "openfoam")
-TOOLS = ("python", "gromacs", "openmpi", "cuda", "samtools", "bwa", "pytorch", "tensorflow",
-         "julia", "r-base", "lammps", "namd", "paraview", "quantum-espresso", "cp2k", "wrf",
-         "blast", "star", "salmon", "gatk", "alpine", "ubuntu", "rockylinux", "busybox",
-         "nginx", "postgres", "redis", "spark", "dask", "jax", "hdf5", "netcdf", "petsc",
-         "trilinos", "openfoam", "fenics", "vasp-tools", "orca-tools", "nextflow", "snakemake")
+ORGS = (
+    "library",
+    "bioconda",
+    "nvidia",
+    "hpc",
+    "spack",
+    "opensciencegrid",
+    "rocm",
+    "intel",
+    "jupyter",
+    "biocontainers",
+    "eessi",
+    "ecmwf",
+    "nfcore",
+    "lammps",
+    "openfoam",
+)
+TOOLS = (
+    "python",
+    "gromacs",
+    "openmpi",
+    "cuda",
+    "samtools",
+    "bwa",
+    "pytorch",
+    "tensorflow",
+    "julia",
+    "r-base",
+    "lammps",
+    "namd",
+    "paraview",
+    "quantum-espresso",
+    "cp2k",
+    "wrf",
+    "blast",
+    "star",
+    "salmon",
+    "gatk",
+    "alpine",
+    "ubuntu",
+    "rockylinux",
+    "busybox",
+    "nginx",
+    "postgres",
+    "redis",
+    "spark",
+    "dask",
+    "jax",
+    "hdf5",
+    "netcdf",
+    "petsc",
+    "trilinos",
+    "openfoam",
+    "fenics",
+    "vasp-tools",
+    "orca-tools",
+    "nextflow",
+    "snakemake",
+)
 VARIANTS = ("", "-dev", "-runtime", "-slim", "-cuda", "-rocm", "-mpi", "-gpu", "-cli", "-lite")
 GROUPS = ("apps", "base", "ci", "tools", "lab")
 HISTORY = (
     "/bin/sh -c #(nop) ADD file:{h} in / ",
-    "/bin/sh -c #(nop)  CMD [\"/bin/bash\"]",
+    '/bin/sh -c #(nop)  CMD ["/bin/bash"]',
     "RUN /bin/sh -c apt-get update && apt-get install -y --no-install-recommends "
     "ca-certificates curl libgomp1 && rm -rf /var/lib/apt/lists/* # buildkit",
     "ENV TOOL_HOME=/opt/{tool} PATH=/opt/{tool}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:"
@@ -119,8 +171,9 @@ class Synthesiser:
             self.shape.blobs += 1
         return digest
 
-    def image_config(self, repo: Repository, tag: str, arch: str, created: datetime,
-                     layers: list[bytes]) -> bytes:
+    def image_config(
+        self, repo: Repository, tag: str, arch: str, created: datetime, layers: list[bytes]
+    ) -> bytes:
         rng = self.rng
         tool = repo.name.rsplit("/", 1)[-1]
         org = repo.name.split("/")[0]
@@ -130,8 +183,10 @@ class Synthesiser:
             text = HISTORY[(step * 3 + len(tool)) % len(HISTORY)] if step else HISTORY[0]
             entry: dict[str, Any] = {
                 "created": iso(created - timedelta(minutes=10 * (steps - step))),
-                "created_by": text.format(h=hashlib.sha1(f"{repo}{tag}{step}".encode())
-                                          .hexdigest(), tool=tool, org=org)}
+                "created_by": text.format(
+                    h=hashlib.sha1(f"{repo}{tag}{step}".encode()).hexdigest(), tool=tool, org=org
+                ),
+            }
             if text.startswith(("ENV", "WORKDIR", "LABEL", "/bin/sh -c #(nop)  CMD")):
                 entry["empty_layer"] = True
             if step == steps - 1:
@@ -146,10 +201,13 @@ class Synthesiser:
             "author": f"{org} maintainers <ops@{org}.example.org>",
             "config": {
                 "User": "1000:1000" if rng.random() < 0.3 else "",
-                "Env": [f"PATH=/opt/{tool}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:"
-                        "/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
-                        f"{tool.upper().replace('-', '_')}_VERSION={version}",
-                        "OMP_NUM_THREADS=1"],
+                "Env": [
+                    f"PATH=/opt/{tool}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:"
+                    "/usr/bin:/sbin:/bin",
+                    "LANG=C.UTF-8",
+                    f"{tool.upper().replace('-', '_')}_VERSION={version}",
+                    "OMP_NUM_THREADS=1",
+                ],
                 "Entrypoint": ["/usr/local/bin/entrypoint.sh"] if rng.random() < 0.4 else None,
                 "Cmd": [f"/opt/{tool}/bin/{tool}", "--help"],
                 "WorkingDir": "/work",
@@ -160,21 +218,26 @@ class Synthesiser:
                     LABEL + "created": iso(created),
                     LABEL + "source": f"https://github.com/{org}/{tool}",
                     LABEL + "revision": hashlib.sha1(f"{repo}:{tag}".encode()).hexdigest(),
-                    LABEL + "licenses": rng.choice(("Apache-2.0", "MIT", "GPL-3.0-or-later",
-                                                    "BSD-3-Clause")),
+                    LABEL + "licenses": rng.choice(
+                        ("Apache-2.0", "MIT", "GPL-3.0-or-later", "BSD-3-Clause")
+                    ),
                     LABEL + "vendor": org,
                     LABEL + "url": f"https://{org}.example.org/{tool}",
                 },
             },
-            "rootfs": {"type": "layers",
-                       "diff_ids": [f"sha256:{hashlib.sha256(b'diff' + layer).hexdigest()}"
-                                    for layer in layers]},
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": [
+                    f"sha256:{hashlib.sha256(b'diff' + layer).hexdigest()}" for layer in layers
+                ],
+            },
             "history": history,
         }
         return compact(config)
 
-    def image_manifest(self, repo: Repository, tag: str, arch: str,
-                       created: datetime) -> tuple[bytes, list[Digest]]:
+    def image_manifest(
+        self, repo: Repository, tag: str, arch: str, created: datetime
+    ) -> tuple[bytes, list[Digest]]:
         """An image manifest whose config and layers are stored; returns it and its blobs."""
         self._counter += 1
         family = PREFIXES.index(repo.prefix) * 4 + self._counter % 4
@@ -183,39 +246,55 @@ class Synthesiser:
             layers.append(f"layer {repo} {tag} {arch} {k} {self._counter}\n".encode() * 4)
         config = self.image_config(repo, tag, arch, created, layers)
         blobs = [self.put(config)] + [self.put(layer) for layer in layers]
-        manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                    "config": descriptor_for(OCI_CONFIG, config),
-                    "layers": [descriptor_for(OCI_LAYER_TAR_GZIP, layer) for layer in layers]}
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor_for(OCI_CONFIG, config),
+            "layers": [descriptor_for(OCI_LAYER_TAR_GZIP, layer) for layer in layers],
+        }
         if self._counter % 3 == 0:
-            manifest["annotations"] = {LABEL + "created": iso(created),
-                                       LABEL + "base.name": "docker.io/library/ubuntu:24.04"}
+            manifest["annotations"] = {
+                LABEL + "created": iso(created),
+                LABEL + "base.name": "docker.io/library/ubuntu:24.04",
+            }
         return compact(manifest), blobs
 
-    def sif_manifest(self, repo: Repository, tag: str,
-                     created: datetime) -> tuple[bytes, list[Digest]]:
+    def sif_manifest(
+        self, repo: Repository, tag: str, created: datetime
+    ) -> tuple[bytes, list[Digest]]:
         sif = self._sifs[self._counter % len(self._sifs)]
         self._counter += 1
         config = b"{}"
         blobs = [self.put(config), self.put(sif)]
-        manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                    "config": descriptor_for(SIF_CONFIG, config),
-                    "layers": [descriptor_for(SIF_LAYER, sif, annotations={
-                        LABEL + "title": f"image-{tag}.sif"})],
-                    "annotations": {LABEL + "created": iso(created),
-                                    LABEL + "ref.name": f"{repo}:{tag}"}}
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor_for(SIF_CONFIG, config),
+            "layers": [
+                descriptor_for(SIF_LAYER, sif, annotations={LABEL + "title": f"image-{tag}.sif"})
+            ],
+            "annotations": {LABEL + "created": iso(created), LABEL + "ref.name": f"{repo}:{tag}"},
+        }
         return compact(manifest), blobs
 
     def build_sifs(self) -> None:
         from tests.support.sifwriter import example_sif, make_squashfs
+
         sq_dir = self.workdir / "squashfs"
         sq_dir.mkdir()
         squashfs = make_squashfs(sq_dir)
         shutil.rmtree(sq_dir)
         for i in range(SIF_FILES):
-            self._sifs.append(example_sif(squashfs, name=f"tool{i}", version=f"{i}.0",
-                                          arch="amd64" if i % 4 else "arm64",
-                                          created=1_700_000_000 + i * 86_400,
-                                          signed=i % 2 == 0).data)
+            self._sifs.append(
+                example_sif(
+                    squashfs,
+                    name=f"tool{i}",
+                    version=f"{i}.0",
+                    arch="amd64" if i % 4 else "arm64",
+                    created=1_700_000_000 + i * 86_400,
+                    signed=i % 2 == 0,
+                ).data
+            )
 
     # -- linking -------------------------------------------------------------------------
     def add_tag(self, repo: Repository, tag: str, kind: str, created: datetime) -> Digest:
@@ -229,9 +308,17 @@ class Synthesiser:
                 store.link_manifest(repo, child, OCI_MANIFEST)
                 for blob in blobs:
                     store.link_blob(repo, blob)
-                children.append(descriptor_for(OCI_MANIFEST, body, platform={
-                    "architecture": arch, "os": "linux",
-                    **({"variant": "v8"} if arch == "arm64" else {})}))
+                children.append(
+                    descriptor_for(
+                        OCI_MANIFEST,
+                        body,
+                        platform={
+                            "architecture": arch,
+                            "os": "linux",
+                            **({"variant": "v8"} if arch == "arm64" else {}),
+                        },
+                    )
+                )
                 self.shape.manifests += 1
             body = compact({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})
             media_type = OCI_INDEX
@@ -289,7 +376,7 @@ class Synthesiser:
                 if r % 2 == 0 and names:
                     names[-1] = "latest"
                 for k, tag in enumerate(names):
-                    kind = ("index" if n % 50 == 7 else "sif" if n % 50 == 23 else "image")
+                    kind = "index" if n % 50 == 7 else "sif" if n % 50 == 23 else "image"
                     created = EPOCH + timedelta(days=r % 300, hours=k * 7, minutes=n % 60)
                     self.add_tag(repo, tag, kind, created)
                     if n % 10 == 3:
@@ -319,4 +406,3 @@ def fsync_disabled(enabled: bool) -> Iterator[None]:
         yield
     finally:
         os.fsync = real
-

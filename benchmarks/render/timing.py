@@ -41,10 +41,18 @@ class RenderBench:
         self.index_dir = workdir / "index"
         self.out = workdir / "site"
         self.config_path = workdir / "config.toml"
-        self.config_path.write_text(toml_text({
-            "cache": {"root": str(self.cache_root), "index_dir": str(self.index_dir)},
-            "catalog": {"mirror_url": "mirror.site:5000", "title": "hpc-mirror benchmark",
-                        "out": str(self.out)}}))
+        self.config_path.write_text(
+            toml_text(
+                {
+                    "cache": {"root": str(self.cache_root), "index_dir": str(self.index_dir)},
+                    "catalog": {
+                        "mirror_url": "mirror.site:5000",
+                        "title": "hpc-mirror benchmark",
+                        "out": str(self.out),
+                    },
+                }
+            )
+        )
         self.config = config_module.load(self.config_path)
         self.store = ContentStore(self.cache_root)
         self.synth = Synthesiser(self.store, workdir)
@@ -62,8 +70,7 @@ class RenderBench:
         repo = self.repos[len(self.repos) // 2 + self.new_tags % 3]
         tag = f"2026.{self.new_tags + 1}"
         self.new_tags += 1
-        self.synth.add_tag(repo, tag, "image",
-                           EPOCH + timedelta(days=700 + self.new_tags))
+        self.synth.add_tag(repo, tag, "image", EPOCH + timedelta(days=700 + self.new_tags))
         return repo, tag
 
     def timed_render(self) -> Run:
@@ -78,35 +85,49 @@ class RenderBench:
             prepare()
             run = self.timed_render()
             metric.runs.append(run)
-            log(f"  {metric.label}: {run.seconds:.3f} s ({run.pages_written} written, "
-                f"{run.pages_reused} reused)" + (f" [{i + 1}/{repeat}]" if repeat > 1 else ""))
+            log(
+                f"  {metric.label}: {run.seconds:.3f} s ({run.pages_written} written, "
+                f"{run.pages_reused} reused)" + (f" [{i + 1}/{repeat}]" if repeat > 1 else "")
+            )
         self.metrics.append(metric)
         return metric
 
     def synthesise(self) -> None:
-        log(f"synthesising {self.args.tags} tags in {self.cache_root} "
-            f"({'with' if self.args.fsync else 'without'} fsync)")
+        log(
+            f"synthesising {self.args.tags} tags in {self.cache_root} "
+            f"({'with' if self.args.fsync else 'without'} fsync)"
+        )
         with fsync_disabled(self.args.fsync):
-            self.repos = self.synth.build(self.args.tags, self.args.tags_per_repo,
-                                          self.config.cache.index_dir)
+            self.repos = self.synth.build(
+                self.args.tags, self.args.tags_per_repo, self.config.cache.index_dir
+            )
         s = self.base_shape = dataclasses.replace(self.synth.shape)
-        log(f"  {s.repositories} repositories, {s.tags} tags ({s.images} images, "
+        log(
+            f"  {s.repositories} repositories, {s.tags} tags ({s.images} images, "
             f"{s.indexes} multi-arch indexes, {s.sifs} SIF), {s.manifests} manifests, "
-            f"{s.blobs} blobs, {s.pulled_tags} tags with pulls; {s.seconds:.1f} s")
+            f"{s.blobs} blobs, {s.pulled_tags} tags with pulls; {s.seconds:.1f} s"
+        )
 
     def run(self) -> list[Metric]:
         self.synthesise()
         repeat = self.args.repeat
-        self.measure(Metric("full_cold", "full render, cold (empty output directory)",
-                            target=FULL_TARGET),
-                     self.reset_output, 1)
+        self.measure(
+            Metric("full_cold", "full render, cold (empty output directory)", target=FULL_TARGET),
+            self.reset_output,
+            1,
+        )
         cold = self.last_report
         assert cold is not None
-        log(f"  site: {cold.repositories} repositories, {cold.tags} tags, "
-            f"{count_files(self.out)} files, {du(self.out) / 2**20:.1f} MiB")
+        log(
+            f"  site: {cold.repositories} repositories, {cold.tags} tags, "
+            f"{count_files(self.out)} files, {du(self.out) / 2**20:.1f} MiB"
+        )
         self.measure(Metric("unchanged", "re-render, nothing changed"), lambda: None, repeat)
-        self.measure(Metric("incremental", "incremental render after 1 new tag",
-                            target=INCREMENTAL_TARGET), self.add_new_tag, repeat)
+        self.measure(
+            Metric("incremental", "incremental render after 1 new tag", target=INCREMENTAL_TARGET),
+            self.add_new_tag,
+            repeat,
+        )
         if not self.args.no_cli:
             self.metrics.append(self.cli_render())
         return self.metrics
@@ -115,8 +136,7 @@ class RenderBench:
         self.add_new_tag()
         command = [PYTHON, "-m", "mirror.cli", "render", "--config", str(self.config_path)]
         started = time.perf_counter()
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=240)
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
         seconds = time.perf_counter() - started
         if done.returncode != 0:
             raise BenchError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr}")
@@ -128,14 +148,24 @@ class RenderBench:
             reused = int(tail.split(", ")[1].split(" pages")[0])
         # Interpreter start plus imports, for reference.
         started = time.perf_counter()
-        subprocess.run([PYTHON, "-c", "import mirror.cli, mirror.catalog"], cwd=REPO_ROOT,
-                       check=True, timeout=60)
+        subprocess.run(
+            [PYTHON, "-c", "import mirror.cli, mirror.catalog"],
+            cwd=REPO_ROOT,
+            check=True,
+            timeout=60,
+        )
         imports = time.perf_counter() - started
-        metric = Metric("cli_incremental", "CLI `mirror render` after 1 new tag (wall)",
-                        [Run(seconds, written, reused)], INCREMENTAL_TARGET,
-                        note=f"interpreter start + imports alone: {imports:.3f} s")
-        log(f"  {metric.label}: {seconds:.3f} s ({written} written, {reused} reused); "
-            f"{metric.note}; stdout: {text}")
+        metric = Metric(
+            "cli_incremental",
+            "CLI `mirror render` after 1 new tag (wall)",
+            [Run(seconds, written, reused)],
+            INCREMENTAL_TARGET,
+            note=f"interpreter start + imports alone: {imports:.3f} s",
+        )
+        log(
+            f"  {metric.label}: {seconds:.3f} s ({written} written, {reused} reused); "
+            f"{metric.note}; stdout: {text}"
+        )
         return metric
 
     def prepare(self, which: str) -> None:
@@ -151,5 +181,4 @@ def count_files(path: Path) -> int:
 
 
 def du(path: Path) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
-               for f in files)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)

@@ -22,8 +22,9 @@ class BlobWriter:
     the GIL on large buffers, so hashing overlaps the event loop's network I/O.
     """
 
-    def __init__(self, digest: Digest, final_path: Path, temp_path: Path,
-                 size_path: Path | None = None) -> None:
+    def __init__(
+        self, digest: Digest, final_path: Path, temp_path: Path, size_path: Path | None = None
+    ) -> None:
         """Creates the temp file exclusively (O_EXCL holds across NFS, GPFS, Lustre and
         GlusterFS clients): with the digest's partial path, creating it claims the fill.
         The store chooses every path; `size_path` is where a shared fill announces its size."""

@@ -67,9 +67,14 @@ def export(store: ContentStore, images: list[tuple[Repository, str]], out: IO[by
             raise BundleError(f"{repo}:{tag} is not cached (prefetch it first)")
         for digest in _closure(store, record.digest, f"{repo}:{tag}"):
             blobs[digest.hex] = digest
-        entries.append({"mediaType": record.media_type, "digest": str(record.digest),
-                        "size": store.blob_size(record.digest),
-                        "annotations": {REPOSITORY_KEY: str(repo), TAG_KEY: tag}})
+        entries.append(
+            {
+                "mediaType": record.media_type,
+                "digest": str(record.digest),
+                "size": store.blob_size(record.digest),
+                "annotations": {REPOSITORY_KEY: str(repo), TAG_KEY: tag},
+            }
+        )
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
@@ -89,8 +94,9 @@ def _closure(store: ContentStore, digest: Digest, image: str) -> list[Digest]:
     manifests, blobs = closure(digest, store.read_blob)
     for piece in manifests + blobs:
         if store.blob_size(piece) is None:
-            raise BundleError(f"{image} is not fully cached: {piece} is missing "
-                              "(prefetch it first)")
+            raise BundleError(
+                f"{image} is not fully cached: {piece} is missing (prefetch it first)"
+            )
     return manifests + blobs
 
 
@@ -101,8 +107,9 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 # -- import ---------------------------------------------------------------------------------
-def import_bundle(store: ContentStore, metadata: MetadataCache,
-                  source: IO[bytes]) -> list[BundleImage]:
+def import_bundle(
+    store: ContentStore, metadata: MetadataCache, source: IO[bytes]
+) -> list[BundleImage]:
     """Verify the whole bundle, then add it to the cache; raise BundleError before any of
     it is visible if anything is wrong."""
     staged: dict[str, BlobWriter] = {}
@@ -123,8 +130,9 @@ def import_bundle(store: ContentStore, metadata: MetadataCache,
     return images
 
 
-def _stage(store: ContentStore, source: IO[bytes],
-           staged: dict[str, BlobWriter]) -> list[BundleImage]:
+def _stage(
+    store: ContentStore, source: IO[bytes], staged: dict[str, BlobWriter]
+) -> list[BundleImage]:
     images: list[BundleImage] | None = None
     try:
         with tarfile.open(fileobj=source, mode="r|*") as tar:
@@ -152,8 +160,9 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     return data
 
 
-def _stage_blob(store: ContentStore, digest: Digest, data: IO[bytes],
-                staged: dict[str, BlobWriter]) -> None:
+def _stage_blob(
+    store: ContentStore, digest: Digest, data: IO[bytes], staged: dict[str, BlobWriter]
+) -> None:
     if digest.hex in staged:
         raise BundleError(f"blob {digest} appears twice in the bundle")
     writer = store.new_writer(digest)
@@ -163,8 +172,9 @@ def _stage_blob(store: ContentStore, digest: Digest, data: IO[bytes],
     try:
         writer.verify()
     except DigestMismatch:
-        raise BundleError(f"blob {digest} is damaged or was tampered with: its content "
-                          "does not hash to its name") from None
+        raise BundleError(
+            f"blob {digest} is damaged or was tampered with: its content does not hash to its name"
+        ) from None
     writer.seal()
 
 
@@ -176,19 +186,25 @@ def _read_index(raw: bytes) -> list[BundleImage]:
         for entry in entries:
             annotations = entry.get("annotations") or {}
             prefix, _, name = str(annotations[REPOSITORY_KEY]).partition("/")
-            images.append(BundleImage(Repository(check_prefix(prefix), check_name(name)),
-                                      check_tag(str(annotations[TAG_KEY])),
-                                      Digest.parse(str(entry["digest"])),
-                                      str(entry["mediaType"])))
+            images.append(
+                BundleImage(
+                    Repository(check_prefix(prefix), check_name(name)),
+                    check_tag(str(annotations[TAG_KEY])),
+                    Digest.parse(str(entry["digest"])),
+                    str(entry["mediaType"]),
+                )
+            )
         return images
     except (ValueError, KeyError, TypeError, AttributeError, MirrorError) as exc:
         detail = exc.message if isinstance(exc, MirrorError) else exc
         raise BundleError(f"index.json of the bundle is not valid: {detail}") from None
 
 
-def _check_complete(store: ContentStore, images: list[BundleImage],
-                    staged: dict[str, BlobWriter]) -> None:
+def _check_complete(
+    store: ContentStore, images: list[BundleImage], staged: dict[str, BlobWriter]
+) -> None:
     """Every manifest and everything it references must be in the bundle or the cache."""
+
     def present(digest: Digest) -> bool:
         return digest.hex in staged or store.blob_size(digest) is not None
 
@@ -197,15 +213,17 @@ def _check_complete(store: ContentStore, images: list[BundleImage],
         return Path(writer.temp_path).read_bytes() if writer else store.read_blob(digest)
 
     for image in images:
-        manifests, blobs = closure(image.digest,
-                                   lambda digest: body(digest) if present(digest) else None)
+        manifests, blobs = closure(
+            image.digest, lambda digest: body(digest) if present(digest) else None
+        )
         for piece in manifests + blobs:
             if not present(piece):
                 raise BundleError(f"the bundle is incomplete: {image} needs {piece}")
 
 
-def _link(store: ContentStore, metadata: MetadataCache, repo: Repository, digest: Digest,
-          media_type: str) -> None:
+def _link(
+    store: ContentStore, metadata: MetadataCache, repo: Repository, digest: Digest, media_type: str
+) -> None:
     body = store.read_blob(digest) or b""
     parsed = parse(body, media_type)
     metadata.link_manifest(repo, digest, media_type, parsed)

@@ -44,9 +44,14 @@ class GcPlan:
         return sum(self.delete.values())
 
 
-def plan(store: ContentStore, pulls: PullStats, max_size: int,
-         older_than: float | None, now: float,
-         pinned: Callable[[Image], bool] = lambda image: False) -> GcPlan:
+def plan(
+    store: ContentStore,
+    pulls: PullStats,
+    max_size: int,
+    older_than: float | None,
+    now: float,
+    pinned: Callable[[Image], bool] = lambda image: False,
+) -> GcPlan:
     """Choose images to evict, oldest first, until the cache is at most `max_size`."""
     sizes = {blob.digest.hex: blob.size for blob in store.blobs()}
     images = list(_images(store, pulls))
@@ -79,8 +84,12 @@ def apply(store: ContentStore, result: GcPlan) -> None:
     for image in result.evict:
         if not is_digest(image.reference):
             store.untag(image.repo, image.reference)
-    kept = {(image.repo, hex_digest) for image in _images(store, None)
-            if (image.repo, image.reference) not in evicted for hex_digest in image.blobs}
+    kept = {
+        (image.repo, hex_digest)
+        for image in _images(store, None)
+        if (image.repo, image.reference) not in evicted
+        for hex_digest in image.blobs
+    }
     for image in result.evict:
         for hex_digest in image.blobs:
             if (image.repo, hex_digest) not in kept:

@@ -60,8 +60,9 @@ class MetadataCache:
                 self._db.set(key, media_type)
         return media_type
 
-    def link_manifest(self, repo: Repository, digest: Digest, media_type: str,
-                      parsed: ParsedManifest) -> None:
+    def link_manifest(
+        self, repo: Repository, digest: Digest, media_type: str, parsed: ParsedManifest
+    ) -> None:
         """Record that `repo` has this manifest, and what it lets `repo` serve: its blobs,
         and for an index its child manifests (with the type the index gives them)."""
         for child in parsed.manifests:

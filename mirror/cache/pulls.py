@@ -75,8 +75,10 @@ class PullStats:
             return False
         by_repo: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
         for (prefix, name, reference), count in pulls.items():
-            by_repo.setdefault((prefix, name), {})[reference] = (count,
-                                                                 last[prefix, name, reference])
+            by_repo.setdefault((prefix, name), {})[reference] = (
+                count,
+                last[prefix, name, reference],
+            )
         with self._db.transact():
             for (prefix, name), counts in by_repo.items():
                 key = ("pulls", prefix, name)
@@ -101,8 +103,10 @@ class PullStats:
 
     def counts(self, repo: Repository) -> dict[str, PullCount]:
         """Per tag or digest of `repo`, summed over every node."""
-        merged = {reference: PullCount(*value) for reference, value
-                  in self._db.get(("pulls", repo.prefix, repo.name), {}).items()}
+        merged = {
+            reference: PullCount(*value)
+            for reference, value in self._db.get(("pulls", repo.prefix, repo.name), {}).items()
+        }
         for reference, theirs in self._other_nodes().get(str(repo), {}).items():
             merged[reference] = _add(merged.get(reference, NEVER_PULLED), theirs)
         return merged
@@ -118,8 +122,7 @@ class PullStats:
                 for repo, refs in totals.items():
                     into = summed.setdefault(repo, {})
                     for reference, value in refs.items():
-                        into[reference] = _add(into.get(reference, NEVER_PULLED),
-                                               PullCount(*value))
+                        into[reference] = _add(into.get(reference, NEVER_PULLED), PullCount(*value))
             self._others = (now, summed)
         return self._others[1]
 

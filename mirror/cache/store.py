@@ -135,8 +135,10 @@ class ContentStore:
         """Every blob under a final path, with its size, in digest order."""
         for shard in _subdirs(self._blobs_dir):
             with os.scandir(shard.path) as scan:
-                entries = sorted((e for e in scan if len(e.name) == 64
-                                  and not e.name.startswith(".")), key=lambda e: e.name)
+                entries = sorted(
+                    (e for e in scan if len(e.name) == 64 and not e.name.startswith(".")),
+                    key=lambda e: e.name,
+                )
             for entry in entries:
                 try:
                     size = entry.stat(follow_symlinks=False).st_size
@@ -159,8 +161,12 @@ class ContentStore:
     def claim_fill(self, digest: Digest) -> BlobWriter | None:
         """The writer of the shared fill of `digest`, or None if another fill holds it."""
         try:
-            return BlobWriter(digest, self.blob_path(digest), self.partial_path(digest),
-                              self._partial_size_path(digest))
+            return BlobWriter(
+                digest,
+                self.blob_path(digest),
+                self.partial_path(digest),
+                self._partial_size_path(digest),
+            )
         except FileExistsError:
             return None
 
@@ -192,8 +198,11 @@ class ContentStore:
         removed = 0
         now = time.time()
         for entry in os.scandir(self._tmp_dir):
-            limit = stale_seconds if entry.name.endswith((".partial", ".size")) or \
-                ".partial.dead-" in entry.name else _TEMP_FILE_MAX_AGE
+            limit = (
+                stale_seconds
+                if entry.name.endswith((".partial", ".size")) or ".partial.dead-" in entry.name
+                else _TEMP_FILE_MAX_AGE
+            )
             try:
                 if now - entry.stat(follow_symlinks=False).st_mtime > limit:
                     os.unlink(entry.path)
@@ -241,8 +250,11 @@ class ContentStore:
 
     # -- tags --------------------------------------------------------------------------------
     def write_tag(self, repo: Repository, tag: str, record: TagRecord) -> None:
-        body = {"digest": str(record.digest), "media_type": record.media_type,
-                "confirmed_at": record.confirmed_at}
+        body = {
+            "digest": str(record.digest),
+            "media_type": record.media_type,
+            "confirmed_at": record.confirmed_at,
+        }
         self._write_small(self._tag_path(repo, tag), json.dumps(body).encode())
 
     def read_tag(self, repo: Repository, tag: str) -> TagRecord | None:
@@ -251,15 +263,19 @@ class ContentStore:
             return None
         try:
             body = json.loads(text)
-            return TagRecord(Digest.parse(body["digest"]), str(body["media_type"]),
-                             float(body["confirmed_at"]))
+            return TagRecord(
+                Digest.parse(body["digest"]), str(body["media_type"]), float(body["confirmed_at"])
+            )
         except (ValueError, KeyError, TypeError):
             return None  # a torn or foreign file counts as absent; the upstream is asked
 
     def list_tags(self, repo: Repository) -> list[str]:
         try:
-            return sorted(name for name in os.listdir(self._repo_dir(repo) / "_tags")
-                          if not name.startswith("."))
+            return sorted(
+                name
+                for name in os.listdir(self._repo_dir(repo) / "_tags")
+                if not name.startswith(".")
+            )
         except FileNotFoundError:
             return []
 
@@ -313,8 +329,11 @@ class ContentStore:
             except (OSError, ValueError):
                 continue  # a node's torn or foreign file: its counts are missing, not wrong
             if isinstance(totals, dict):
-                found[path.stem] = {repo: {ref: tuple(v) for ref, v in refs.items()}
-                                    for repo, refs in totals.items() if isinstance(refs, dict)}
+                found[path.stem] = {
+                    repo: {ref: tuple(v) for ref, v in refs.items()}
+                    for repo, refs in totals.items()
+                    if isinstance(refs, dict)
+                }
         return found
 
     # -- small files -----------------------------------------------------------------------
@@ -344,7 +363,8 @@ def _unlink(path: Path) -> None:
 def _subdirs(path: Path | str) -> list[os.DirEntry]:
     try:
         with os.scandir(path) as entries:
-            return sorted((e for e in entries if e.is_dir(follow_symlinks=False)),
-                          key=lambda e: e.name)
+            return sorted(
+                (e for e in entries if e.is_dir(follow_symlinks=False)), key=lambda e: e.name
+            )
     except FileNotFoundError:
         return []

@@ -25,8 +25,9 @@ class VerifyReport:
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # (digest, actual)
 
 
-def verify_store(store: ContentStore, progress: Callable[[int], None] | None = None,
-                 workers: int = 2) -> VerifyReport:
+def verify_store(
+    store: ContentStore, progress: Callable[[int], None] | None = None, workers: int = 2
+) -> VerifyReport:
     """Hash every blob (sha256 releases the GIL: `workers` threads use as many cores)."""
     report = VerifyReport()
     advance = progress or (lambda done: None)

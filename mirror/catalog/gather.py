@@ -41,8 +41,7 @@ class FactsCache:
         return facts
 
 
-def gather(store: ContentStore, facts: FactsCache, repo: Repository,
-           pulls: PullCounts) -> RepoView:
+def gather(store: ContentStore, facts: FactsCache, repo: Repository, pulls: PullCounts) -> RepoView:
     """Everything the pages of `repo` show; `pulls` are its pull counts."""
     manifests: dict[str, ManifestFacts] = {}
     tagged = store.tag_records(repo)
@@ -52,13 +51,28 @@ def gather(store: ContentStore, facts: FactsCache, repo: Repository,
     for tag, record in tagged.items():
         count, last = pulls.get(tag, NEVER_PULLED)
         digest = str(record.digest)
-        tags.append(TagView(tag, digest, record.media_type, _iso(record.confirmed_at), count,
-                            _iso(last), summarize(manifests, digest)))
+        tags.append(
+            TagView(
+                tag,
+                digest,
+                record.media_type,
+                _iso(record.confirmed_at),
+                count,
+                _iso(last),
+                summarize(manifests, digest),
+            )
+        )
     return RepoView(repo, tuple(tags), manifests)
 
 
-def _add_facts(manifests: dict[str, ManifestFacts], facts: FactsCache, store: ContentStore,
-               repo: Repository, digest: str, media_type: str) -> None:
+def _add_facts(
+    manifests: dict[str, ManifestFacts],
+    facts: FactsCache,
+    store: ContentStore,
+    repo: Repository,
+    digest: str,
+    media_type: str,
+) -> None:
     """The facts of `digest` and, for an index, of each of its children."""
     if digest in manifests:
         return
@@ -76,8 +90,11 @@ def summarize(manifests: dict[str, ManifestFacts], digest: str) -> ManifestSumma
     sizes = [child.total_size for child in children] or [found.total_size]
     known = [size for size in sizes if size is not None]
     created = found.created or max((c.created for c in children if c.created), default=None)
-    meta = {**(found.image.labels if found.image else {}),
-            **(found.sif.labels if found.sif else {}), **found.annotations}
+    meta = {
+        **(found.image.labels if found.image else {}),
+        **(found.sif.labels if found.sif else {}),
+        **found.annotations,
+    }
     return ManifestSummary(
         kind=found.kind,
         platforms=found.platforms,
@@ -96,17 +113,21 @@ def repo_row(view: RepoView) -> RepoRow:
     summaries = [tag.summary for tag in view.tags]
     latest = _newest_tag(view).summary
     return RepoRow(
-        prefix=view.prefix, name=view.name, path=view.path,
+        prefix=view.prefix,
+        name=view.name,
+        path=view.path,
         page=f"{view.directory}/index.html",
         tag_names=tuple(tag.name for tag in view.tags),
         kinds=tuple(sorted({KIND_LABELS[s.kind] for s in summaries})),
         platforms=tuple(sorted({p for s in summaries for p in s.platforms})),
-        size=latest.size, created=latest.created,
+        size=latest.size,
+        created=latest.created,
         last_pulled=max((t.last_pulled for t in view.tags if t.last_pulled), default=None),
         pulls=sum(tag.pulls for tag in view.tags),
         signed=any(s.signed for s in summaries),
         encrypted=any(s.encrypted for s in summaries),
-        title=latest.title, description=latest.description,
+        title=latest.title,
+        description=latest.description,
         damaged=any(s.damaged for s in summaries),
     )
 

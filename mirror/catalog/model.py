@@ -98,10 +98,16 @@ class ManifestFacts:
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "digest": self.digest, "media_type": self.media_type, "kind": self.kind.value,
-            "problems": self.problems, "complete": self.complete,
-            "annotations": self.annotations, "platforms": self.platforms,
-            "created": self.created, "total_size": self.total_size}
+            "digest": self.digest,
+            "media_type": self.media_type,
+            "kind": self.kind.value,
+            "problems": self.problems,
+            "complete": self.complete,
+            "annotations": self.annotations,
+            "platforms": self.platforms,
+            "created": self.created,
+            "total_size": self.total_size,
+        }
         if self.manifest_size is not None:
             data["manifest_size"] = self.manifest_size
         if self.children is not None:
@@ -113,8 +119,11 @@ class ManifestFacts:
         if self.image is not None:
             data["image"] = self.image
         if self.sif is not None:
-            data["sif"] = {**json_default(self.sif), "signed": self.sif.signed,
-                           "created_best": iso_text(self.sif.created_best)}
+            data["sif"] = {
+                **json_default(self.sif),
+                "signed": self.sif.signed,
+                "created_best": iso_text(self.sif.created_best),
+            }
         return data
 
 
@@ -152,9 +161,15 @@ class TagView:
         return manifest_page(self.digest)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "digest": self.digest, "media_type": self.media_type,
-                "confirmed_at": self.confirmed_at, "pulls": self.pulls,
-                "last_pulled": self.last_pulled, "page": self.page}
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "media_type": self.media_type,
+            "confirmed_at": self.confirmed_at,
+            "pulls": self.pulls,
+            "last_pulled": self.last_pulled,
+            "page": self.page,
+        }
 
 
 @dataclass(frozen=True)
@@ -184,9 +199,13 @@ class RepoView:
 
     def to_json(self) -> dict[str, Any]:
         """repo.json."""
-        return {"repository": self.path, "tags": [tag.to_json() for tag in self.tags],
-                "manifests": {digest: facts.to_json()
-                              for digest, facts in sorted(self.manifests.items())}}
+        return {
+            "repository": self.path,
+            "tags": [tag.to_json() for tag in self.tags],
+            "manifests": {
+                digest: facts.to_json() for digest, facts in sorted(self.manifests.items())
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -222,8 +241,14 @@ class RepoRow:
         """The row `to_json` wrote (the previous render's state)."""
         data = dict(data)
         tag_names = data.pop("tags")
-        return cls(**{**data, "tag_names": tuple(tag_names), "kinds": tuple(data["kinds"]),
-                      "platforms": tuple(data["platforms"])})
+        return cls(
+            **{
+                **data,
+                "tag_names": tuple(tag_names),
+                "kinds": tuple(data["kinds"]),
+                "platforms": tuple(data["platforms"]),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -237,8 +262,11 @@ class SiteInfo:
 
 def catalog_json(site: SiteInfo, rows: list[RepoRow]) -> dict[str, Any]:
     """catalog.json: every repository, for scripts."""
-    return {"title": site.title, "mirror": site.mirror,
-            "repositories": [row.to_json() for row in rows]}
+    return {
+        "title": site.title,
+        "mirror": site.mirror,
+        "repositories": [row.to_json() for row in rows],
+    }
 
 
 def pages_dir(repo: Repository) -> str:

@@ -61,11 +61,15 @@ def pull_commands(site: SiteInfo, path: str, reference: str, kind: Kind) -> list
     ref = f"{site.mirror}/{path}{'@' if ':' in reference else ':'}{reference}"
     apptainer, oras = "apptainer pull --no-https", "oras pull --plain-http"
     if kind == Kind.SIF:
-        return [PullCommand("Apptainer (ORAS)", f"{apptainer} oras://{ref}"),
-                PullCommand("oras", f"{oras} {ref}")]
+        return [
+            PullCommand("Apptainer (ORAS)", f"{apptainer} oras://{ref}"),
+            PullCommand("oras", f"{oras} {ref}"),
+        ]
     if kind in (Kind.IMAGE, Kind.INDEX):
-        return [PullCommand("Apptainer (docker)", f"{apptainer} docker://{ref}"),
-                PullCommand("podman", f"podman pull --tls-verify=false {ref}")]
+        return [
+            PullCommand("Apptainer (docker)", f"{apptainer} docker://{ref}"),
+            PullCommand("podman", f"podman pull --tls-verify=false {ref}"),
+        ]
     return [PullCommand("oras", f"{oras} {ref}")]
 
 
@@ -82,10 +86,15 @@ class Pages:
         self.site = site
         self.site_key = fingerprint(site)
         self.writer = writer
-        self.env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
-                               autoescape=select_autoescape(["html"]), trim_blocks=True,
-                               lstrip_blocks=True, keep_trailing_newline=True,
-                               auto_reload=False)
+        self.env = Environment(
+            loader=FileSystemLoader(TEMPLATES),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(["html"]),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            auto_reload=False,
+        )
         self.env.filters["size"] = human_size
         self.env.filters["short"] = lambda digest: digest.split(":")[-1][:12]
         self.env.filters["date"] = lambda text: (text or "")[:10]
@@ -98,12 +107,18 @@ class Pages:
         """The pages of one repository: a page per manifest (leaves first), repo.json, and
         its index page. Returns the files, for the render state."""
         depth = 3 + view.name.count("/")
-        files = [self._manifest_page(view, facts, depth)
-                 for _, facts in sorted(view.manifests.items())]
+        files = [
+            self._manifest_page(view, facts, depth) for _, facts in sorted(view.manifests.items())
+        ]
         self.writer.write(f"{view.directory}/repo.json", _dumps(view.to_json()))
         index = f"{view.directory}/index.html"
-        self._page(index, "repository.html", {"repo": view, "tags": view.tags}, depth,
-                   fingerprint("repository.html", view.path, view.tags, self.site_key, depth))
+        self._page(
+            index,
+            "repository.html",
+            {"repo": view, "tags": view.tags},
+            depth,
+            fingerprint("repository.html", view.path, view.tags, self.site_key, depth),
+        )
         return files + [f"{view.directory}/repo.json", index]
 
     def site_pages(self, rows: list[RepoRow], blob_count: int, cache_size: int) -> None:
@@ -117,7 +132,8 @@ class Pages:
     def _manifest_page(self, view: RepoView, facts: ManifestFacts, depth: int) -> str:
         relpath = f"{view.directory}/{manifest_page(facts.digest)}"
         children: list[tuple[Child, ManifestFacts]] = [
-            (child, view.manifests[child.digest]) for child in facts.children or ()]
+            (child, view.manifests[child.digest]) for child in facts.children or ()
+        ]
         tag_names = sorted(tag.name for tag in view.tags if tag.digest == facts.digest)
         template = "sif.html" if facts.kind is Kind.SIF else "manifest.html"
         if facts.complete and all(child.complete for _, child in children):
@@ -127,12 +143,23 @@ class Pages:
         else:
             inputs = (facts, children)
         key = fingerprint(template, view.path, tag_names, self.site_key, depth, *inputs)
-        self._page(relpath, template, {"repo": view, "facts": facts, "tag_names": tag_names,
-                                       "children": children}, depth, key)
+        self._page(
+            relpath,
+            template,
+            {"repo": view, "facts": facts, "tag_names": tag_names, "children": children},
+            depth,
+            key,
+        )
         return relpath
 
-    def _page(self, relpath: str, template: str, context: dict[str, Any], depth: int = 0,
-              key: str | None = None) -> None:
+    def _page(
+        self,
+        relpath: str,
+        template: str,
+        context: dict[str, Any],
+        depth: int = 0,
+        key: str | None = None,
+    ) -> None:
         """Render `template` to `relpath` unless its inputs (or the given `key` standing
         for them) are what the previous render used."""
         context = {**context, "site": self.site, "root": "../" * depth or "./"}
@@ -144,17 +171,30 @@ class Pages:
 
 def _stats(rows: list[RepoRow], blob_count: int, cache_size: int) -> dict[str, Any]:
     """The statistics page's context."""
-    upstreams = [UpstreamStats(prefix, len(group), sum(len(r.tag_names) for r in group),
-                               sum(r.size or 0 for r in group))
-                 for prefix, group in _group(rows)]
+    upstreams = [
+        UpstreamStats(
+            prefix,
+            len(group),
+            sum(len(r.tag_names) for r in group),
+            sum(r.size or 0 for r in group),
+        )
+        for prefix, group in _group(rows)
+    ]
     largest = sorted(rows, key=lambda r: (-(r.size or 0), r.path))[:10]
     pulled = sorted((r for r in rows if r.pulls), key=lambda r: (-r.pulls, r.path))
-    return {"blob_count": blob_count, "cache_size": cache_size,
-            "upstreams": upstreams, "largest": largest, "most_pulled": pulled[:10],
-            "size_chart": bar_chart([(u.prefix, u.size) for u in upstreams],
-                                    human_size, "Cached size per upstream"),
-            "largest_chart": bar_chart([(r.path, r.size or 0) for r in largest],
-                                       human_size, "Largest repositories")}
+    return {
+        "blob_count": blob_count,
+        "cache_size": cache_size,
+        "upstreams": upstreams,
+        "largest": largest,
+        "most_pulled": pulled[:10],
+        "size_chart": bar_chart(
+            [(u.prefix, u.size) for u in upstreams], human_size, "Cached size per upstream"
+        ),
+        "largest_chart": bar_chart(
+            [(r.path, r.size or 0) for r in largest], human_size, "Largest repositories"
+        ),
+    }
 
 
 def _group(rows: list[RepoRow]) -> list[tuple[str, list[RepoRow]]]:
@@ -165,6 +205,6 @@ def _group(rows: list[RepoRow]) -> list[tuple[str, list[RepoRow]]]:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=json_default)
-
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=json_default
+    )

@@ -38,7 +38,7 @@ class RenderReport:
     repositories: int
     tags: int
     pages_written: int  # files written by this render
-    pages_reused: int   # files left as the previous render wrote them
+    pages_reused: int  # files left as the previous render wrote them
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,7 @@ class RepoState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RepoState:
-        return cls(tuple(data["signature"]), RepoRow.from_json(data["row"]),
-                   tuple(data["files"]))
+        return cls(tuple(data["signature"]), RepoRow.from_json(data["row"]), tuple(data["files"]))
 
 
 @dataclass(frozen=True)
@@ -84,19 +83,24 @@ def render(config: Config, out: Path | None = None) -> RenderReport:
         renderer = _Renderer(config, cache.store, writer)
         rows = renderer.render_repositories(cache.pulls)
         renderer.pages.site_pages(rows, *_blob_totals(cache.store))
-        writer.commit({"site_key": renderer.pages.site_key,
-                       "repos": {slug: state.to_json()
-                                 for slug, state in renderer.repo_state.items()}})
-    return RenderReport(writer.out, len(rows), sum(len(r.tag_names) for r in rows),
-                        writer.written, writer.reused)
+        writer.commit(
+            {
+                "site_key": renderer.pages.site_key,
+                "repos": {slug: state.to_json() for slug, state in renderer.repo_state.items()},
+            }
+        )
+    return RenderReport(
+        writer.out, len(rows), sum(len(r.tag_names) for r in rows), writer.written, writer.reused
+    )
 
 
 def _site_info(config: Config) -> SiteInfo:
     return SiteInfo(config.catalog.title, config.catalog.mirror_url, __version__)
 
 
-def _render_chunk(config: Config, out: Path, old_files: dict[str, str],
-                  changed: list[_Changed]) -> _ChunkResult:
+def _render_chunk(
+    config: Config, out: Path, old_files: dict[str, str], changed: list[_Changed]
+) -> _ChunkResult:
     """A helper process's share of a render: its repositories' pages, written directly."""
     store = ContentStore(config.cache.root)
     writer = SiteWriter(out, old_files=old_files)
@@ -161,10 +165,16 @@ class _Renderer:
         chunks = [changed[i::workers] for i in range(workers)]
         context = multiprocessing.get_context("spawn")  # no fork with SQLite handles open
         with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
-            futures = [pool.submit(_render_chunk, self.config, self.writer.out,
-                                   self.writer.old_files_under(
-                                       [pages_dir(item.repo) for item in chunk]), chunk)
-                       for chunk in chunks[:-1]]
+            futures = [
+                pool.submit(
+                    _render_chunk,
+                    self.config,
+                    self.writer.out,
+                    self.writer.old_files_under([pages_dir(item.repo) for item in chunk]),
+                    chunk,
+                )
+                for chunk in chunks[:-1]
+            ]
             self.repo_state.update(self.render_changed(chunks[-1]))
             for future in futures:
                 result = future.result()

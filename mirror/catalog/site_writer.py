@@ -106,8 +106,11 @@ class SiteWriter:
 
     def _target(self, relpath: str) -> Path:
         parts = relpath.split("/")
-        if any(part in ("", ".", "..") or part.startswith(".") for part in parts) or \
-                "\x00" in relpath or "\\" in relpath:
+        if (
+            any(part in ("", ".", "..") or part.startswith(".") for part in parts)
+            or "\x00" in relpath
+            or "\\" in relpath
+        ):
             raise UnsafePath(f"refusing to write outside the site: {relpath!r}")
         parent = "/".join(parts[:-1])
         if parent not in self._safe_dirs:

@@ -39,8 +39,14 @@ class ImageResult:
 Progress = Callable[[str, int, int], None]  # (image, bytes to add to total, bytes done)
 
 
-async def prefetch(service: ProxyService, images: list[str], *, platform: str | None = None,
-                   parallel: int = 4, progress: Progress | None = None) -> list[ImageResult]:
+async def prefetch(
+    service: ProxyService,
+    images: list[str],
+    *,
+    platform: str | None = None,
+    parallel: int = 4,
+    progress: Progress | None = None,
+) -> list[ImageResult]:
     """Prefetch `images` (at most `parallel` blob downloads at once); never raises for
     one image's failure: it is recorded in that image's result."""
     downloads = asyncio.Semaphore(max(parallel, 1))
@@ -59,15 +65,22 @@ async def prefetch(service: ProxyService, images: list[str], *, platform: str | 
     return list(await asyncio.gather(*(one(image) for image in images)))
 
 
-async def _walk(service: ProxyService, repo: Repository, reference: str,
-                platform: str | None, result: ImageResult, downloads: asyncio.Semaphore,
-                report: Progress) -> None:
+async def _walk(
+    service: ProxyService,
+    repo: Repository,
+    reference: str,
+    platform: str | None,
+    result: ImageResult,
+    downloads: asyncio.Semaphore,
+    report: Progress,
+) -> None:
     manifest = await service.get_manifest(repo, reference)
     result.manifests += 1
     parsed = parse(manifest.body, manifest.media_type)
     if parsed.kind is Kind.INDEX:
-        children = [c for c in parsed.manifests
-                    if platform is None or platform_text(c.platform) == platform]
+        children = [
+            c for c in parsed.manifests if platform is None or platform_text(c.platform) == platform
+        ]
         if not children:
             raise PlatformUnknown(f"no manifest for platform {platform} in {repo}:{reference}")
         for child in children:
@@ -76,13 +89,19 @@ async def _walk(service: ProxyService, repo: Repository, reference: str,
         return
     blobs = [d for d in ((parsed.config,) if parsed.config else ()) + parsed.layers]
     report(result.reference, sum(max(b.size, 0) for b in blobs), 0)
-    await asyncio.gather(*(_fetch_blob(service, repo, b.digest, result, downloads, report)
-                           for b in blobs))
+    await asyncio.gather(
+        *(_fetch_blob(service, repo, b.digest, result, downloads, report) for b in blobs)
+    )
 
 
-async def _fetch_blob(service: ProxyService, repo: Repository, digest: Digest,
-                      result: ImageResult, downloads: asyncio.Semaphore,
-                      report: Progress) -> None:
+async def _fetch_blob(
+    service: ProxyService,
+    repo: Repository,
+    digest: Digest,
+    result: ImageResult,
+    downloads: asyncio.Semaphore,
+    report: Progress,
+) -> None:
     async with downloads:
         source = await service.open_blob(repo, digest)
         try:

@@ -20,14 +20,19 @@ from mirror.proxy.service import running_service
 from mirror.units import human_size
 
 
-async def run_prefetch(config: Config, images: list[str], platform: str | None,
-                       parallel: int) -> list[ImageResult]:
+async def run_prefetch(
+    config: Config, images: list[str], platform: str | None, parallel: int
+) -> list[ImageResult]:
     """Prefetch with progress bars (bytes, rate, ETA per image and overall); print a
     summary and every failure with its reason. Returns the failed results."""
     console = Console(stderr=True)
-    columns = (TextColumn("{task.description}", justify="left"), BarColumn(),
-               DownloadColumn(binary_units=True), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}", justify="left"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bars:
         overall = bars.add_task("[bold]all images", total=0)
         tasks: dict[str, TaskID] = {image: bars.add_task(image, total=0) for image in images}
@@ -40,8 +45,9 @@ async def run_prefetch(config: Config, images: list[str], platform: str | None,
                     bars.advance(task, done)
 
         async with running_service(config) as service:
-            results = await prefetch(service, images, platform=platform, parallel=parallel,
-                                     progress=report)
+            results = await prefetch(
+                service, images, platform=platform, parallel=parallel, progress=report
+            )
     console.print(_summary(results))
     failed = [r for r in results if not r.ok]
     for result in failed:
@@ -52,9 +58,14 @@ async def run_prefetch(config: Config, images: list[str], platform: str | None,
 def _summary(results: list[ImageResult]) -> Table:
     table = Table(title="prefetch")
     for column in ("image", "status", "manifests", "blobs", "fetched", "already cached"):
-        table.add_column(column, justify="right" if column not in ("image", "status")
-                         else "left")
+        table.add_column(column, justify="right" if column not in ("image", "status") else "left")
     for r in results:
-        table.add_row(r.reference, "ok" if r.ok else "[red]failed[/red]", str(r.manifests),
-                      str(r.blobs), human_size(r.fetched_bytes), human_size(r.cached_bytes))
+        table.add_row(
+            r.reference,
+            "ok" if r.ok else "[red]failed[/red]",
+            str(r.manifests),
+            str(r.blobs),
+            human_size(r.fetched_bytes),
+            human_size(r.cached_bytes),
+        )
     return table

@@ -72,8 +72,10 @@ def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
         return
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger().level
-    processes = [context.Process(target=_worker, args=(config, level, access_log),
-                                 name=f"mirror-worker-{n}") for n in range(workers)]
+    processes = [
+        context.Process(target=_worker, args=(config, level, access_log), name=f"mirror-worker-{n}")
+        for n in range(workers)
+    ]
     for process in processes:
         process.start()
 
@@ -89,13 +91,19 @@ def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
 
 
 def _worker(config: Config, level: int, access_log: bool) -> None:
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+    )
     _run(config, reuse_port=True, access_log=access_log)
 
 
 def _run(config: Config, reuse_port: bool, access_log: bool) -> None:
-    web.run_app(create_app(config), host=config.server.host, port=config.server.port,
-                print=None, reuse_port=reuse_port,
-                access_log=logging.getLogger("aiohttp.access") if access_log else None,
-                access_log_format='%a "%r" %s %Tfs')
+    web.run_app(
+        create_app(config),
+        host=config.server.host,
+        port=config.server.port,
+        print=None,
+        reuse_port=reuse_port,
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+        access_log_format='%a "%r" %s %Tfs',
+    )

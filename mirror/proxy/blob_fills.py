@@ -40,15 +40,22 @@ async def remove_leftovers(store: ContentStore, cache: CacheConfig) -> int:
     """Delete the temp files of instances that stopped (`ContentStore.clean_tmp`), off the
     event loop; returns how many."""
     return await asyncio.get_running_loop().run_in_executor(
-        None, store.clean_tmp, cache.fill_stale_seconds * _LEFTOVER_STALE_FACTOR)
+        None, store.clean_tmp, cache.fill_stale_seconds * _LEFTOVER_STALE_FACTOR
+    )
 
 
 class BlobFills:
     """Serves blobs from the store, or through one fill per blob across every instance."""
 
-    def __init__(self, config: Config, store: ContentStore, metadata: MetadataCache,
-                 upstreams: Upstreams, executor: Executor,
-                 sif_tree: SifTree | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: ContentStore,
+        metadata: MetadataCache,
+        upstreams: Upstreams,
+        executor: Executor,
+        sif_tree: SifTree | None = None,
+    ) -> None:
         self._config = config
         self._store = store
         self._metadata = metadata
@@ -124,7 +131,8 @@ class BlobFills:
         """The blob's size if `repo`'s upstream has it, else None."""
         try:
             async with self._upstreams.client(repo.prefix).request_ok(
-                    "HEAD", repo.name, f"blobs/{digest}", BlobUnknown()) as response:
+                "HEAD", repo.name, f"blobs/{digest}", BlobUnknown()
+            ) as response:
                 return response.content_length
         except BlobUnknown:
             return None
@@ -136,14 +144,21 @@ class BlobFills:
             raise BlobUnknown(f"blob {digest} is unknown to {repo}")
         stale = self._config.cache.fill_stale_seconds
         while (size := self._store.partial_size(digest)) is None:
-            if self._store.blob_size(digest) is not None or \
-                    self._store.break_stale_claim(digest, stale):
+            if self._store.blob_size(digest) is not None or self._store.break_stale_claim(
+                digest, stale
+            ):
                 return None
             await asyncio.sleep(0.05)
         try:
-            return PartialFollower(digest, self._store.partial_path(digest),
-                                   self._store.blob_path(digest), size, stale,
-                                   lambda: self._take_over(repo, digest), self._executor)
+            return PartialFollower(
+                digest,
+                self._store.partial_path(digest),
+                self._store.blob_path(digest),
+                size,
+                stale,
+                lambda: self._take_over(repo, digest),
+                self._executor,
+            )
         except FileNotFoundError:
             return None
 
@@ -168,25 +183,36 @@ class BlobFills:
     async def _run(self, repo: Repository, fill: BlobFill) -> None:
         try:
             unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
-            async with self._upstreams.client(repo.prefix).request_ok(
-                    "GET", repo.name, f"blobs/{fill.digest}", unknown) as response, \
-                    self._heartbeat(fill):
+            async with (
+                self._upstreams.client(repo.prefix).request_ok(
+                    "GET", repo.name, f"blobs/{fill.digest}", unknown
+                ) as response,
+                self._heartbeat(fill),
+            ):
                 if response.content_length is not None:
                     fill.writer.announce_size(response.content_length)
                 detached = detach_body(response)
                 if detached is None:
                     await fill.run(response.content_length, _body_chunks(response))
                 else:
-                    await fill.run_from_socket(detached.length, detached.prefix, detached.sock,
-                                               self._config.client.read_timeout_seconds)
+                    await fill.run_from_socket(
+                        detached.length,
+                        detached.prefix,
+                        detached.sock,
+                        self._config.client.read_timeout_seconds,
+                    )
                     response.close()
             if fill.verified:
                 self._metadata.link_blob(repo, fill.digest)
                 if self._sif_tree is not None:
                     self._sif_tree.blob_cached(fill.digest)
             else:
-                log.warning("fill of %s for %s failed: %s", fill.digest, repo,
-                            fill.error.message if fill.error else "?")
+                log.warning(
+                    "fill of %s for %s failed: %s",
+                    fill.digest,
+                    repo,
+                    fill.error.message if fill.error else "?",
+                )
         except MirrorError as exc:
             if not fill.started.is_set():
                 fill.fail_before_start(exc)
@@ -202,6 +228,7 @@ class BlobFills:
     async def _heartbeat(self, fill: BlobFill) -> AsyncIterator[None]:
         """Touch the shared partial file while this instance fills it, so instances that
         follow it can tell a slow upstream from a dead filler."""
+
         async def beat() -> None:
             while True:
                 await asyncio.sleep(self._config.cache.fill_stale_seconds / 4)

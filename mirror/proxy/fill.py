@@ -70,8 +70,9 @@ class BlobFill:
             if batch:
                 self._advance(await loop.run_in_executor(self._executor, self._write, batch))
             if size is not None and self.written != size:
-                raise UpstreamBadGateway(f"upstream sent {self.written} of {size} bytes of "
-                                         f"{self.digest}")
+                raise UpstreamBadGateway(
+                    f"upstream sent {self.written} of {size} bytes of {self.digest}"
+                )
             await self._verify_and_persist(loop)
         except BaseException as exc:  # cancellation included: never leave a temp file behind
             if pending is not None:
@@ -83,16 +84,18 @@ class BlobFill:
             self.started.set()
             self._notify()
 
-    async def run_from_socket(self, size: int, prefix: bytes, sock: socket.socket,
-                              timeout: float) -> None:
+    async def run_from_socket(
+        self, size: int, prefix: bytes, sock: socket.socket, timeout: float
+    ) -> None:
         """Like `run`, for a body detached from the event loop: one worker thread receives
         into a reused buffer, hashes and writes; the loop only hears of progress."""
         loop = asyncio.get_running_loop()
         self.size = size
         self.started.set()
         try:
-            await loop.run_in_executor(self._executor, self._receive, loop, size, prefix,
-                                       sock, timeout)
+            await loop.run_in_executor(
+                self._executor, self._receive, loop, size, prefix, sock, timeout
+            )
             await self._verify_and_persist(loop)
         except BaseException as exc:
             self._stop = True
@@ -104,13 +107,15 @@ class BlobFill:
             self.started.set()
             self._notify()
 
-    async def _discard_partial(self, loop: asyncio.AbstractEventLoop,
-                               exc: BaseException) -> None:
+    async def _discard_partial(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
         """Delete the temp file of a failed or cancelled fill and record why; readers see
         the error on their next wait."""
         await loop.run_in_executor(self._executor, self.writer.abort)
-        self.error = exc if isinstance(exc, MirrorError) else UpstreamBadGateway(
-            f"download of {self.digest} from upstream failed")
+        self.error = (
+            exc
+            if isinstance(exc, MirrorError)
+            else UpstreamBadGateway(f"download of {self.digest} from upstream failed")
+        )
 
     async def _verify_and_persist(self, loop: asyncio.AbstractEventLoop) -> None:
         """Release the held-back last bytes as soon as the digest matches; the fsync and
@@ -129,8 +134,14 @@ class BlobFill:
             await asyncio.wait([persist])
             raise
 
-    def _receive(self, loop: asyncio.AbstractEventLoop, size: int, prefix: bytes,
-                 sock: socket.socket, timeout: float) -> None:
+    def _receive(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        size: int,
+        prefix: bytes,
+        sock: socket.socket,
+        timeout: float,
+    ) -> None:
         """Worker thread: receive into reused buffers and append them to the temp file,
         while a second thread hashes them (each of the three releases the GIL)."""
         sock.settimeout(timeout)
@@ -141,8 +152,9 @@ class BlobFill:
         for _ in range(_RECEIVE_BUFFERS):
             free.put(memoryview(bytearray(_RECEIVE_BUFFER)))
         to_hash: queue.SimpleQueue = queue.SimpleQueue()
-        hasher = threading.Thread(target=self._hash_buffers, args=(to_hash, free),
-                                  name="mirror-hash", daemon=True)
+        hasher = threading.Thread(
+            target=self._hash_buffers, args=(to_hash, free), name="mirror-hash", daemon=True
+        )
         hasher.start()
         try:
             while received < size and not self._stop:
@@ -160,8 +172,7 @@ class BlobFill:
             to_hash.put(None)
             hasher.join()
         if received != size:
-            raise UpstreamBadGateway(f"upstream sent {received} of {size} bytes of "
-                                     f"{self.digest}")
+            raise UpstreamBadGateway(f"upstream sent {received} of {size} bytes of {self.digest}")
 
     def _recv(self, sock: socket.socket, buffer: memoryview, remaining: int) -> int:
         try:

@@ -44,6 +44,7 @@ def add_routes(app: web.Application) -> None:
 def add_site_routes(app: web.Application, site_dir: Path) -> None:
     """Publish the rendered catalog site at / next to /v2/. The directory is looked up per
     request, so a new render (swapped in atomically) is served at once."""
+
     async def site_root(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/index.html")
 
@@ -106,11 +107,16 @@ async def manifest(request: web.Request) -> web.Response:
     # Go clients (containers/image) send one Accept header line per media type.
     accept = ",".join(request.headers.getall("Accept", []))
     if not _acceptable(accept, found.media_type):
-        raise ManifestUnknown(f"manifest {reference!r} is a {found.media_type}, which the "
-                              "request's Accept header does not allow")
+        raise ManifestUnknown(
+            f"manifest {reference!r} is a {found.media_type}, which the "
+            "request's Accept header does not allow"
+        )
     etag = f'"{found.digest}"'
-    headers = {"Docker-Content-Digest": str(found.digest), "ETag": etag,
-               "Content-Type": found.media_type}
+    headers = {
+        "Docker-Content-Digest": str(found.digest),
+        "ETag": etag,
+        "Content-Type": found.media_type,
+    }
     if found.warning:
         headers["Warning"] = found.warning
     if request.headers.get("If-None-Match") == etag:
@@ -136,8 +142,12 @@ async def blob(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     repo = service.route(request.match_info["name"], request.query.get("ns"))
     digest = Digest.parse(request.match_info["digest"])
-    headers = {"Docker-Content-Digest": str(digest), "ETag": f'"{digest}"',
-               "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+        "Content-Type": "application/octet-stream",
+        "Accept-Ranges": "bytes",
+    }
     if request.headers.get("If-None-Match") == headers["ETag"]:
         return web.Response(status=304, headers=headers)
     if request.method == "HEAD":
@@ -151,8 +161,9 @@ async def blob(request: web.Request) -> web.StreamResponse:
         source.close()
 
 
-async def _send_blob(request: web.Request, source: BlobSource,
-                     headers: dict[str, str]) -> web.StreamResponse:
+async def _send_blob(
+    request: web.Request, source: BlobSource, headers: dict[str, str]
+) -> web.StreamResponse:
     """Send a blob (or one range of it) with sendfile, as fast as the source allows."""
     size = source.size
     start, end, status = 0, size, 200
@@ -160,8 +171,7 @@ async def _send_blob(request: web.Request, source: BlobSource,
     if range_header and size is not None:
         bounds = parse_range(range_header, size)
         if bounds is None:
-            raise RangeInvalid(f"range {range_header[:80]!r} is not satisfiable for "
-                               f"{size} bytes")
+            raise RangeInvalid(f"range {range_header[:80]!r} is not satisfiable for {size} bytes")
         start, end = bounds
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
@@ -187,8 +197,9 @@ async def _send_blob(request: web.Request, source: BlobSource,
     return response
 
 
-async def _send_span(request: web.Request, response: web.StreamResponse, source: BlobSource,
-                     start: int, end: int) -> None:
+async def _send_span(
+    request: web.Request, response: web.StreamResponse, source: BlobSource, start: int, end: int
+) -> None:
     loop = asyncio.get_running_loop()
     position = start
     while position < end:
@@ -203,8 +214,9 @@ async def _send_span(request: web.Request, response: web.StreamResponse, source:
         position = bound
 
 
-async def _send_growing(request: web.Request, response: web.StreamResponse,
-                        source: BlobSource) -> None:
+async def _send_growing(
+    request: web.Request, response: web.StreamResponse, source: BlobSource
+) -> None:
     """An upstream that sent no Content-Length: chunked encoding, so no sendfile."""
     position = 0
     while True:
@@ -215,8 +227,9 @@ async def _send_growing(request: web.Request, response: web.StreamResponse,
             return
 
 
-async def _write_chunks(response: web.StreamResponse, source: BlobSource, start: int,
-                        end: int) -> None:
+async def _write_chunks(
+    response: web.StreamResponse, source: BlobSource, start: int, end: int
+) -> None:
     position = start
     while position < end:
         chunk = read_chunk(source.file, position, min(_FALLBACK_CHUNK, end - position))
@@ -243,8 +256,11 @@ def _page(items: list[str], request: web.Request, key: str, path: str) -> web.Re
             items = items[:count]
             if items:
                 headers["Link"] = f'<{path}?n={count}&last={quote(items[-1])}>; rel="next"'
-    return web.Response(text=json.dumps({**_extra(request, key), key: items}),
-                        content_type="application/json", headers=headers)
+    return web.Response(
+        text=json.dumps({**_extra(request, key), key: items}),
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 def _extra(request: web.Request, key: str) -> dict:
@@ -263,5 +279,3 @@ async def repository_list(request: web.Request) -> web.Response:
     """`/v2/_catalog`: the repositories cached here (not the HTML catalog site)."""
     _check_pull(request)
     return _page(_service(request).repositories(), request, "repositories", request.path)
-
-

@@ -30,8 +30,9 @@ class Router:
         upstream = self._default
         if upstream is None:
             check_name(path_name)
-            raise NameUnknown(f"{path_name!r} names no configured upstream prefix, and no "
-                              "upstream is the default")
+            raise NameUnknown(
+                f"{path_name!r} names no configured upstream prefix, and no upstream is the default"
+            )
         return self._repository(upstream, path_name)
 
     @staticmethod
@@ -40,4 +41,3 @@ class Router:
         if upstream.library_namespace and "/" not in name:
             name = f"{upstream.library_namespace}/{name}"
         return Repository(upstream.prefix, name)
-

@@ -87,9 +87,15 @@ class ProxyService:
     """What the HTTP layer and prefetch ask for: routing, tags and manifests, and blobs
     (delegated to `BlobFills`)."""
 
-    def __init__(self, config: Config, store: ContentStore, metadata: MetadataCache,
-                 pulls: PullStats, upstreams: Upstreams,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: ContentStore,
+        metadata: MetadataCache,
+        pulls: PullStats,
+        upstreams: Upstreams,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.store = store
         self.metadata = metadata
@@ -100,13 +106,11 @@ class ProxyService:
         self._by_prefix = self.router.by_prefix
         self._memory = ManifestMemory(config.cache.manifest_memory_mib * 1024 * 1024)
         self._flights = SingleFlight()
-        self._sif_tree = SifTree(config.cache.sif_tree, store) if config.cache.sif_tree \
-            else None
+        self._sif_tree = SifTree(config.cache.sif_tree, store) if config.cache.sif_tree else None
         # Hashing and file writes of fills and manifests; sha256 releases the GIL, so two
         # threads use both cores of a small node while the event loop moves bytes.
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mirror-io")
-        self._blobs = BlobFills(config, store, metadata, upstreams, self._executor,
-                                self._sif_tree)
+        self._blobs = BlobFills(config, store, metadata, upstreams, self._executor, self._sif_tree)
 
     async def close(self) -> None:
         await self._blobs.close()
@@ -134,14 +138,18 @@ class ProxyService:
             body = self._cached_manifest_body(digest)
             if body is not None:
                 return Manifest(digest, media_type, body)
-        return await self._flights.run(("manifest", repo, str(digest)),
-                                       lambda: self._fetch_manifest(repo, str(digest), digest))
+        return await self._flights.run(
+            ("manifest", repo, str(digest)), lambda: self._fetch_manifest(repo, str(digest), digest)
+        )
 
     async def _manifest_by_tag(self, repo: Repository, tag: str) -> Manifest:
         now = self.clock()
         # An offline upstream is never asked: whatever is cached is the answer.
-        ttl = float("inf") if self._by_prefix[repo.prefix].offline else \
-            self.config.cache.tag_ttl_seconds
+        ttl = (
+            float("inf")
+            if self._by_prefix[repo.prefix].offline
+            else self.config.cache.tag_ttl_seconds
+        )
         record = self.metadata.tag(repo, tag)
         if record is not None and not tag_is_fresh(record.confirmed_at, now, ttl):
             record = self.metadata.tag(repo, tag, from_store=True)  # another node may have asked
@@ -149,11 +157,13 @@ class ProxyService:
             cached = self._manifest_from_record(record)
             if cached is not None:
                 return cached
-        return await self._flights.run(("tag", repo, tag),
-                                       lambda: self._revalidate_tag(repo, tag, record))
+        return await self._flights.run(
+            ("tag", repo, tag), lambda: self._revalidate_tag(repo, tag, record)
+        )
 
-    def _manifest_from_record(self, record: TagRecord,
-                              warning: str | None = None) -> Manifest | None:
+    def _manifest_from_record(
+        self, record: TagRecord, warning: str | None = None
+    ) -> Manifest | None:
         body = self._cached_manifest_body(record.digest)
         if body is None:
             return None
@@ -167,8 +177,9 @@ class ProxyService:
                 self._memory.put(digest, body)
         return body
 
-    async def _revalidate_tag(self, repo: Repository, tag: str,
-                              record: TagRecord | None) -> Manifest:
+    async def _revalidate_tag(
+        self, repo: Repository, tag: str, record: TagRecord | None
+    ) -> Manifest:
         """Ask upstream about a tag: HEAD when we hold an answer (no pull-limit cost on
         Docker Hub), GET only when the digest moved. Upstream failure serves stale."""
         try:
@@ -188,26 +199,34 @@ class ProxyService:
             stale = self._manifest_from_record(record, STALE_WARNING)
             if stale is None:
                 raise
-            log.warning("serving %s:%s stale (confirmed %.0fs ago): %s", repo, tag,
-                        self.clock() - record.confirmed_at, exc.message)
+            log.warning(
+                "serving %s:%s stale (confirmed %.0fs ago): %s",
+                repo,
+                tag,
+                self.clock() - record.confirmed_at,
+                exc.message,
+            )
             return stale
 
     async def _head_manifest_digest(self, repo: Repository, tag: str) -> Digest | None:
         unknown = ManifestUnknown(f"manifest {tag!r} of {repo} is unknown upstream")
-        async with self._client(repo).request_ok("HEAD", repo.name, f"manifests/{tag}",
-                                                 unknown, UPSTREAM_ACCEPT) as response:
+        async with self._client(repo).request_ok(
+            "HEAD", repo.name, f"manifests/{tag}", unknown, UPSTREAM_ACCEPT
+        ) as response:
             header = response.headers.get("Docker-Content-Digest", "")
         try:
             return Digest.parse(header)
         except MirrorError:
             return None  # no usable digest header: the caller GETs and hashes
 
-    async def _fetch_manifest(self, repo: Repository, reference: str,
-                              expected: Digest | None) -> Manifest:
+    async def _fetch_manifest(
+        self, repo: Repository, reference: str, expected: Digest | None
+    ) -> Manifest:
         """GET a manifest from upstream, verify it, store it byte-exact, link it to `repo`."""
         unknown = ManifestUnknown(f"manifest {reference!r} of {repo} is unknown upstream")
-        async with self._client(repo).request_ok("GET", repo.name, f"manifests/{reference}",
-                                                 unknown, UPSTREAM_ACCEPT) as response:
+        async with self._client(repo).request_ok(
+            "GET", repo.name, f"manifests/{reference}", unknown, UPSTREAM_ACCEPT
+        ) as response:
             if (response.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise UpstreamBadGateway("upstream manifest is larger than the mirror accepts")
             body = await _read_limited(response, MAX_MANIFEST_BYTES)
@@ -217,8 +236,9 @@ class ProxyService:
         if expected is not None and digest != expected:
             raise DigestMismatch(f"upstream manifest for {expected} hashed to {digest}")
         if header_digest.startswith("sha256:") and header_digest != str(digest):
-            raise DigestMismatch(f"upstream manifest hashed to {digest}, upstream said "
-                                 f"{header_digest[:80]}")
+            raise DigestMismatch(
+                f"upstream manifest hashed to {digest}, upstream said {header_digest[:80]}"
+            )
         if not media_type:
             media_type = _media_type_from_body(body)
         await self._run_io(self.store.put_bytes, digest, body)
@@ -246,8 +266,9 @@ class ProxyService:
         """The upstream's tags when it answers, else the tags cached for `repo`."""
         try:
             unknown = NameUnknown(f"repository {repo} is unknown upstream")
-            async with self._client(repo).request_ok("GET", repo.name, "tags/list",
-                                                     unknown) as response:
+            async with self._client(repo).request_ok(
+                "GET", repo.name, "tags/list", unknown
+            ) as response:
                 body = await response.json(content_type=None)
             tags = body.get("tags") if isinstance(body, dict) else None
             return sorted(t for t in tags or [] if isinstance(t, str))

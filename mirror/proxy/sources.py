@@ -97,9 +97,16 @@ class PartialFollower:
     the fill over and the client's response goes on from where it was.
     """
 
-    def __init__(self, digest: Digest, partial: Path, final: Path, size: int,
-                 stale_seconds: float, takeover: Callable[[], FillReader | None],
-                 executor: Executor) -> None:
+    def __init__(
+        self,
+        digest: Digest,
+        partial: Path,
+        final: Path,
+        size: int,
+        stale_seconds: float,
+        takeover: Callable[[], FillReader | None],
+        executor: Executor,
+    ) -> None:
         self.digest = digest
         self.size = size
         self._partial = partial
@@ -116,15 +123,19 @@ class PartialFollower:
     async def sendable(self, position: int, end: int) -> int:
         size = self.size
         while True:
-            bound = await self._inner.sendable(position, end) if self._inner is not None \
+            bound = (
+                await self._inner.sendable(position, end)
+                if self._inner is not None
                 else await self._follow(position, end)
+            )
             if bound is None:
                 continue
             if bound == size and end == size:
                 await self._hash_to(bound)
                 if self._hash.hexdigest() != self.digest.hex:
-                    raise UpstreamBadGateway(f"bytes of {self.digest} read from the shared "
-                                             "fill did not verify")
+                    raise UpstreamBadGateway(
+                        f"bytes of {self.digest} read from the shared fill did not verify"
+                    )
             elif end == size:
                 await self._hash_to(bound)
             return bound
@@ -165,13 +176,15 @@ class PartialFollower:
 
     async def _hash_to(self, bound: int) -> None:
         if bound > self._hashed:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._hash_range,
-                                                             bound)
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._hash_range, bound
+            )
 
     def _hash_range(self, bound: int) -> None:
         while self._hashed < bound:
-            chunk = os.pread(self.file.fileno(), min(_HASH_CHUNK, bound - self._hashed),
-                             self._hashed)
+            chunk = os.pread(
+                self.file.fileno(), min(_HASH_CHUNK, bound - self._hashed), self._hashed
+            )
             if not chunk:
                 raise UpstreamBadGateway(f"the shared fill of {self.digest} was cut short")
             self._hash.update(chunk)

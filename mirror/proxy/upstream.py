@@ -69,59 +69,69 @@ def parse_challenge(header: str) -> Challenge | None:
 class RegistryClient:
     """Talks to one upstream registry on behalf of the proxy."""
 
-    def __init__(self, upstream: UpstreamConfig, session: aiohttp.ClientSession,
-                 settings: ClientConfig) -> None:
+    def __init__(
+        self, upstream: UpstreamConfig, session: aiohttp.ClientSession, settings: ClientConfig
+    ) -> None:
         self.upstream = upstream
         self._session = session
         self._settings = settings
         self._origin = _origin(upstream.url)
-        self._breaker = policy.CircuitBreaker(settings.breaker_failures,
-                                              settings.breaker_cooldown_seconds)
+        self._breaker = policy.CircuitBreaker(
+            settings.breaker_failures, settings.breaker_cooldown_seconds
+        )
         self._challenge: Challenge | None = None
         self._tokens: dict[tuple[str, str, str], tuple[str, float, float]] = {}
         self._token_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     # -- public API ------------------------------------------------------------------------
     @asynccontextmanager
-    async def request(self, method: str, path: str, *, scope: str,
-                      headers: dict[str, str] | None = None
-                      ) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def request(
+        self, method: str, path: str, *, scope: str, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send an idempotent request for `path` (starting with /v2/) and yield the final
         response, body unread. Retries and auth happen here; the caller maps statuses."""
-        response = await self._send_with_retries(method, self.upstream.url + path, scope,
-                                                 headers or {})
+        response = await self._send_with_retries(
+            method, self.upstream.url + path, scope, headers or {}
+        )
         try:
             yield response
         finally:
             response.release()
 
     @asynccontextmanager
-    async def request_ok(self, method: str, name: str, path: str, not_found: MirrorError,
-                         accept: str | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def request_ok(
+        self, method: str, name: str, path: str, not_found: MirrorError, accept: str | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A 200 response to `method /v2/<name>/<path>` with pull scope on repository
         `name`: a 404 raises `not_found`, any other status is the upstream's failure."""
         headers = {"Accept": accept} if accept else None
-        async with self.request(method, f"/v2/{name}/{path}", scope=f"repository:{name}:pull",
-                                headers=headers) as response:
+        async with self.request(
+            method, f"/v2/{name}/{path}", scope=f"repository:{name}:pull", headers=headers
+        ) as response:
             if response.status == 404:
                 raise not_found
             if response.status != 200:
-                raise UpstreamBadGateway(f"upstream answered {response.status} to {method} "
-                                         f"{path.split('/')[0]}")
+                raise UpstreamBadGateway(
+                    f"upstream answered {response.status} to {method} {path.split('/')[0]}"
+                )
             yield response
 
     # -- retries ---------------------------------------------------------------------------
-    async def _send_with_retries(self, method: str, url: str, scope: str,
-                                 headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _send_with_retries(
+        self, method: str, url: str, scope: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
         """Offline and open-breaker upstreams fail at once; otherwise the request is tried
         and retried, and its outcome feeds the breaker."""
         if self.upstream.offline:
-            raise UpstreamOffline(f"the mirror is offline for upstream {self.upstream.name}: "
-                                  "only cached content is served")
+            raise UpstreamOffline(
+                f"the mirror is offline for upstream {self.upstream.name}: "
+                "only cached content is served"
+            )
         if not self._breaker.allow(time.monotonic()):
             raise UpstreamUnavailable(
                 f"upstream {self.upstream.name} keeps failing; the mirror asks it again in "
-                f"{self._breaker.retry_in(time.monotonic()):.0f}s")
+                f"{self._breaker.retry_in(time.monotonic()):.0f}s"
+            )
         try:
             response = await self._attempts(method, url, scope, headers)
         except (UpstreamFailed, asyncio.CancelledError) as exc:
@@ -136,8 +146,9 @@ class RegistryClient:
         self._breaker.succeeded()
         return response
 
-    async def _attempts(self, method: str, url: str, scope: str,
-                        headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _attempts(
+        self, method: str, url: str, scope: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
         attempts = self._settings.retries + 1
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
@@ -147,10 +158,18 @@ class RegistryClient:
                 failure = _failure_from_exception(exc, self.upstream)
                 if last:
                     raise failure from None
-                delay = policy.retry_delay(attempt, None, time.time(),
-                                           self._settings.max_retry_wait_seconds)
-                log.warning("%s: %s %s failed (%s); retry %d in %.1fs", self.upstream.name,
-                            method, _loggable(url), failure.message, attempt, delay)
+                delay = policy.retry_delay(
+                    attempt, None, time.time(), self._settings.max_retry_wait_seconds
+                )
+                log.warning(
+                    "%s: %s %s failed (%s); retry %d in %.1fs",
+                    self.upstream.name,
+                    method,
+                    _loggable(url),
+                    failure.message,
+                    attempt,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 continue
             if response.status not in _RETRY_STATUSES:
@@ -160,17 +179,27 @@ class RegistryClient:
             if last:
                 raise UpstreamBadGateway(
                     f"upstream {self.upstream.name} answered {response.status} "
-                    f"after {attempts} attempts")
-            delay = policy.retry_delay(attempt, retry_after, time.time(),
-                                       self._settings.max_retry_wait_seconds)
-            log.warning("%s: %s %s answered %d; retry %d in %.1fs", self.upstream.name,
-                        method, _loggable(url), response.status, attempt, delay)
+                    f"after {attempts} attempts"
+                )
+            delay = policy.retry_delay(
+                attempt, retry_after, time.time(), self._settings.max_retry_wait_seconds
+            )
+            log.warning(
+                "%s: %s %s answered %d; retry %d in %.1fs",
+                self.upstream.name,
+                method,
+                _loggable(url),
+                response.status,
+                attempt,
+                delay,
+            )
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     # -- auth ------------------------------------------------------------------------------
-    async def _send_with_auth(self, method: str, url: str, scope: str,
-                              headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _send_with_auth(
+        self, method: str, url: str, scope: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
         authorization = await self._authorization(scope, refresh=False)
         response = await self._send_following_redirects(method, url, headers, authorization)
         if response.status != 401:
@@ -178,13 +207,16 @@ class RegistryClient:
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         response.release()
         if challenge is None:
-            raise Denied(f"upstream {self.upstream.name} requires an authentication scheme "
-                         "the mirror does not support")
+            raise Denied(
+                f"upstream {self.upstream.name} requires an authentication scheme "
+                "the mirror does not support"
+            )
         self._challenge = challenge
         authorization = await self._authorization(scope, refresh=True)
         if authorization is None:
-            raise Denied(f"upstream {self.upstream.name} requires credentials and none are "
-                         "configured for it")
+            raise Denied(
+                f"upstream {self.upstream.name} requires credentials and none are configured for it"
+            )
         response = await self._send_following_redirects(method, url, headers, authorization)
         if response.status == 401:
             response.release()
@@ -236,42 +268,51 @@ class RegistryClient:
         try:
             async with self._session.get(url, headers=headers) as response:
                 if response.status in (401, 403):
-                    raise Denied(f"token endpoint of upstream {self.upstream.name} refused "
-                                 "the mirror's credentials")
+                    raise Denied(
+                        f"token endpoint of upstream {self.upstream.name} refused "
+                        "the mirror's credentials"
+                    )
                 if response.status != 200:
-                    raise UpstreamBadGateway(f"token endpoint of upstream {self.upstream.name} "
-                                             f"answered {response.status}")
+                    raise UpstreamBadGateway(
+                        f"token endpoint of upstream {self.upstream.name} "
+                        f"answered {response.status}"
+                    )
                 body = await response.json(content_type=None)
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise _failure_from_exception(exc, self.upstream) from None
         except ValueError:
-            raise UpstreamBadGateway(f"token endpoint of upstream {self.upstream.name} sent "
-                                     "invalid JSON") from None
+            raise UpstreamBadGateway(
+                f"token endpoint of upstream {self.upstream.name} sent invalid JSON"
+            ) from None
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise UpstreamBadGateway(f"token endpoint of upstream {self.upstream.name} sent "
-                                     "no token")
+            raise UpstreamBadGateway(
+                f"token endpoint of upstream {self.upstream.name} sent no token"
+            )
         expires_in = body.get("expires_in", 60)
         lifetime = float(expires_in) if isinstance(expires_in, (int, float)) else 60.0
         # Refresh a little early so a token never expires between fetch and use.
         return token, max(lifetime - 10.0, 1.0)
 
     # -- redirects -------------------------------------------------------------------------
-    async def _send_following_redirects(self, method: str, url: str, headers: dict[str, str],
-                                        authorization: str | None) -> aiohttp.ClientResponse:
+    async def _send_following_redirects(
+        self, method: str, url: str, headers: dict[str, str], authorization: str | None
+    ) -> aiohttp.ClientResponse:
         for _ in range(_MAX_REDIRECTS + 1):
             request_headers = {"User-Agent": USER_AGENT, **headers}
             if authorization and _origin(url) == self._origin:
                 request_headers["Authorization"] = authorization
-            response = await self._session.request(method, url, headers=request_headers,
-                                                   allow_redirects=False)
+            response = await self._session.request(
+                method, url, headers=request_headers, allow_redirects=False
+            )
             if response.status not in _REDIRECTS or "Location" not in response.headers:
                 return response
             target = urljoin(url, response.headers["Location"])
             response.release()
             if urlsplit(target).scheme not in ("http", "https"):
-                raise UpstreamBadGateway(f"upstream {self.upstream.name} redirected to a "
-                                         "non-HTTP location")
+                raise UpstreamBadGateway(
+                    f"upstream {self.upstream.name} redirected to a non-HTTP location"
+                )
             url = target
         raise UpstreamBadGateway(f"upstream {self.upstream.name} redirected too many times")
 
@@ -298,8 +339,10 @@ def detach_body(response: aiohttp.ClientResponse) -> DetachedBody | None:
     if connection is None or response.content_length is None or connection.transport is None:
         return None
     transport = connection.transport
-    if transport.get_extra_info("sslcontext") is not None or \
-            transport.get_extra_info("ssl_object") is not None:
+    if (
+        transport.get_extra_info("sslcontext") is not None
+        or transport.get_extra_info("ssl_object") is not None
+    ):
         return None
     raw = transport.get_extra_info("socket")
     if raw is None:
@@ -324,18 +367,25 @@ class Upstreams:
         self._clients: dict[str, RegistryClient] = {}
 
     async def __aenter__(self) -> "Upstreams":
-        timeout = aiohttp.ClientTimeout(total=None,
-                                        connect=self._settings.connect_timeout_seconds,
-                                        sock_connect=self._settings.connect_timeout_seconds,
-                                        sock_read=self._settings.read_timeout_seconds)
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self._settings.connect_timeout_seconds,
+            sock_connect=self._settings.connect_timeout_seconds,
+            sock_read=self._settings.read_timeout_seconds,
+        )
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
         # A large read buffer lets blob bodies arrive in big chunks: fewer hops to the
         # hashing thread per MiB.
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector,
-                                              read_bufsize=4 * 1024 * 1024,
-                                              auto_decompress=False, trust_env=False)
-        self._clients = {u.prefix: RegistryClient(u, self._session, self._settings)
-                         for u in self._upstreams}
+        self._session = aiohttp.ClientSession(
+            timeout=timeout,
+            connector=connector,
+            read_bufsize=4 * 1024 * 1024,
+            auto_decompress=False,
+            trust_env=False,
+        )
+        self._clients = {
+            u.prefix: RegistryClient(u, self._session, self._settings) for u in self._upstreams
+        }
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -362,4 +412,3 @@ def _failure_from_exception(exc: BaseException, upstream: UpstreamConfig) -> Mir
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamUnavailable(f"upstream {upstream.name} is unreachable")
     return UpstreamUnavailable(f"connection to upstream {upstream.name} failed")
-

@@ -32,28 +32,104 @@ _MAX_TABLE_BYTES = 64 << 20
 _SIGNATURE_HEAD = 512  # enough to tell a PGP clear-signed message from a DSSE envelope
 _UTC = dt.timezone.utc
 
-_TYPE_NAMES = {0x4001: "Def.FILE", 0x4002: "Env.Vars", 0x4003: "JSON.Labels", 0x4004: "FS",
-               0x4005: "Signature", 0x4006: "JSON.Generic", 0x4007: "Generic/Raw",
-               0x4008: "Cryptographic Message", 0x4009: "SBOM", 0x400A: "OCI.RootIndex",
-               0x400B: "OCI.Blob"}
-_FS_TYPES = {1: "Squashfs", 2: "Ext3", 3: "Archive", 4: "Raw", 5: "Encrypted squashfs",
-             6: "Gocryptfs squashfs"}
+_TYPE_NAMES = {
+    0x4001: "Def.FILE",
+    0x4002: "Env.Vars",
+    0x4003: "JSON.Labels",
+    0x4004: "FS",
+    0x4005: "Signature",
+    0x4006: "JSON.Generic",
+    0x4007: "Generic/Raw",
+    0x4008: "Cryptographic Message",
+    0x4009: "SBOM",
+    0x400A: "OCI.RootIndex",
+    0x400B: "OCI.Blob",
+}
+_FS_TYPES = {
+    1: "Squashfs",
+    2: "Ext3",
+    3: "Archive",
+    4: "Raw",
+    5: "Encrypted squashfs",
+    6: "Gocryptfs squashfs",
+}
 _PARTITION_TYPES = {1: "System", 2: "PrimSys", 3: "Data", 4: "Overlay"}
 _HASH_TYPES = {1: "SHA256", 2: "SHA384", 3: "SHA512", 4: "BLAKE2s", 5: "BLAKE2b"}
-_SBOM_FORMATS = {1: "cyclonedx-json", 2: "cyclonedx-xml", 3: "github-json", 4: "spdx-json",
-                 5: "spdx-rdf", 6: "spdx-tag-value", 7: "spdx-yaml", 8: "syft-json"}
-_ARCHES = ("unknown", "386", "amd64", "arm", "arm64", "ppc64", "ppc64le", "mips", "mipsle",
-           "mips64", "mips64le", "s390x", "riscv64", "loong64")  # index = the 2-digit code
+_SBOM_FORMATS = {
+    1: "cyclonedx-json",
+    2: "cyclonedx-xml",
+    3: "github-json",
+    4: "spdx-json",
+    5: "spdx-rdf",
+    6: "spdx-tag-value",
+    7: "spdx-yaml",
+    8: "syft-json",
+}
+_ARCHES = (
+    "unknown",
+    "386",
+    "amd64",
+    "arm",
+    "arm64",
+    "ppc64",
+    "ppc64le",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "s390x",
+    "riscv64",
+    "loong64",
+)  # index = the 2-digit code
 _COMPRESSIONS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 # org.label-schema.build-date carries the *builder's local* zone abbreviation (Go Time.Zone).
-_ZONES = {"UTC": 0, "GMT": 0, "UCT": 0, "Z": 0, "WET": 0, "WEST": 1, "CET": 1, "CEST": 2,
-          "EET": 2, "EEST": 3, "MSK": 3, "EST": -5, "EDT": -4, "CDT": -5, "MST": -7,
-          "MDT": -6, "PST": -8, "PDT": -7, "AKST": -9, "AKDT": -8, "HST": -10, "JST": 9,
-          "KST": 9, "AEST": 10, "AEDT": 11, "NZST": 12, "NZDT": 13}
-_BUILD_DATE = re.compile(r"[A-Za-z]+_(\d{1,2})_([A-Za-z]+)_(\d{4})_(\d{1,2}):(\d{1,2}):"
-                         r"(\d{1,2})_([A-Za-z]+|[+-]\d\d(?:\d\d)?)")
+_ZONES = {
+    "UTC": 0,
+    "GMT": 0,
+    "UCT": 0,
+    "Z": 0,
+    "WET": 0,
+    "WEST": 1,
+    "CET": 1,
+    "CEST": 2,
+    "EET": 2,
+    "EEST": 3,
+    "MSK": 3,
+    "EST": -5,
+    "EDT": -4,
+    "CDT": -5,
+    "MST": -7,
+    "MDT": -6,
+    "PST": -8,
+    "PDT": -7,
+    "AKST": -9,
+    "AKDT": -8,
+    "HST": -10,
+    "JST": 9,
+    "KST": 9,
+    "AEST": 10,
+    "AEDT": 11,
+    "NZST": 12,
+    "NZDT": 13,
+}
+_BUILD_DATE = re.compile(
+    r"[A-Za-z]+_(\d{1,2})_([A-Za-z]+)_(\d{4})_(\d{1,2}):(\d{1,2}):"
+    r"(\d{1,2})_([A-Za-z]+|[+-]\d\d(?:\d\d)?)"
+)
 _SCRIPTS = ("runscript", "startscript", "test", "helpfile")
 
 
@@ -153,8 +229,11 @@ class SifInfo:
     @property
     def created_best(self) -> dt.datetime | None:
         """Header time, else the OCI ``created`` label, else label-schema's build-date."""
-        return (self.created or _parse_iso(self.labels.get("org.opencontainers.image.created"))
-                or _parse_build_date(self.labels.get("org.label-schema.build-date")))
+        return (
+            self.created
+            or _parse_iso(self.labels.get("org.opencontainers.image.created"))
+            or _parse_build_date(self.labels.get("org.label-schema.build-date"))
+        )
 
 
 def looks_like_sif(first_bytes: bytes) -> bool:
@@ -192,24 +271,46 @@ class _Reader:
         head = self.at(0, _HEADER.size)
         if len(head) < _HEADER.size:
             raise SifError(f"file is {self.file_size} bytes, too short for a SIF header")
-        (launch, magic, version, arch, image_id, created, modified, free, total, table_offset,
-         table_size, data_offset, data_size) = _HEADER.unpack(head)
+        (
+            launch,
+            magic,
+            version,
+            arch,
+            image_id,
+            created,
+            modified,
+            free,
+            total,
+            table_offset,
+            table_size,
+            data_offset,
+            data_size,
+        ) = _HEADER.unpack(head)
         if magic != _MAGIC:
             raise SifError("not a SIF file: no SIF_MAGIC at offset 32")
         if version[:2] != b"01":
             raise SifError(f"unsupported SIF version {version!r}")
-        if not (0 <= total and 0 <= table_size <= _MAX_TABLE_BYTES and table_offset >= 0
-                and total * _DESCRIPTOR.size <= table_size):
-            raise SifError(f"absurd descriptor table: {total} descriptors, {table_size} "
-                           f"bytes at offset {table_offset}")
+        if not (
+            0 <= total
+            and 0 <= table_size <= _MAX_TABLE_BYTES
+            and table_offset >= 0
+            and total * _DESCRIPTOR.size <= table_size
+        ):
+            raise SifError(
+                f"absurd descriptor table: {total} descriptors, {table_size} "
+                f"bytes at offset {table_offset}"
+            )
         if table_offset + table_size > self.file_size:
-            raise SifError(f"file is truncated: the descriptor table needs {table_size} bytes "
-                           f"at {table_offset}, the file has {self.file_size}")
+            raise SifError(
+                f"file is truncated: the descriptor table needs {table_size} bytes "
+                f"at {table_offset}, the file has {self.file_size}"
+            )
         table = self.at(table_offset, total * _DESCRIPTOR.size)
         entries = [e for slot in range(total) if (e := self.descriptor(table, slot))]
         if free != total - len(entries):
-            self.problems.append(f"header says {free} free descriptors, table has "
-                                 f"{total - len(entries)}")
+            self.problems.append(
+                f"header says {free} free descriptors, table has {total - len(entries)}"
+            )
         first: dict[object, SifObject] = {}  # first object of each type (JSON: of each name)
         for obj, _ in entries:
             first.setdefault(obj.name if obj.type_code == 0x4006 else obj.type_code, obj)
@@ -226,37 +327,69 @@ class _Reader:
         partitions = tuple(self.partition(o, x) for o, x in entries if o.type_code == 0x4004)
         primary = [p.arch for p in partitions if p.partition_type == "PrimSys"] + ["unknown"]
         return SifInfo(
-            launch_script=_cstr(launch), version=_cstr(version),
+            launch_script=_cstr(launch),
+            version=_cstr(version),
             arch=_arch(arch) if _arch(arch) != "unknown" else primary[0],
             uuid=str(uuid.UUID(bytes=image_id)) if any(image_id) else None,
-            created=_time(created), modified=_time(modified), descriptors_total=total,
-            descriptors_free=free, data_offset=data_offset, data_size=data_size,
-            file_size=self.file_size, objects=tuple(o for o, _ in entries),
+            created=_time(created),
+            modified=_time(modified),
+            descriptors_total=total,
+            descriptors_free=free,
+            data_offset=data_offset,
+            data_size=data_size,
+            file_size=self.file_size,
+            objects=tuple(o for o, _ in entries),
             definition=definition if isinstance(definition, str) else None,
-            labels=_str_map(attrs["labels"] if "labels" in attrs
-                            else self.load(first.get(0x4003))),
+            labels=_str_map(attrs["labels"] if "labels" in attrs else self.load(first.get(0x4003))),
             environment=_str_map(attrs.get("environment")),
             **{k: v if isinstance(v := attrs.get(k), str) else None for k in _SCRIPTS},
             apps={str(k): v for k, v in _dict(attrs.get("apps")).items() if isinstance(v, dict)},
-            oci_config=oci_config, partitions=partitions,
+            oci_config=oci_config,
+            partitions=partitions,
             signatures=tuple(self.signature(o, x) for o, x in entries if o.type_code == 0x4005),
             encrypted=any(p.fs_type in (_FS_TYPES[5], _FS_TYPES[6]) for p in partitions)
             or any(_i32(x, 4) == 0x200 for o, x in entries if o.type_code == 0x4008),
-            sbom_formats=tuple(_named(_SBOM_FORMATS, _i32(x, 0))
-                               for o, x in entries if o.type_code == 0x4009),
-            oci_sif=0x400A in first, problems=tuple(self.problems))
+            sbom_formats=tuple(
+                _named(_SBOM_FORMATS, _i32(x, 0)) for o, x in entries if o.type_code == 0x4009
+            ),
+            oci_sif=0x400A in first,
+            problems=tuple(self.problems),
+        )
 
     def descriptor(self, table: bytes, slot: int) -> tuple[SifObject, bytes] | None:
         """Decode one slot (None if unused). Group and group links carry 0xF0000000."""
-        (code, used, oid, group, link, offset, size, _padded, created, modified, _uid, _gid,
-         name, extra) = _DESCRIPTOR.unpack_from(table, slot * _DESCRIPTOR.size)
+        (
+            code,
+            used,
+            oid,
+            group,
+            link,
+            offset,
+            size,
+            _padded,
+            created,
+            modified,
+            _uid,
+            _gid,
+            name,
+            extra,
+        ) = _DESCRIPTOR.unpack_from(table, slot * _DESCRIPTOR.size)
         if not used:
             return None
         link_id = link & ~_GROUP_FLAG
         link_text = f"group {link_id}" if link & _GROUP_FLAG else f"object {link}"
-        obj = SifObject(oid, group & ~_GROUP_FLAG or None, link_text if link_id else None,
-                        code, _TYPE_NAMES.get(code, f"unknown 0x{code & 0xFFFFFFFF:04X}"),
-                        _cstr(name), offset, size, _time(created), _time(modified))
+        obj = SifObject(
+            oid,
+            group & ~_GROUP_FLAG or None,
+            link_text if link_id else None,
+            code,
+            _TYPE_NAMES.get(code, f"unknown 0x{code & 0xFFFFFFFF:04X}"),
+            _cstr(name),
+            offset,
+            size,
+            _time(created),
+            _time(modified),
+        )
         if offset < 0 or size < 0:
             self.problems.append(f"object {oid} has a negative offset or size")
         elif offset + size > self.file_size:
@@ -273,8 +406,9 @@ class _Reader:
             return None
         label = obj.name or ("definition file" if text else f"object {obj.id}")
         if obj.size > self.limit:
-            self.problems.append(f"{label} is larger than {self.limit} bytes; "
-                                 + ("cut" if text else "not read"))
+            self.problems.append(
+                f"{label} is larger than {self.limit} bytes; " + ("cut" if text else "not read")
+            )
             if not text:
                 return None
         data = self.at(obj.offset, min(obj.size, self.limit))
@@ -288,9 +422,14 @@ class _Reader:
 
     def partition(self, obj: SifObject, extra: bytes) -> PartitionInfo:
         squashfs = self.superblock(obj) if _i32(extra, 0) == 1 else None
-        return PartitionInfo(obj.id, _named(_FS_TYPES, _i32(extra, 0)),
-                             _named(_PARTITION_TYPES, _i32(extra, 4)), _arch(extra[8:11]),
-                             obj.size, squashfs)
+        return PartitionInfo(
+            obj.id,
+            _named(_FS_TYPES, _i32(extra, 0)),
+            _named(_PARTITION_TYPES, _i32(extra, 4)),
+            _arch(extra[8:11]),
+            obj.size,
+            squashfs,
+        )
 
     def superblock(self, obj: SifObject) -> SquashfsInfo | None:
         """The 96-byte squashfs superblock at the partition start. It needs only those
@@ -298,26 +437,52 @@ class _Reader:
         if obj.offset < 0 or obj.size < 96 or obj.offset + 96 > self.file_size:
             return None
         raw = self.at(obj.offset, 96)
-        (magic, inodes, mkfs_time, block_size, _fragments, compression, _block_log, _flags,
-         _ids, major, minor) = _SUPERBLOCK.unpack_from(raw)
+        (
+            magic,
+            inodes,
+            mkfs_time,
+            block_size,
+            _fragments,
+            compression,
+            _block_log,
+            _flags,
+            _ids,
+            major,
+            minor,
+        ) = _SUPERBLOCK.unpack_from(raw)
         if magic != b"hsqs":
             self.problems.append(f"object {obj.id} is not a squashfs image (no hsqs magic)")
             return None
-        return SquashfsInfo(_named(_COMPRESSIONS, compression), block_size, inodes,
-                            _time(mkfs_time), f"{major}.{minor}",
-                            struct.unpack_from("<Q", raw, 40)[0])
+        return SquashfsInfo(
+            _named(_COMPRESSIONS, compression),
+            block_size,
+            inodes,
+            _time(mkfs_time),
+            f"{major}.{minor}",
+            struct.unpack_from("<Q", raw, 40)[0],
+        )
 
     def signature(self, obj: SifObject, extra: bytes) -> SignatureInfo:
         """Kind from the first bytes only: PGP clear-signed text or a DSSE JSON envelope."""
         head = b""
         if self.readable(obj):
             head = self.at(obj.offset, min(obj.size, _SIGNATURE_HEAD)).lstrip()
-        kind = ("PGP" if head.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----") else
-                "DSSE" if head.startswith(b"{") and b'"payload' in head else "unknown")
+        kind = (
+            "PGP"
+            if head.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----")
+            else "DSSE"
+            if head.startswith(b"{") and b'"payload' in head
+            else "unknown"
+        )
         entity = extra[4:24]
-        return SignatureInfo(obj.id, kind, _named(_HASH_TYPES, _i32(extra, 0)),
-                             entity.hex().upper() if any(entity) else None, obj.link,
-                             obj.group is not None or obj.name == "part-signature")
+        return SignatureInfo(
+            obj.id,
+            kind,
+            _named(_HASH_TYPES, _i32(extra, 0)),
+            entity.hex().upper() if any(entity) else None,
+            obj.link,
+            obj.group is not None or obj.name == "part-signature",
+        )
 
 
 def _time(seconds: int) -> dt.datetime | None:
@@ -373,13 +538,22 @@ def _parse_build_date(text: str | None) -> dt.datetime | None:
     if not match or match[2].capitalize() not in _MONTHS:
         return None
     day, month, year, hour, minute, second, zone = match.groups()
-    offset = (int(zone[:3]) + int(zone[0] + (zone[3:] or "0")) / 60 if zone[0] in "+-"
-              else _ZONES.get(zone.upper()))
+    offset = (
+        int(zone[:3]) + int(zone[0] + (zone[3:] or "0")) / 60
+        if zone[0] in "+-"
+        else _ZONES.get(zone.upper())
+    )
     if offset is None:
         return None
     try:
-        return dt.datetime(int(year), _MONTHS.index(month.capitalize()) + 1, int(day),
-                           int(hour), int(minute), int(second),
-                           tzinfo=dt.timezone(dt.timedelta(hours=offset))).astimezone(_UTC)
+        return dt.datetime(
+            int(year),
+            _MONTHS.index(month.capitalize()) + 1,
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            tzinfo=dt.timezone(dt.timedelta(hours=offset)),
+        ).astimezone(_UTC)
     except (ValueError, OverflowError):
         return None

@@ -13,9 +13,19 @@ from .proxy import UPSTREAM_PREFIX
 def skopeo_copy(host: str, reference: str, dest: str, *extra: str) -> None:
     """`skopeo copy docker://<host>/up.test/<reference> <dest>`, digests preserved."""
     result = subprocess.run(
-        ["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", *extra,
-         f"docker://{host}/{UPSTREAM_PREFIX}/{reference}", dest],
-        capture_output=True, text=True, timeout=180)
+        [
+            "skopeo",
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            *extra,
+            f"docker://{host}/{UPSTREAM_PREFIX}/{reference}",
+            dest,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -262,8 +262,10 @@ class FaultyUpstream(LoopbackServer):
     async def _broken_stream(self, request: web.Request, mode: FaultMode) -> web.StreamResponse:
         """Start a full-length 200 and break it as ``mode`` says."""
         response = web.StreamResponse(
-            headers={"Content-Type": "application/octet-stream",
-                     "Docker-Content-Digest": self.layer_digest}  # fmt: skip
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Docker-Content-Digest": self.layer_digest,
+            }  # fmt: skip
         )
         response.content_length = LAYER_SIZE
         await response.prepare(request)
@@ -307,7 +309,7 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     unsupported ranges (the caller then sends the whole body)."""
     if not header or not header.startswith("bytes=") or "," in header:
         return None
-    first, _, last = header[len("bytes="):].partition("-")
+    first, _, last = header[len("bytes=") :].partition("-")
     if not first.isdigit() or (last and not last.isdigit()):
         return None
     start, end = int(first), int(last) if last else size - 1

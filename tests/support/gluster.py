@@ -63,21 +63,36 @@ class GlusterVolume:
         volfile = self.workdir / "glusterd.vol"
         volfile.write_text(_GLUSTERD_VOL.format(workdir=state))
         self._glusterd = subprocess.Popen(
-            ["glusterd", "-N", "-f", str(volfile), "-l", str(self.workdir / "glusterd.log"),
-             "-p", str(self.workdir / "glusterd.pid")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "glusterd",
+                "-N",
+                "-f",
+                str(volfile),
+                "-l",
+                str(self.workdir / "glusterd.log"),
+                "-p",
+                str(self.workdir / "glusterd.pid"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while self._gluster("volume", "list", check=False).returncode != 0:
             if time.monotonic() > deadline or self._glusterd.poll() is not None:
-                raise RuntimeError("glusterd did not start: "
-                                   + (self.workdir / "glusterd.log").read_text()[-2000:])
+                raise RuntimeError(
+                    "glusterd did not start: " + (self.workdir / "glusterd.log").read_text()[-2000:]
+                )
             time.sleep(0.2)
         self._gluster("volume", "create", self.name, f"{HOST}:{brick}", "force")
         self._created = True
         self._gluster("volume", "start", self.name)
         for mount in self.mounts:
-            subprocess.run(["mount", "-t", "glusterfs", f"{HOST}:/{self.name}", str(mount)],
-                           check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                ["mount", "-t", "glusterfs", f"{HOST}:/{self.name}", str(mount)],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             self._mounted.append(mount)
 
     def __exit__(self, *exc_info: object) -> None:
@@ -92,8 +107,9 @@ class GlusterVolume:
 
     @staticmethod
     def _gluster(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(["gluster", "--mode=script", *args], capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            ["gluster", "--mode=script", *args], capture_output=True, text=True, timeout=60
+        )
         if check and result.returncode != 0:
             raise RuntimeError(f"gluster {' '.join(args)}: {result.stderr or result.stdout}")
         return result

@@ -78,9 +78,7 @@ def descriptor(
     return desc
 
 
-def descriptor_for(
-    media_type: str, data: bytes, **kwargs: Any
-) -> dict[str, Any]:
+def descriptor_for(media_type: str, data: bytes, **kwargs: Any) -> dict[str, Any]:
     """Descriptor of in-memory ``data`` (digest and size computed here)."""
     return descriptor(media_type, sha256_digest(data), len(data), **kwargs)
 

@@ -42,17 +42,20 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> Non
         process.wait()
 
 
-def spawn_logged(command: list[str], log_path: Path, stderr_path: Path | None = None,
-                 **popen: Any) -> subprocess.Popen[bytes]:
+def spawn_logged(
+    command: list[str], log_path: Path, stderr_path: Path | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
     """Start `command` with stdin closed, appending its stdout to `log_path` and its stderr
     to `stderr_path` (or to `log_path` as well). Append: a restart continues the same log."""
     with open(log_path, "ab") as out:
         if stderr_path is None:
-            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, **popen)
+            return subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **popen
+            )
         with open(stderr_path, "ab") as err:
-            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    **popen)
+            return subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, **popen
+            )
 
 
 def probe_status(port: int, path: str, timeout: float = 1.0) -> int | None:
@@ -164,13 +167,16 @@ class ServerProcess(LoopbackServer):
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise self.start_error(f"{self.name} exited with {process.returncode}:\n"
-                                       + self._failure_log())
+                raise self.start_error(
+                    f"{self.name} exited with {process.returncode}:\n" + self._failure_log()
+                )
             if probe_status(self.port, self.ready_path) in self.ready_statuses:
                 return
             time.sleep(0.05)
-        raise self.start_error(f"{self.name} did not answer on {self.url} within "
-                               f"{self.start_timeout} s:\n" + self._failure_log())
+        raise self.start_error(
+            f"{self.name} did not answer on {self.url} within "
+            f"{self.start_timeout} s:\n" + self._failure_log()
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the process (SIGTERM, then SIGKILL) and reap it. Idempotent."""

@@ -16,8 +16,11 @@ UPSTREAM_PREFIX = "up.test"
 
 #: Short client timeouts and few retries, so tests of failing upstreams end quickly.
 TEST_CLIENT_SETTINGS: dict[str, Any] = {
-    "connect_timeout_seconds": 2, "read_timeout_seconds": 5, "retries": 2,
-    "max_retry_wait_seconds": 1}
+    "connect_timeout_seconds": 2,
+    "read_timeout_seconds": 5,
+    "retries": 2,
+    "max_retry_wait_seconds": 1,
+}
 
 
 def toml_text(tables: dict[str, Any], prefix: str = "") -> str:
@@ -49,8 +52,12 @@ def _toml_value(value: Any) -> str:
 
 def run_mirror(config_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a `mirror` command (not serve) with a config file, as a user would."""
-    return subprocess.run([sys.executable, "-m", "mirror.cli", *args, "--config",
-                           str(config_path)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mirror.cli", *args, "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def upstream_entry(registry_url: str, **extra: Any) -> dict[str, Any]:
@@ -58,14 +65,23 @@ def upstream_entry(registry_url: str, **extra: Any) -> dict[str, Any]:
     return {"url": registry_url, "prefix": UPSTREAM_PREFIX, "default": True, **extra}
 
 
-def proxy_config(workdir: Path, upstreams: dict[str, dict[str, Any]], *,
-                 client: dict[str, Any] | None = TEST_CLIENT_SETTINGS, **cache: Any) -> dict:
+def proxy_config(
+    workdir: Path,
+    upstreams: dict[str, dict[str, Any]],
+    *,
+    client: dict[str, Any] | None = TEST_CLIENT_SETTINGS,
+    **cache: Any,
+) -> dict:
     """A config for one proxy: its own cache root and index under `workdir`, the tests'
     client settings (`client=None`: the proxy's defaults) and `cache` overrides."""
     config: dict[str, Any] = {
         "server": {"host": LOOPBACK, "port": free_port()},
-        "cache": {"root": str(workdir / "cache"), "index_dir": str(workdir / "index"),
-                  "tag_ttl_seconds": 300, **cache},
+        "cache": {
+            "root": str(workdir / "cache"),
+            "index_dir": str(workdir / "index"),
+            "tag_ttl_seconds": 300,
+            **cache,
+        },
     }
     if client is not None:
         config["client"] = dict(client)
@@ -78,9 +94,15 @@ class ProxyProcess(ServerProcess):
 
     name = "mirror serve"
 
-    def __init__(self, workdir: Path, config: dict, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = (), log_level: str = "info",
-                 start_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        log_level: str = "info",
+        start_timeout: float = 15.0,
+    ) -> None:
         super().__init__(start_timeout)
         self.workdir = workdir
         self.args = args
@@ -110,8 +132,17 @@ class ProxyProcess(ServerProcess):
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(toml_text(self.config))
-        command = [sys.executable, "-m", "mirror.cli", "serve", "--config",
-                   str(self.config_path), "--log-level", self.log_level, *self.args]
+        command = [
+            sys.executable,
+            "-m",
+            "mirror.cli",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--log-level",
+            self.log_level,
+            *self.args,
+        ]
         return spawn_logged(command, self.log_path, env={**os.environ, **self.env})
 
     def _failure_log(self) -> str:

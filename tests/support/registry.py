@@ -199,8 +199,12 @@ class RegistryProcess(ServerProcess):
         # Logs are appended across restarts, so marks stay valid; remember where this
         # process's stderr starts.
         self._stderr_start = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
-        return spawn_logged([REGISTRY_BINARY, "serve", str(self.config_path)],
-                            self.access_log_path, self.stderr_path, cwd=self.workdir)
+        return spawn_logged(
+            [REGISTRY_BINARY, "serve", str(self.config_path)],
+            self.access_log_path,
+            self.stderr_path,
+            cwd=self.workdir,
+        )
 
     def close(self) -> None:
         """Stop the process and remove the temp directory if this object created it."""

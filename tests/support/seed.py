@@ -169,9 +169,7 @@ class RegistryClient:
             self._expect(finished, 201, f"finish upload of {digest} to {name}")
         return oci.descriptor(media_type, digest, size)
 
-    def push_manifest(
-        self, name: str, reference: str, manifest: bytes, media_type: str
-    ) -> str:
+    def push_manifest(self, name: str, reference: str, manifest: bytes, media_type: str) -> str:
         """PUT a manifest under a tag or digest; return its digest (checked against the
         registry's ``Docker-Content-Digest``)."""
         response = self.request(
@@ -346,8 +344,13 @@ def publish_index(
     for platform, child in children.items():
         os_name, arch = platform.split("/")
         entries.append(
-            oci.descriptor(child.media_type, child.digest, len(child.manifest), order=order,
-                           platform={"architecture": arch, "os": os_name})  # fmt: skip
+            oci.descriptor(
+                child.media_type,
+                child.digest,
+                len(child.manifest),
+                order=order,
+                platform={"architecture": arch, "os": os_name},
+            )  # fmt: skip
         )
     manifest = oci.index_manifest(media_type, entries)
     [index] = publish(client, repository, [tag], media_type, manifest, [])
@@ -448,9 +451,7 @@ SIF_GENERATIONS = (
     # Apptainer 1.3.1-1.5.x, SingularityCE >= 4.3.3 (ggcr)
     SifGeneration("sif/tool", "1.0", oci.OCI_MANIFEST, oci.SIF_CONFIG, b"{}", "ggcr"),
     # SingularityCE 3.8.4-3.11, Apptainer 1.0-1.2 (oras-go v1)
-    SifGeneration(
-        "sif/legacy", "oras-go-v1", None, oci.ORAS_UNKNOWN_CONFIG, b"{}", "image-spec"
-    ),
+    SifGeneration("sif/legacy", "oras-go-v1", None, oci.ORAS_UNKNOWN_CONFIG, b"{}", "image-spec"),
     # Apptainer 1.3.0, SingularityCE 4.0-4.3.2 (ggcr, Docker v2 manifest type)
     SifGeneration("sif/dockerv2", "1.3.0", oci.DOCKER_MANIFEST, oci.SIF_CONFIG, b"{}", "ggcr"),
     # Singularity 3.7 (oras + containerd, 0-byte config)
@@ -458,9 +459,7 @@ SIF_GENERATIONS = (
 )
 
 
-def publish_sif(
-    client: RegistryClient, generation: SifGeneration, squashfs: bytes
-) -> SeededImage:
+def publish_sif(client: RegistryClient, generation: SifGeneration, squashfs: bytes) -> SeededImage:
     """Push one SIF as that generation would: one config blob, one SIF layer titled
     ``<name>_<tag>.sif``."""
     name = generation.repository.rsplit("/", 1)[-1]

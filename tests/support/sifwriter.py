@@ -382,7 +382,7 @@ def make_squashfs(tmpdir: str | Path, files: dict[str, bytes] | None = None) -> 
 def _default_rootfs() -> dict[str, bytes]:
     return {
         ".singularity.d/labels.json": b'{"org.label-schema.schema-version":"1.0"}\n',
-        ".singularity.d/runscript": b"#!/bin/sh\nexec /opt/tool/bin/tool \"$@\"\n",
+        ".singularity.d/runscript": b'#!/bin/sh\nexec /opt/tool/bin/tool "$@"\n',
         "opt/tool/bin/tool": b"#!/bin/sh\necho hpc-mirror test tool\n",
         "etc/os-release": b'NAME="hpc-mirror test rootfs"\n',
     }
@@ -395,8 +395,7 @@ def _date_labels(created: int) -> dict[str, str]:
     when = dt.datetime.fromtimestamp(created, dt.timezone.utc)
     # label-schema's odd format: Weekday_day_Month_year_h:m:s_UTC, fields unpadded
     build_date = (
-        f"{when:%A}_{when.day}_{when:%B}_{when.year}_"
-        f"{when.hour}:{when.minute}:{when.second}_UTC"
+        f"{when:%A}_{when.day}_{when:%B}_{when.year}_{when.hour}:{when.minute}:{when.second}_UTC"
     )
     return {
         "org.label-schema.build-date": build_date,
@@ -446,7 +445,7 @@ def example_sif(
     definition = (
         "Bootstrap: docker\nFrom: alpine:3.20\n\n"
         f"%labels\n    Name {name}\n    Version {version}\n\n"
-        f"%runscript\n    exec /opt/tool/bin/tool \"$@\"\n"
+        f'%runscript\n    exec /opt/tool/bin/tool "$@"\n'
     )
     labels = {
         "Name": name,

@@ -280,9 +280,7 @@ def _handler_for(issuer: TokenIssuer) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            status, body = issuer.handle_token_request(
-                self.path, self.headers.get("Authorization")
-            )
+            status, body = issuer.handle_token_request(self.path, self.headers.get("Authorization"))
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
