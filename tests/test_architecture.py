@@ -57,6 +57,8 @@ LAYERS: dict[str, list[set[str]]] = {
         {"terminal"},
     ],
     "sif": [
+        {"format", "dates"},
+        {"model"},
         {"reader"},
     ],
 }

@@ -22,7 +22,8 @@ from typing import ClassVar
 
 import pytest
 
-from mirror.sif.reader import SifError, SifInfo, looks_like_sif, read_sif
+from mirror.sif.model import SifError, SifInfo
+from mirror.sif.reader import looks_like_sif, read_sif
 from tests.support.sifwriter import (
     GO_ZERO_TIME,
     LEGACY_DATA_OFFSET,

@@ -24,7 +24,8 @@ from mirror.catalog.model import (
 )
 from mirror.manifests import Descriptor, Kind, ParsedManifest, parse, platform_text
 from mirror.reference import Digest
-from mirror.sif.reader import SifError, read_sif
+from mirror.sif.model import SifError
+from mirror.sif.reader import read_sif
 
 OCI_KEY_PREFIX = "org.opencontainers.image."
 MAX_CONFIG_BYTES = 8 * 1024 * 1024

@@ -15,7 +15,7 @@ from typing import Any
 
 from mirror.manifests import Kind
 from mirror.reference import Repository
-from mirror.sif.reader import SifInfo
+from mirror.sif.model import SifInfo
 
 # How the site names each kind of manifest: in the index's "Kind" column, on the tag
 # tables, as the lead of a manifest's page and in catalog.json's `kinds`.

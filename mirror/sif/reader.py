@@ -4,7 +4,7 @@ Only the 128-byte header, the descriptor table and a few small objects (definiti
 metadata, signature heads, squashfs superblocks) are read, by seek+read at the offsets the
 header and descriptors give: nothing is executed or unpacked, so untrusted cached files are
 safe to inspect. The layout and codes (header, descriptor table, data types and their
-extra fields, architectures) are those of the reference implementation, package `pkg/sif`
+extra fields, architectures; in format.py) are those of the reference implementation, package `pkg/sif`
 of github.com/sylabs/sif (v2). Damage that stops us reading the header or descriptor table
 raises SifError; damage further in (objects past EOF, bad JSON, bad superblocks) is listed
 in SifInfo.problems.
@@ -16,229 +16,42 @@ import datetime as dt
 import io
 import json
 import os
-import re
 import struct
 import uuid
-from dataclasses import dataclass
 from typing import BinaryIO
 
-_HEADER = struct.Struct("<32s10s3s3s16s8q")  # launch, magic, version, arch, uuid, 8 x int64
-_DESCRIPTOR = struct.Struct("<i?III7q128s384s")  # type, used, id, group, link, 7 x int64, ...
-# The squashfs superblock up to its minor version (Linux: fs/squashfs/squashfs_fs.h).
-_SUPERBLOCK = struct.Struct("<4sIIIIHHHHHH")
-_MAGIC = b"SIF_MAGIC\0"
-_GROUP_FLAG = 0xF0000000
-_MAX_TABLE_BYTES = 64 << 20
-_SIGNATURE_HEAD = 512  # enough to tell a PGP clear-signed message from a DSSE envelope
-_UTC = dt.timezone.utc
+from mirror.sif.dates import UTC
+from mirror.sif.format import (
+    ARCHES,
+    COMPRESSIONS,
+    DESCRIPTOR,
+    FS_TYPES,
+    GROUP_FLAG,
+    HASH_TYPES,
+    HEADER,
+    MAGIC,
+    MAX_TABLE_BYTES,
+    PARTITION_TYPES,
+    SBOM_FORMATS,
+    SIGNATURE_HEAD,
+    SUPERBLOCK,
+    TYPE_NAMES,
+)
+from mirror.sif.model import (
+    PartitionInfo,
+    SifError,
+    SifInfo,
+    SifObject,
+    SignatureInfo,
+    SquashfsInfo,
+)
 
-_TYPE_NAMES = {
-    0x4001: "Def.FILE",
-    0x4002: "Env.Vars",
-    0x4003: "JSON.Labels",
-    0x4004: "FS",
-    0x4005: "Signature",
-    0x4006: "JSON.Generic",
-    0x4007: "Generic/Raw",
-    0x4008: "Cryptographic Message",
-    0x4009: "SBOM",
-    0x400A: "OCI.RootIndex",
-    0x400B: "OCI.Blob",
-}
-_FS_TYPES = {
-    1: "Squashfs",
-    2: "Ext3",
-    3: "Archive",
-    4: "Raw",
-    5: "Encrypted squashfs",
-    6: "Gocryptfs squashfs",
-}
-_PARTITION_TYPES = {1: "System", 2: "PrimSys", 3: "Data", 4: "Overlay"}
-_HASH_TYPES = {1: "SHA256", 2: "SHA384", 3: "SHA512", 4: "BLAKE2s", 5: "BLAKE2b"}
-_SBOM_FORMATS = {
-    1: "cyclonedx-json",
-    2: "cyclonedx-xml",
-    3: "github-json",
-    4: "spdx-json",
-    5: "spdx-rdf",
-    6: "spdx-tag-value",
-    7: "spdx-yaml",
-    8: "syft-json",
-}
-_ARCHES = (
-    "unknown",
-    "386",
-    "amd64",
-    "arm",
-    "arm64",
-    "ppc64",
-    "ppc64le",
-    "mips",
-    "mipsle",
-    "mips64",
-    "mips64le",
-    "s390x",
-    "riscv64",
-    "loong64",
-)  # index = the 2-digit code
-_COMPRESSIONS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
-_MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
-# org.label-schema.build-date carries the *builder's local* zone abbreviation (Go Time.Zone).
-_ZONES = {
-    "UTC": 0,
-    "GMT": 0,
-    "UCT": 0,
-    "Z": 0,
-    "WET": 0,
-    "WEST": 1,
-    "CET": 1,
-    "CEST": 2,
-    "EET": 2,
-    "EEST": 3,
-    "MSK": 3,
-    "EST": -5,
-    "EDT": -4,
-    "CDT": -5,
-    "MST": -7,
-    "MDT": -6,
-    "PST": -8,
-    "PDT": -7,
-    "AKST": -9,
-    "AKDT": -8,
-    "HST": -10,
-    "JST": 9,
-    "KST": 9,
-    "AEST": 10,
-    "AEDT": 11,
-    "NZST": 12,
-    "NZDT": 13,
-}
-_BUILD_DATE = re.compile(
-    r"[A-Za-z]+_(\d{1,2})_([A-Za-z]+)_(\d{4})_(\d{1,2}):(\d{1,2}):"
-    r"(\d{1,2})_([A-Za-z]+|[+-]\d\d(?:\d\d)?)"
-)
 _SCRIPTS = ("runscript", "startscript", "test", "helpfile")
-
-
-class SifError(ValueError):
-    """Not a SIF, or too damaged to read its header/descriptors."""
-
-
-@dataclass(frozen=True)
-class SifObject:
-    """One used descriptor, as ``siftool list`` shows it."""
-
-    id: int
-    group: int | None  # None = no group
-    link: str | None  # "object 3" / "group 1"
-    type_code: int
-    type_name: str
-    name: str
-    offset: int
-    size: int
-    created: dt.datetime | None
-    modified: dt.datetime | None
-
-
-@dataclass(frozen=True)
-class SquashfsInfo:
-    """The squashfs superblock at the start of a partition."""
-
-    compression: str
-    block_size: int
-    inodes: int
-    created: dt.datetime | None
-    version: str
-    bytes_used: int
-
-
-@dataclass(frozen=True)
-class PartitionInfo:
-    """A file-system partition (data type 0x4004) and its extra fields."""
-
-    object_id: int
-    fs_type: str
-    partition_type: str
-    arch: str
-    size: int
-    squashfs: SquashfsInfo | None
-
-
-@dataclass(frozen=True)
-class SignatureInfo:
-    """A signature object. Whether it verifies is not checked: that needs keys."""
-
-    object_id: int
-    kind: str  # "PGP", "DSSE" or "unknown"
-    hash_type: str
-    fingerprint: str | None  # uppercase hex of the 20-byte entity prefix; None if all zero
-    signs: str | None  # the link: "group 1" (current format) / "object 3" (legacy)
-    legacy: bool  # old Singularity layout: inside a group, or named "part-signature"
-
-
-@dataclass(frozen=True)
-class SifInfo:
-    """Everything the catalog shows about one SIF file. Times are UTC, None when unset."""
-
-    launch_script: str
-    version: str
-    arch: str
-    uuid: str | None
-    created: dt.datetime | None
-    modified: dt.datetime | None
-    descriptors_total: int
-    descriptors_free: int
-    data_offset: int
-    data_size: int
-    file_size: int
-    objects: tuple[SifObject, ...]
-    definition: str | None
-    labels: dict[str, str]
-    environment: dict[str, str]
-    runscript: str | None
-    startscript: str | None
-    test: str | None
-    helpfile: str | None
-    apps: dict[str, dict]
-    oci_config: dict | None
-    partitions: tuple[PartitionInfo, ...]
-    signatures: tuple[SignatureInfo, ...]
-    encrypted: bool
-    sbom_formats: tuple[str, ...]
-    oci_sif: bool
-    problems: tuple[str, ...]
-
-    @property
-    def signed(self) -> bool:
-        """At least one signature object (the Sylabs library's rule; nothing is verified)."""
-        return bool(self.signatures)
-
-    @property
-    def created_best(self) -> dt.datetime | None:
-        """Header time, else the OCI ``created`` label, else label-schema's build-date."""
-        return (
-            self.created
-            or _parse_iso(self.labels.get("org.opencontainers.image.created"))
-            or _parse_build_date(self.labels.get("org.label-schema.build-date"))
-        )
 
 
 def looks_like_sif(first_bytes: bytes) -> bool:
     """True when ``SIF_MAGIC\\0`` sits at offset 32 (right after the launch script)."""
-    return bytes(first_bytes[32:42]) == _MAGIC
+    return bytes(first_bytes[32:42]) == MAGIC
 
 
 def read_sif(path_or_file, *, max_object_bytes: int = 4 * 1024 * 1024) -> SifInfo:
@@ -268,8 +81,8 @@ class _Reader:
         return self.f.read(n)
 
     def read(self) -> SifInfo:
-        head = self.at(0, _HEADER.size)
-        if len(head) < _HEADER.size:
+        head = self.at(0, HEADER.size)
+        if len(head) < HEADER.size:
             raise SifError(f"file is {self.file_size} bytes, too short for a SIF header")
         (
             launch,
@@ -285,16 +98,16 @@ class _Reader:
             table_size,
             data_offset,
             data_size,
-        ) = _HEADER.unpack(head)
-        if magic != _MAGIC:
+        ) = HEADER.unpack(head)
+        if magic != MAGIC:
             raise SifError("not a SIF file: no SIF_MAGIC at offset 32")
         if version[:2] != b"01":
             raise SifError(f"unsupported SIF version {version!r}")
         if not (
             0 <= total
-            and 0 <= table_size <= _MAX_TABLE_BYTES
+            and 0 <= table_size <= MAX_TABLE_BYTES
             and table_offset >= 0
-            and total * _DESCRIPTOR.size <= table_size
+            and total * DESCRIPTOR.size <= table_size
         ):
             raise SifError(
                 f"absurd descriptor table: {total} descriptors, {table_size} "
@@ -305,7 +118,7 @@ class _Reader:
                 f"file is truncated: the descriptor table needs {table_size} bytes "
                 f"at {table_offset}, the file has {self.file_size}"
             )
-        table = self.at(table_offset, total * _DESCRIPTOR.size)
+        table = self.at(table_offset, total * DESCRIPTOR.size)
         entries = [e for slot in range(total) if (e := self.descriptor(table, slot))]
         if free != total - len(entries):
             self.problems.append(
@@ -347,10 +160,10 @@ class _Reader:
             oci_config=oci_config,
             partitions=partitions,
             signatures=tuple(self.signature(o, x) for o, x in entries if o.type_code == 0x4005),
-            encrypted=any(p.fs_type in (_FS_TYPES[5], _FS_TYPES[6]) for p in partitions)
+            encrypted=any(p.fs_type in (FS_TYPES[5], FS_TYPES[6]) for p in partitions)
             or any(_i32(x, 4) == 0x200 for o, x in entries if o.type_code == 0x4008),
             sbom_formats=tuple(
-                _named(_SBOM_FORMATS, _i32(x, 0)) for o, x in entries if o.type_code == 0x4009
+                _named(SBOM_FORMATS, _i32(x, 0)) for o, x in entries if o.type_code == 0x4009
             ),
             oci_sif=0x400A in first,
             problems=tuple(self.problems),
@@ -373,17 +186,17 @@ class _Reader:
             _gid,
             name,
             extra,
-        ) = _DESCRIPTOR.unpack_from(table, slot * _DESCRIPTOR.size)
+        ) = DESCRIPTOR.unpack_from(table, slot * DESCRIPTOR.size)
         if not used:
             return None
-        link_id = link & ~_GROUP_FLAG
-        link_text = f"group {link_id}" if link & _GROUP_FLAG else f"object {link}"
+        link_id = link & ~GROUP_FLAG
+        link_text = f"group {link_id}" if link & GROUP_FLAG else f"object {link}"
         obj = SifObject(
             oid,
-            group & ~_GROUP_FLAG or None,
+            group & ~GROUP_FLAG or None,
             link_text if link_id else None,
             code,
-            _TYPE_NAMES.get(code, f"unknown 0x{code & 0xFFFFFFFF:04X}"),
+            TYPE_NAMES.get(code, f"unknown 0x{code & 0xFFFFFFFF:04X}"),
             _cstr(name),
             offset,
             size,
@@ -424,8 +237,8 @@ class _Reader:
         squashfs = self.superblock(obj) if _i32(extra, 0) == 1 else None
         return PartitionInfo(
             obj.id,
-            _named(_FS_TYPES, _i32(extra, 0)),
-            _named(_PARTITION_TYPES, _i32(extra, 4)),
+            _named(FS_TYPES, _i32(extra, 0)),
+            _named(PARTITION_TYPES, _i32(extra, 4)),
             _arch(extra[8:11]),
             obj.size,
             squashfs,
@@ -449,12 +262,12 @@ class _Reader:
             _ids,
             major,
             minor,
-        ) = _SUPERBLOCK.unpack_from(raw)
+        ) = SUPERBLOCK.unpack_from(raw)
         if magic != b"hsqs":
             self.problems.append(f"object {obj.id} is not a squashfs image (no hsqs magic)")
             return None
         return SquashfsInfo(
-            _named(_COMPRESSIONS, compression),
+            _named(COMPRESSIONS, compression),
             block_size,
             inodes,
             _time(mkfs_time),
@@ -466,7 +279,7 @@ class _Reader:
         """Kind from the first bytes only: PGP clear-signed text or a DSSE JSON envelope."""
         head = b""
         if self.readable(obj):
-            head = self.at(obj.offset, min(obj.size, _SIGNATURE_HEAD)).lstrip()
+            head = self.at(obj.offset, min(obj.size, SIGNATURE_HEAD)).lstrip()
         kind = (
             "PGP"
             if head.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----")
@@ -478,7 +291,7 @@ class _Reader:
         return SignatureInfo(
             obj.id,
             kind,
-            _named(_HASH_TYPES, _i32(extra, 0)),
+            _named(HASH_TYPES, _i32(extra, 0)),
             entity.hex().upper() if any(entity) else None,
             obj.link,
             obj.group is not None or obj.name == "part-signature",
@@ -488,7 +301,7 @@ class _Reader:
 def _time(seconds: int) -> dt.datetime | None:
     """Unix seconds to UTC; None for unset (Go zero time, any value <= 0) or absurd values."""
     try:
-        return dt.datetime.fromtimestamp(seconds, _UTC) if seconds > 0 else None
+        return dt.datetime.fromtimestamp(seconds, UTC) if seconds > 0 else None
     except (OverflowError, OSError, ValueError):
         return None
 
@@ -503,7 +316,7 @@ def _named(table: dict[int, str], code: int) -> str:
 
 def _arch(raw: bytes) -> str:
     code = raw[:2]
-    return _ARCHES[int(code)] if code.isdigit() and int(code) < len(_ARCHES) else "unknown"
+    return ARCHES[int(code)] if code.isdigit() and int(code) < len(ARCHES) else "unknown"
 
 
 def _i32(extra: bytes, offset: int) -> int:
@@ -517,43 +330,3 @@ def _dict(value: object) -> dict:
 def _str_map(value: object) -> dict[str, str]:
     """A JSON object as str -> str (non-string values become their JSON text)."""
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in _dict(value).items()}
-
-
-def _parse_iso(text: str | None) -> dt.datetime | None:
-    """RFC 3339 (``org.opencontainers.image.created``) to UTC; naive means UTC."""
-    try:
-        when = dt.datetime.fromisoformat(text)  # type: ignore[arg-type]
-        return (when if when.tzinfo else when.replace(tzinfo=_UTC)).astimezone(_UTC)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _parse_build_date(text: str | None) -> dt.datetime | None:
-    """label-schema's ``Thursday_24_October_2024_10:32:1_UTC`` to UTC.
-
-    The zone is the builder's local abbreviation, or ``+03`` style for zones without one;
-    an abbreviation not in ``_ZONES`` gives None rather than a time hours off.
-    """
-    match = _BUILD_DATE.fullmatch(text.strip()) if isinstance(text, str) else None
-    if not match or match[2].capitalize() not in _MONTHS:
-        return None
-    day, month, year, hour, minute, second, zone = match.groups()
-    offset = (
-        int(zone[:3]) + int(zone[0] + (zone[3:] or "0")) / 60
-        if zone[0] in "+-"
-        else _ZONES.get(zone.upper())
-    )
-    if offset is None:
-        return None
-    try:
-        return dt.datetime(
-            int(year),
-            _MONTHS.index(month.capitalize()) + 1,
-            int(day),
-            int(hour),
-            int(minute),
-            int(second),
-            tzinfo=dt.timezone(dt.timedelta(hours=offset)),
-        ).astimezone(_UTC)
-    except (ValueError, OverflowError):
-        return None
