@@ -3,11 +3,10 @@
 Only the 128-byte header, the descriptor table and a few small objects (definition, JSON
 metadata, signature heads, squashfs superblocks) are read, by seek+read at the offsets the
 header and descriptors give: nothing is executed or unpacked, so untrusted cached files are
-safe to inspect. The layout and codes (header, descriptor table, data types and their
-extra fields, architectures; in format.py) are those of the reference implementation, package `pkg/sif`
-of github.com/sylabs/sif (v2). Damage that stops us reading the header or descriptor table
-raises SifError; damage further in (objects past EOF, bad JSON, bad superblocks) is listed
-in SifInfo.problems.
+safe to inspect. The layout and codes (format.py) are those of the reference implementation,
+package `pkg/sif` of github.com/sylabs/sif (v2). Damage that stops us reading the header
+or descriptor table raises SifError; damage further in (objects past EOF, bad JSON, bad
+superblocks) is listed in SifInfo.problems.
 """
 
 from __future__ import annotations
