@@ -3,6 +3,8 @@ so the HTTP layer turns any of them into an OCI error body without knowing the c
 
 from __future__ import annotations
 
+import errno
+
 
 class MirrorError(Exception):
     """Base of every error a client may see. `message` must be safe to show to a client."""
@@ -96,6 +98,18 @@ class UpstreamTimeout(UpstreamFailed):
     """The upstream did not answer within the configured timeouts."""
 
     status = 504
+
+
+class StoreRefused(MirrorError):
+    """The cache store's filesystem refused a write (full, over quota, failing): the
+    content is served from the upstream without being cached. `cause` says why."""
+
+    code, status = "UNAVAILABLE", 507
+
+    def __init__(self, cause: OSError) -> None:
+        name = errno.errorcode.get(cause.errno or 0, str(cause.errno))
+        super().__init__(f"the cache store refused a write: {name} ({cause.strerror})")
+        self.cause = cause
 
 
 class InvalidValue(ValueError):

@@ -34,6 +34,7 @@ LAYERS: dict[str, list[set[str]]] = {
     "proxy": [
         {"policy", "memo", "routing", "ranges"},
         {"upstream", "fill"},
+        {"passthrough"},
         {"sources"},
         {"blob_fills"},
         {"service"},
@@ -41,7 +42,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"app"},
     ],
     "cache": [
-        {"blob_writer"},
+        {"blob_writer", "refusals"},
         {"store"},
         {"metadata", "pulls", "verify", "siftree"},
         {"open_cache", "gc", "bundle"},

@@ -6,6 +6,7 @@ renames, so the on-disk layout stays in one place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -40,8 +41,12 @@ class BlobWriter:
         """Tell other instances following this fill how big the blob will be."""
         if self.size_path is not None:
             temp = self.size_path.with_name(f".{self.size_path.name}.{os.getpid()}")
-            temp.write_text(str(size))
-            os.rename(temp, self.size_path)
+            try:
+                temp.write_text(str(size))
+                os.rename(temp, self.size_path)
+            except BaseException:  # a full disk must not leave the temp file behind
+                temp.unlink(missing_ok=True)
+                raise
 
     def write(self, chunk: bytes | memoryview) -> None:
         self.write_many([chunk])
@@ -97,9 +102,12 @@ class BlobWriter:
         self.persist()
 
     def abort(self) -> None:
+        """Delete the temp file and size note; a close reporting a late write error (NFS
+        does, on a full disk) must not keep them."""
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            fd, self._fd = self._fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
         try:
             os.unlink(self.temp_path)
         except FileNotFoundError:

@@ -42,6 +42,7 @@ def open_cache(config: CacheConfig) -> Iterator[OpenCache]:
         yield OpenCache(store, MetadataCache(db, store), pulls)
     finally:
         try:
-            pulls.close()
+            with store.refusals.tolerated("this node's pull statistics"):
+                pulls.close()
         finally:
             db.close()

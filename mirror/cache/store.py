@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.cache.blob_writer import BlobWriter
+from mirror.cache.refusals import StoreRefusals
 from mirror.reference import Digest, Repository
 
 _TEMP_FILE_MAX_AGE = 86400.0  # seconds; only a dead instance leaves a temp file this old
@@ -65,6 +66,7 @@ class ContentStore:
         self._repos_dir = root / "repositories"
         self._tmp_dir = root / "tmp"
         self._stats_dir = root / "stats"
+        self.refusals = StoreRefusals(root)  # whether its filesystem refuses writes now
         for directory in (self._blobs_dir, self._repos_dir, self._tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -119,17 +121,19 @@ class ContentStore:
     def new_writer(self, digest: Digest) -> BlobWriter:
         return BlobWriter(digest, self.blob_path(digest), self.temp_path(digest.hex))
 
-    def put_bytes(self, digest: Digest, data: bytes) -> None:
-        """Store small content held in memory (manifests), verified like any blob."""
+    def put_bytes(self, digest: Digest, data: bytes) -> bool:
+        """Store small content held in memory (manifests), verified like any blob; False
+        if it was stored already."""
         if self.blob_size(digest) is not None:
-            return
+            return False
         writer = self.new_writer(digest)
         try:
             writer.write(data)
+            writer.commit()
         except BaseException:
             writer.abort()
             raise
-        writer.commit()
+        return True
 
     def blobs(self) -> Iterator[StoredBlob]:
         """Every blob under a final path, with its size, in digest order."""
@@ -341,9 +345,13 @@ class ContentStore:
         """Atomic replace of a small metadata file. Not fsync'd: a torn link after a crash
         reads as absent and costs one upstream request, never wrong content."""
         temp = self.temp_path(path.name)
-        temp.write_bytes(data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(temp, path)
+        try:
+            temp.write_bytes(data)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(temp, path)
+        except BaseException:  # a full disk must not leave the temp file behind
+            _unlink(temp)
+            raise
 
 
 def _read_small(path: Path) -> str | None:

@@ -103,7 +103,7 @@ async def _fetch_blob(
     report: Progress,
 ) -> None:
     async with downloads:
-        source = await service.open_blob(repo, digest)
+        source = await service.open_blob(repo, digest, uncached=False)  # here to cache it
         try:
             size = source.size
             if service.store.blob_size(digest) is not None:

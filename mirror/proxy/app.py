@@ -56,7 +56,8 @@ async def _housekeeping(service: ProxyService) -> None:
         try:
             service.pulls.flush()
             if beat % _STATS_EXPORT_EVERY == 0:
-                service.pulls.publish()
+                with service.store.refusals.tolerated("this node's pull statistics"):
+                    service.pulls.publish()
             if beat % _CLEAN_EVERY == 0:
                 await remove_leftovers(service.store, service.config.cache)
         except Exception:  # housekeeping must never take the proxy down

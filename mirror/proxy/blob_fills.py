@@ -5,6 +5,11 @@ upstream confirms it has it. A miss claims the blob's shared partial file in the
 instance holding the claim downloads it once (one `BlobFill` that every local client reads
 along) and touches the file as a heartbeat; other instances follow the file as it grows,
 and take the fill over when the heartbeat stops.
+
+When the store refuses a blob (its filesystem is full, over quota or failing), every client
+gets it streamed from the upstream without caching (`PassThroughBlob`, one upstream GET per
+client), including clients already part-way through the fill; the next miss tries the
+store again, so caching resumes by itself once there is space.
 """
 
 from __future__ import annotations
@@ -19,12 +24,20 @@ from contextlib import asynccontextmanager
 from aiohttp import ClientResponse
 
 from mirror.cache.metadata import MetadataCache
+from mirror.cache.refusals import raising_store_refused
 from mirror.cache.siftree import SifTree
 from mirror.cache.store import BlobWriter, ContentStore
 from mirror.config import CacheConfig, Config
-from mirror.errors import BlobUnknown, MirrorError, UpstreamBadGateway
+from mirror.errors import BlobUnknown, MirrorError, StoreRefused, UpstreamBadGateway
 from mirror.proxy.fill import BlobFill
-from mirror.proxy.sources import BlobSource, CachedBlob, FillReader, PartialFollower
+from mirror.proxy.passthrough import PassThroughBlob
+from mirror.proxy.sources import (
+    BlobSource,
+    CachedBlob,
+    FillReader,
+    PartialFollower,
+    RefusalBypass,
+)
 from mirror.proxy.upstream import Upstreams, detach_body
 from mirror.reference import Digest, Repository
 
@@ -84,8 +97,10 @@ class BlobFills:
             raise BlobUnknown(f"blob {digest} is unknown to {repo}")
         return upstream_size
 
-    async def open(self, repo: Repository, digest: Digest) -> BlobSource:
-        """A source for the blob's bytes: the cached file, or a share of a running fill."""
+    async def open(self, repo: Repository, digest: Digest, *, uncached: bool = True) -> BlobSource:
+        """A source for the blob's bytes: the cached file, or a share of a running fill.
+        A blob the store refuses is passed through from the upstream, uncached; with
+        `uncached=False` (prefetch, which exists to cache) that raises `StoreRefused`."""
         for _ in range(5):  # a fill may commit, fail or change hands between the checks
             size = self._store.blob_size(digest)
             if size is not None:
@@ -99,22 +114,31 @@ class BlobFills:
             if fill is not None and not await self._may_serve(repo, digest):
                 raise BlobUnknown(f"blob {digest} is unknown to {repo}")
             if fill is None:
-                writer = self._store.claim_fill(digest)
+                try:
+                    writer = self._claim(digest)
+                except StoreRefused:
+                    if not uncached:
+                        raise
+                    return await self._pass_through(repo, digest)
                 if writer is None:  # another instance fills it: follow its partial file
                     follower = await self._follow(repo, digest)
                     if follower is not None:
-                        return follower
+                        return self._bypassable(repo, follower, uncached)
                     continue
                 fill = self._start(repo, writer)
             try:
-                reader = FillReader(fill)
-            except FileNotFoundError:
+                reader = FillReader(fill, self._executor)
+            except FileNotFoundError:  # committed (found next time round) or failed
+                if isinstance(fill.error, StoreRefused) and uncached:
+                    return await self._pass_through(repo, digest)
                 continue
             await fill.started.wait()
             if fill.error is not None and fill.written == 0:
                 reader.close()
+                if isinstance(fill.error, StoreRefused) and uncached:
+                    return await self._pass_through(repo, digest)
                 raise fill.error
-            return reader
+            return self._bypassable(repo, reader, uncached)
         raise UpstreamBadGateway(f"blob {digest} kept changing state; try again")
 
     async def _may_serve(self, repo: Repository, digest: Digest) -> bool:
@@ -124,7 +148,8 @@ class BlobFills:
             return True
         if await self._head(repo, digest) is None:
             return False
-        self._metadata.link_blob(repo, digest)
+        with self._store.refusals.tolerated(f"a link of {digest} to {repo}"):
+            self._metadata.link_blob(repo, digest)
         return True
 
     async def _head(self, repo: Repository, digest: Digest) -> int | None:
@@ -137,7 +162,7 @@ class BlobFills:
         except BlobUnknown:
             return None
 
-    async def _follow(self, repo: Repository, digest: Digest) -> BlobSource | None:
+    async def _follow(self, repo: Repository, digest: Digest) -> PartialFollower | None:
         """Follow another instance's fill of `digest`; None when it finished, failed or its
         instance died meanwhile (the caller then looks again, and may claim it)."""
         if not await self._may_serve(repo, digest):
@@ -166,11 +191,44 @@ class BlobFills:
         """The instance filling `digest` died: fill it here, unless another did first."""
         if not self._store.break_stale_claim(digest, self._config.cache.fill_stale_seconds):
             return None
-        writer = self._store.claim_fill(digest)
+        writer = self._claim(digest)
         if writer is None:
             return None
         log.warning("taking over the fill of %s from an instance that stopped", digest)
-        return FillReader(self._start(repo, writer))
+        return FillReader(self._start(repo, writer), self._executor)
+
+    def _claim(self, digest: Digest) -> BlobWriter | None:
+        """`ContentStore.claim_fill`; raises `StoreRefused` (logged) if the store refuses."""
+        try:
+            with raising_store_refused():
+                return self._store.claim_fill(digest)
+        except StoreRefused as exc:
+            self._store.refusals.refused(exc.cause, f"a fill of {digest}")
+            raise
+
+    def _bypassable(
+        self, repo: Repository, source: FillReader | PartialFollower, uncached: bool
+    ) -> BlobSource:
+        """`source`, going on from the upstream should the store refuse the blob."""
+        if not uncached:
+            return source
+        return RefusalBypass(source, lambda: self._new_pass_through(repo, source.digest))
+
+    async def _pass_through(self, repo: Repository, digest: Digest) -> PassThroughBlob:
+        """The blob straight from `repo`'s upstream to one client: the store refuses it."""
+        blob = self._new_pass_through(repo, digest)
+        await blob.begin()
+        return blob
+
+    def _new_pass_through(self, repo: Repository, digest: Digest) -> PassThroughBlob:
+        client = self._upstreams.client(repo.prefix)
+        unknown = BlobUnknown(f"blob {digest} is unknown to {repo}")
+        return PassThroughBlob(
+            digest,
+            lambda: client.request_ok("GET", repo.name, f"blobs/{digest}", unknown),
+            self._executor,
+            self._config.client.read_timeout_seconds,
+        )
 
     def _start(self, repo: Repository, writer: BlobWriter) -> BlobFill:
         fill = BlobFill(writer, self._executor)
@@ -190,7 +248,8 @@ class BlobFills:
                 self._heartbeat(fill),
             ):
                 if response.content_length is not None:
-                    fill.writer.announce_size(response.content_length)
+                    with raising_store_refused():
+                        fill.writer.announce_size(response.content_length)
                 detached = detach_body(response)
                 if detached is None:
                     await fill.run(response.content_length, _body_chunks(response))
@@ -202,27 +261,30 @@ class BlobFills:
                         self._config.client.read_timeout_seconds,
                     )
                     response.close()
-            if fill.verified:
-                self._metadata.link_blob(repo, fill.digest)
+            if fill.error is None:  # verified and in place
+                self._store.refusals.accepted()
+                with self._store.refusals.tolerated(f"a link of {fill.digest} to {repo}"):
+                    self._metadata.link_blob(repo, fill.digest)
                 if self._sif_tree is not None:
                     self._sif_tree.blob_cached(fill.digest)
             else:
-                log.warning(
-                    "fill of %s for %s failed: %s",
-                    fill.digest,
-                    repo,
-                    fill.error.message if fill.error else "?",
-                )
+                self._report_failure(repo, fill.digest, fill.error)
         except MirrorError as exc:
             if not fill.started.is_set():
                 fill.fail_before_start(exc)
-            log.warning("fill of %s for %s failed: %s", fill.digest, repo, exc.message)
+            self._report_failure(repo, fill.digest, exc)
         except BaseException:
             if not fill.started.is_set():
                 fill.fail_before_start(UpstreamBadGateway(f"download of {fill.digest} failed"))
             raise
         finally:
             self._fills.pop(fill.digest.hex, None)
+
+    def _report_failure(self, repo: Repository, digest: Digest, error: MirrorError) -> None:
+        if isinstance(error, StoreRefused):  # not the upstream's fault: say whose
+            self._store.refusals.refused(error.cause, f"the fill of {digest}")
+        else:
+            log.warning("fill of %s for %s failed: %s", digest, repo, error.message)
 
     @asynccontextmanager
     async def _heartbeat(self, fill: BlobFill) -> AsyncIterator[None]:
@@ -236,7 +298,7 @@ class BlobFills:
                     try:
                         if path is not None:
                             os.utime(path)
-                    except FileNotFoundError:
+                    except OSError:  # gone, or a failing filesystem the fill will hit too
                         pass
 
         task = asyncio.ensure_future(beat())

@@ -17,8 +17,9 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
+from mirror.cache.refusals import is_refusal
 from mirror.cache.store import BlobWriter
-from mirror.errors import MirrorError, UpstreamBadGateway, UpstreamTimeout
+from mirror.errors import MirrorError, StoreRefused, UpstreamBadGateway, UpstreamTimeout
 
 _MAX_BATCH = 16 * 1024 * 1024
 _RECEIVE_BUFFER = 1024 * 1024
@@ -108,14 +109,15 @@ class BlobFill:
             self._notify()
 
     async def _discard_partial(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
-        """Delete the temp file of a failed or cancelled fill and record why; readers see
-        the error on their next wait."""
+        """Record why a fill failed or was cancelled, then delete its temp file (a client
+        that finds the file gone finds the reason); readers see it on their next wait."""
+        if isinstance(exc, MirrorError):
+            self.error = exc
+        elif is_refusal(exc):  # readers go on from the upstream (sources.RefusalBypass)
+            self.error = StoreRefused(exc)
+        else:
+            self.error = UpstreamBadGateway(f"download of {self.digest} from upstream failed")
         await loop.run_in_executor(self._executor, self.writer.abort)
-        self.error = (
-            exc
-            if isinstance(exc, MirrorError)
-            else UpstreamBadGateway(f"download of {self.digest} from upstream failed")
-        )
 
     async def _verify_and_persist(self, loop: asyncio.AbstractEventLoop) -> None:
         """Release the held-back last bytes as soon as the digest matches; the fsync and

@@ -20,7 +20,7 @@ from mirror.errors import (
 )
 from mirror.proxy.ranges import parse_range
 from mirror.proxy.service import ProxyService
-from mirror.proxy.sources import BlobSource, read_chunk
+from mirror.proxy.sources import BlobSource
 from mirror.reference import Digest
 
 log = logging.getLogger(__name__)
@@ -207,10 +207,11 @@ async def _send_span(
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client went away")  # handled by _send_blob
-        if request.secure:
+        file = source.file
+        if request.secure or file is None:
             await _write_chunks(response, source, position, bound)
         else:
-            await loop.sendfile(transport, source.file, position, bound - position)
+            await loop.sendfile(transport, file, position, bound - position)
         position = bound
 
 
@@ -232,7 +233,7 @@ async def _write_chunks(
 ) -> None:
     position = start
     while position < end:
-        chunk = read_chunk(source.file, position, min(_FALLBACK_CHUNK, end - position))
+        chunk = source.read(position, min(_FALLBACK_CHUNK, end - position))
         if not chunk:
             return
         await response.write(chunk)

@@ -187,7 +187,8 @@ class ProxyService:
                 upstream_digest = await self._head_manifest_digest(repo, tag)
                 if upstream_digest == record.digest:
                     confirmed = TagRecord(record.digest, record.media_type, self.clock())
-                    self.metadata.put_tag(repo, tag, confirmed)
+                    with self.store.refusals.tolerated(f"the tag {repo}:{tag}"):
+                        self.metadata.put_tag(repo, tag, confirmed)
                     cached = self._manifest_from_record(confirmed)
                     if cached is not None:
                         return cached
@@ -241,14 +242,18 @@ class ProxyService:
             )
         if not media_type:
             media_type = _media_type_from_body(body)
-        await self._run_io(self.store.put_bytes, digest, body)
         parsed = parse_manifest(body, media_type)
-        self.metadata.link_manifest(repo, digest, media_type, parsed)
-        if expected is None:
-            self.metadata.put_tag(repo, reference, TagRecord(digest, media_type, self.clock()))
-            self.metadata.forget_repositories()
-            if self._sif_tree is not None and parsed.kind is Kind.SIF:
-                self._sif_tree.tag_fetched(repo, reference, parsed.layers[0].digest)
+        # A store that refuses writes costs the cache, never the pull: the verified bytes
+        # are served from memory, and the next request asks the upstream again.
+        with self.store.refusals.tolerated(f"manifest {digest}"):
+            if await self._run_io(self.store.put_bytes, digest, body):
+                self.store.refusals.accepted()
+            self.metadata.link_manifest(repo, digest, media_type, parsed)
+            if expected is None:
+                self.metadata.put_tag(repo, reference, TagRecord(digest, media_type, self.clock()))
+                self.metadata.forget_repositories()
+                if self._sif_tree is not None and parsed.kind is Kind.SIF:
+                    self._sif_tree.tag_fetched(repo, reference, parsed.layers[0].digest)
         self._memory.put(digest, body)
         return Manifest(digest, media_type, body)
 
@@ -257,9 +262,12 @@ class ProxyService:
         """For HEAD: the blob's size from the cache, or from the upstream without fetching."""
         return await self._blobs.size(repo, digest)
 
-    async def open_blob(self, repo: Repository, digest: Digest) -> BlobSource:
-        """A source for the blob's bytes: the cached file, or a share of a running fill."""
-        return await self._blobs.open(repo, digest)
+    async def open_blob(
+        self, repo: Repository, digest: Digest, *, uncached: bool = True
+    ) -> BlobSource:
+        """A source for the blob's bytes: the cached file, a share of a running fill, or
+        (should the store refuse it, unless `uncached` is False) the upstream's body."""
+        return await self._blobs.open(repo, digest, uncached=uncached)
 
     # -- listings --------------------------------------------------------------------------
     async def list_tags(self, repo: Repository) -> list[str]:

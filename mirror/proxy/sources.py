@@ -1,5 +1,6 @@
-"""What a blob response reads: the cached file, a share of this instance's fill, or another
-instance's fill followed through the shared partial file. Each is a `BlobSource`."""
+"""What a blob response reads: the cached file, a share of this instance's fill, another
+instance's fill followed through the shared partial file, or (when the store refuses the
+blob) the upstream's body passed through. Each is a `BlobSource`."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
-from mirror.errors import UpstreamBadGateway
+from mirror.errors import StoreRefused, UpstreamBadGateway
 from mirror.proxy.fill import BlobFill
+from mirror.proxy.passthrough import PassThroughBlob
 from mirror.reference import Digest
 
 _FOLLOW_POLL = 0.05
@@ -33,9 +35,9 @@ class BlobSource(Protocol):
         ...
 
     @property
-    def file(self) -> IO[bytes]:
-        """Where the bytes are read from (may change while another instance's fill is
-        followed or taken over)."""
+    def file(self) -> IO[bytes] | None:
+        """Where the bytes are read from, for sendfile (may change while another instance's
+        fill is followed or taken over); None when they are not in a file (`read` them)."""
         ...
 
     async def sendable(self, position: int, end: int) -> int:
@@ -43,10 +45,23 @@ class BlobSource(Protocol):
         `end` itself is only returned once the content is verified. Raises if the fill failed."""
         ...
 
+    def read(self, position: int, count: int) -> bytes:
+        """Up to `count` bytes at `position`, below the bound `sendable` returned."""
+        ...
+
     def close(self) -> None: ...
 
 
-class CachedBlob:
+class _FileSource:
+    """A source whose bytes are in `file`."""
+
+    file: IO[bytes]
+
+    def read(self, position: int, count: int) -> bytes:
+        return read_chunk(self.file, position, count)
+
+
+class CachedBlob(_FileSource):
     """A verified blob already under its final path."""
 
     def __init__(self, digest: Digest, file: IO[bytes], size: int) -> None:
@@ -61,14 +76,15 @@ class CachedBlob:
         self.file.close()
 
 
-class FillReader:
+class FillReader(_FileSource):
     """One client's share of this instance's fill: its own descriptor on the temp file
     (still valid once the file is renamed into place or unlinked), the fill's progress."""
 
-    def __init__(self, fill: BlobFill) -> None:
+    def __init__(self, fill: BlobFill, executor: Executor) -> None:
         self._fill = fill
+        self._executor = executor
         self.digest = fill.digest
-        self.file: IO[bytes] = open(fill.writer.temp_path, "rb")
+        self.file = open(fill.writer.temp_path, "rb")
 
     @property
     def size(self) -> int | None:
@@ -76,6 +92,12 @@ class FillReader:
 
     async def sendable(self, position: int, end: int) -> int:
         return await self._fill.sendable(position, end)
+
+    async def prefix_hash(self, count: int) -> Any:
+        """sha256 of the first `count` bytes, as this reader sends them."""
+        prefix = _FileHash()
+        await prefix.extend_to(self.file, count, self._executor)
+        return prefix.hash
 
     def close(self) -> None:
         self.file.close()
@@ -86,7 +108,29 @@ def read_chunk(file: IO[bytes], position: int, count: int) -> bytes:
     return os.pread(file.fileno(), count, position)
 
 
-class PartialFollower:
+class _FileHash:
+    """sha256 of a blob's first `length` bytes, read back from the file they were sent from."""
+
+    def __init__(self) -> None:
+        self.hash: Any = hashlib.sha256()
+        self.length = 0
+
+    async def extend_to(self, file: IO[bytes], bound: int, executor: Executor) -> None:
+        if bound > self.length:
+            await asyncio.get_running_loop().run_in_executor(
+                executor, self._extend, file.fileno(), bound
+            )
+
+    def _extend(self, fd: int, bound: int) -> None:
+        while self.length < bound:
+            chunk = os.pread(fd, min(_HASH_CHUNK, bound - self.length), self.length)
+            if not chunk:
+                raise UpstreamBadGateway("a partial blob file was cut short while being sent")
+            self.hash.update(chunk)
+            self.length += len(chunk)
+
+
+class PartialFollower(_FileSource):
     """A blob another instance is filling into the shared partial file: stream that file
     as it grows, for a client of this instance.
 
@@ -114,10 +158,9 @@ class PartialFollower:
         self._stale_seconds = stale_seconds
         self._takeover = takeover
         self._executor = executor
-        self.file: IO[bytes] = open(partial, "rb")
+        self.file = open(partial, "rb")
         self._inner: FillReader | None = None
-        self._hash = hashlib.sha256()
-        self._hashed = 0
+        self._sent_hash = _FileHash()  # of the bytes sent so far, from the files they came from
         self._final_open = False
 
     async def sendable(self, position: int, end: int) -> int:
@@ -130,15 +173,18 @@ class PartialFollower:
             )
             if bound is None:
                 continue
-            if bound == size and end == size:
-                await self._hash_to(bound)
-                if self._hash.hexdigest() != self.digest.hex:
+            if end == size:
+                await self._sent_hash.extend_to(self.file, bound, self._executor)
+                if bound == size and self._sent_hash.hash.hexdigest() != self.digest.hex:
                     raise UpstreamBadGateway(
                         f"bytes of {self.digest} read from the shared fill did not verify"
                     )
-            elif end == size:
-                await self._hash_to(bound)
             return bound
+
+    async def prefix_hash(self, count: int) -> Any:
+        """sha256 of the first `count` bytes, as this follower sends them."""
+        await self._sent_hash.extend_to(self.file, count, self._executor)
+        return self._sent_hash.hash.copy()
 
     async def _follow(self, position: int, end: int) -> int | None:
         """The next bound from the other instance's file; None after a switch of source."""
@@ -157,6 +203,9 @@ class PartialFollower:
             if available != seen:
                 seen, last_growth = available, time.monotonic()
             elif time.monotonic() - last_growth > 1.0 and self._owner_died():
+                # What was sent from this file is hashed before it is let go of: a later
+                # switch of source vouches for it (`prefix_hash`).
+                await self._sent_hash.extend_to(self.file, min(position, available), self._executor)
                 reader = self._takeover()
                 if reader is not None:  # this instance fills it now
                     self.file.close()
@@ -174,24 +223,62 @@ class PartialFollower:
             return not os.path.exists(self._final)  # gone without a result: it failed
         return idle > self._stale_seconds
 
-    async def _hash_to(self, bound: int) -> None:
-        if bound > self._hashed:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._hash_range, bound
-            )
-
-    def _hash_range(self, bound: int) -> None:
-        while self._hashed < bound:
-            chunk = os.pread(
-                self.file.fileno(), min(_HASH_CHUNK, bound - self._hashed), self._hashed
-            )
-            if not chunk:
-                raise UpstreamBadGateway(f"the shared fill of {self.digest} was cut short")
-            self._hash.update(chunk)
-            self._hashed += len(chunk)
-
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()
         else:
             self.file.close()
+
+
+class _Refusable(BlobSource, Protocol):
+    async def prefix_hash(self, count: int) -> Any: ...
+
+
+class RefusalBypass:
+    """A share of a fill (this instance's or another's) that goes on from the upstream when
+    the store refuses the blob: the bytes already sent are vouched for by hashing them from
+    the file they were sent from, and the rest comes from a `PassThroughBlob` of its own."""
+
+    def __init__(self, inner: _Refusable, pass_through: Callable[[], PassThroughBlob]) -> None:
+        self.digest = inner.digest
+        self._inner = inner
+        self._pass_through = pass_through
+        self._bypass: PassThroughBlob | None = None
+        self._sent = False  # whether `inner` has let any bytes go
+
+    @property
+    def size(self) -> int | None:
+        return self._bypass.size if self._bypass is not None else self._inner.size
+
+    @property
+    def file(self) -> IO[bytes] | None:
+        return self._bypass.file if self._bypass is not None else self._inner.file
+
+    async def sendable(self, position: int, end: int) -> int:
+        if self._bypass is None:
+            try:
+                bound = await self._inner.sendable(position, end)
+                self._sent = True
+                return bound
+            except StoreRefused:
+                self._bypass = await self._switch(position)
+        return await self._bypass.sendable(position, end)
+
+    async def _switch(self, position: int) -> PassThroughBlob:
+        size = self._inner.size
+        # With nothing sent yet (a range the fill had not reached), there is nothing to
+        # vouch for: the upstream's bytes are hashed from the first.
+        prefix = await self._inner.prefix_hash(position) if self._sent else None
+        bypass = self._pass_through()
+        await bypass.begin(position, prefix)
+        if size is not None and bypass.size not in (None, size):
+            bypass.close()
+            raise UpstreamBadGateway(f"upstream changed the size of {self.digest}")
+        self._inner.close()
+        return bypass
+
+    def read(self, position: int, count: int) -> bytes:
+        return (self._bypass or self._inner).read(position, count)
+
+    def close(self) -> None:
+        (self._bypass or self._inner).close()
