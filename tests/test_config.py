@@ -201,7 +201,10 @@ KEYS = st.sampled_from(
 )
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# No deadline: each example reads the embedded config file, which a loaded machine slows.
+@settings(
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     st.dictionaries(
         TABLES,
