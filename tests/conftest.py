@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.catalog_cache import filled, site  # noqa: F401 (session fixtures)
 from tests.support.proxy import UPSTREAM_PREFIX, ProxyProcess, proxy_config, upstream_entry
@@ -13,6 +14,11 @@ from tests.support.registry import RegistryProcess
 from tests.support.seed import RegistryClient, Seeded, seed_all
 
 __all__ = ["UPSTREAM_PREFIX", "upstream_entry"]  # the tests import both from here
+
+# Property tests check what happens, not how fast: on a loaded 2-core CI machine a
+# per-example deadline only adds failures that say nothing about the code.
+settings.register_profile("hpc-mirror", deadline=None)
+settings.load_profile("hpc-mirror")
 
 
 @pytest.fixture(scope="session")
