@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from tests.support.catalog_cache import filled, site  # noqa: F401 (session fixtures)
 from tests.support.proxy import UPSTREAM_PREFIX, ProxyProcess, proxy_config, upstream_entry
@@ -16,8 +16,13 @@ from tests.support.seed import RegistryClient, Seeded, seed_all
 __all__ = ["UPSTREAM_PREFIX", "upstream_entry"]  # the tests import both from here
 
 # Property tests check what happens, not how fast: on a loaded 2-core CI machine a
-# per-example deadline only adds failures that say nothing about the code.
-settings.register_profile("hpc-mirror", deadline=None)
+# per-example deadline or a "generation is slow" check only adds failures that say nothing
+# about the code.
+settings.register_profile(
+    "hpc-mirror",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.load_profile("hpc-mirror")
 
 
