@@ -35,35 +35,20 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-from benchmarks import watchdog  # noqa: E402
-from benchmarks.harness import BenchError, run_directory  # noqa: E402
-from benchmarks.proxy import blob_gets, ceilings, herd, manifest_rps, report  # noqa: E402
+from benchmarks.harness import run_directory  # noqa: E402
+from benchmarks.proxy import blob_gets, ceilings, herd, manifest_rps  # noqa: E402
 from benchmarks.proxy.clients import CURL, WRK  # noqa: E402
 from benchmarks.proxy.servers import EXECUTABLES  # noqa: E402
-from benchmarks.proxy.session import Session  # noqa: E402
-from tests.support.processes import StartError  # noqa: E402
+from benchmarks.proxy.session import Session, add_run_options  # noqa: E402
 
 REPETITIONS = 3
-
-ABORTS = (
-    BenchError,
-    StartError,
-    watchdog.Timeout,
-    KeyboardInterrupt,
-    OSError,
-    subprocess.SubprocessError,
-    threading.BrokenBarrierError,
-)
-"""What ends a run early: its partial results are still reported."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,22 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="256 MiB / 64 MiB blobs and 3 s wrk runs (smoke test)"
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        metavar="DIR",
-        help="parent of the run's temp dir (default: the system temp dir, "
-        "/tmp); needs about 4 GiB free for a full run",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        metavar="DIR",
-        help="parent for the proxies' caches and the distribution peers' "
-        "storage (default: inside the run's temp dir); e.g. /dev/shm "
-        "to take the disk out of the cold measurements",
-    )
+    add_run_options(parser, "4 GiB")
     parser.add_argument(
         "--client",
         choices=("socket", "curl"),
@@ -100,15 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=REPETITIONS,
         help=f"repetitions of each blob GET (default {REPETITIONS})",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the temp dir (logs, caches) for inspection"
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=540.0,
-        help="abort the whole run after this many seconds (default 540)",
     )
     args = parser.parse_args(argv)
     if args.reps < 1:
@@ -136,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     check_tools()
     cores = os.cpu_count() or 0
     started = time.perf_counter()
-    error: str | None = None
-    session: Session | None = None
     with run_directory(args.workdir, "hpc-mirror-bench-", args.keep) as workdir:
         print(
             f"hpc-mirror benchmark ({'quick' if args.quick else 'full'}) on "
@@ -151,37 +110,19 @@ def main(argv: list[str] | None = None) -> int:
             "cache: 'cold' means an empty proxy cache, not a cold disk.",
             flush=True,
         )
-        try:
-            with watchdog.limit(args.timeout), Session(args, workdir) as session:
-                measure(session)
-        except ABORTS as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            print(f"\nBENCHMARK ABORTED: {error}", file=sys.stderr, flush=True)
+        session = Session(args, workdir)
+        error = session.run(measure, args.timeout)
     elapsed = time.perf_counter() - started
-    metrics = [m.judge() for m in session.metrics] if session else []
-    if session is not None:
-        report.print_findings(session.cpu_lines, session.proxy_issues)
-    report.print_results(metrics)
-    print(
+    return session.conclude(
+        error,
+        args.json,
         f"({cores} CPU cores shared by clients and servers; run took {elapsed:.0f} s"
-        f"{'; --quick sizes' if args.quick else ''})"
+        f"{'; --quick sizes' if args.quick else ''})",
+        mode="quick" if args.quick else "full",
+        cores=cores,
+        client=args.client,
+        seconds=elapsed,
     )
-    if args.json:
-        report.write_json(
-            args.json,
-            metrics,
-            session.cpu_lines if session else [],
-            session.details if session else {},
-            session.proxy_issues if session else [],
-            mode="quick" if args.quick else "full",
-            cores=cores,
-            client=args.client,
-            seconds=elapsed,
-            error=error,
-        )
-    if error:
-        return 2
-    return 0 if all(m.verdict != "MISS" for m in metrics) else 1
 
 
 if __name__ == "__main__":

@@ -68,6 +68,17 @@ class Fetch:
         return ", ".join(f"{name} {sum(used) / gib:.2f}" for name, used in self.cpu.items())
 
 
+def parse_head(header_block: bytes) -> tuple[int, dict[str, str]]:
+    """Status and header fields (lower-case names) of an HTTP/1.1 response head."""
+    lines = header_block.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    fields = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        fields[key.strip().lower()] = value.strip()
+    return status, fields
+
+
 def socket_get(
     port: int,
     path: str,
@@ -100,12 +111,7 @@ def socket_get(
                     raise BenchError("connection closed before the response headers")
                 head += chunk
             header_block, _, rest = head.partition(b"\r\n\r\n")
-            lines = header_block.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            fields = {}
-            for line in lines[1:]:
-                key, _, value = line.partition(":")
-                fields[key.strip().lower()] = value.strip()
+            status, fields = parse_head(header_block)
             if "chunked" in fields.get("transfer-encoding", "").lower():
                 raise BenchError("chunked response: this reader only handles Content-Length")
             length = int(fields["content-length"]) if "content-length" in fields else None
@@ -200,23 +206,45 @@ class WrkResult:
     socket_errors: str
     latency_avg: str
     raw: str
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    """Latency percentiles ("50%", "99%", ...) in ms, with `latency=True`."""
+
+    @property
+    def socket_error_count(self) -> int:
+        """connect + read + write + timeout errors."""
+        return sum(int(count) for count in re.findall(r"\d+", self.socket_errors))
 
 
-def run_wrk(port: int, path: str, seconds: int, accept: str) -> WrkResult:
-    """`wrk -t2 -c32` against one path for `seconds`."""
+_WRK_TIME_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def run_wrk(
+    port: int,
+    path: str,
+    seconds: int,
+    accept: str,
+    *,
+    connections: int = 32,
+    latency: bool = False,
+    timeout: int = 5,
+) -> WrkResult:
+    """`wrk -t2 -c<connections>` against one path for `seconds`, counting a response slower
+    than `timeout` seconds as an error; with `latency`, also wrk's latency percentiles.
+    wrk needs a soft RLIMIT_NOFILE above `connections`: it inherits this process's."""
     url = f"http://{LOOPBACK}:{port}{path}"
     command = [
         WRK,
         "-t2",
-        "-c32",
+        f"-c{connections}",
         f"-d{seconds}s",
         "--timeout",
-        "5s",
+        f"{timeout}s",
         "-H",
         f"Accept: {accept}",
+        *(["--latency"] if latency else []),
         url,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     out = result.stdout
     if result.returncode != 0:
         raise BenchError(f"wrk exited {result.returncode}: {result.stderr}{out}")
@@ -224,14 +252,16 @@ def run_wrk(port: int, path: str, seconds: int, accept: str) -> WrkResult:
     total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:([^\n]*)", out)
-    latency = re.search(r"Latency\s+(\S+)", out)
+    average = re.search(r"Latency\s+(\S+)", out)
     if not rps or not total:
         raise BenchError(f"cannot parse wrk output:\n{out}")
+    percentiles = re.findall(r"^\s+(\d+%)\s+([\d.]+)(us|ms|s|m|h)\s*$", out, re.MULTILINE)
     return WrkResult(
         float(rps.group(1)),
         int(total.group(1)),
         int(non2xx.group(1)) if non2xx else 0,
         errors.group(1).strip() if errors else "",
-        latency.group(1) if latency else "?",
+        average.group(1) if average else "?",
         out,
+        {name: float(value) * _WRK_TIME_UNITS_MS[unit] for name, value, unit in percentiles},
     )

@@ -4,6 +4,7 @@ RESULTS table and written as JSON."""
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ class Metric:
     peer: float | None = None
     peer_name: str = ""
     target: str = ""
-    check: str = ""  # "ratio>=X", "value>=X", "value==X"; empty: informational
+    check: str = ""  # "ratio>=X", "value>=X", "value<=X", "value==X"; empty: informational
     notes: str = ""
     ratio: float | None = None
     verdict: str = "info"
@@ -30,17 +31,20 @@ class Metric:
         if not self.check:
             self.verdict = "info"
             return self
-        operator = "==" if "==" in self.check else ">="
-        kind, _, bound_text = self.check.partition(operator)
-        bound = float(bound_text)
+        comparison = next(op for op in _CHECKS if op in self.check)
+        kind, _, bound_text = self.check.partition(comparison)
         subject = self.ratio if kind == "ratio" else self.value
-        if subject is None:
-            self.verdict = "MISS"
-        elif operator == "==":
-            self.verdict = "PASS" if subject == bound else "MISS"
-        else:
-            self.verdict = "PASS" if subject >= bound else "MISS"
+        passed = subject is not None and _CHECKS[comparison](subject, float(bound_text))
+        self.verdict = "PASS" if passed else "MISS"
         return self
+
+
+_CHECKS = {"==": operator.eq, ">=": operator.ge, "<=": operator.le}
+_COUNTS = ("GETs", "failures", "req/s", "errors", "requests", "fds")
+_MARKS = {"PASS": "✓ PASS", "MISS": "✗ MISS"}
+
+
+CPU_HEADING = "CPU seconds per GiB moved (median of reps; user+system, all threads)"
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -57,20 +61,24 @@ def print_results(metrics: list[Metric]) -> None:
     print(header)
     print("-" * (len(header) + 20))
     for m in metrics:
-        digits = 0 if m.unit in ("GETs", "failures", "req/s") else (2 if m.unit == "s" else 1)
+        digits = 0 if m.unit in _COUNTS else (2 if m.unit == "s" else 1)
         ratio = f"{m.ratio:.2f}" if m.ratio is not None else "-"
         print(
             f"{m.name:<38} {fmt(m.value, digits):>10} {m.unit:<8} {fmt(m.peer, digits):>10} "
-            f"{ratio:>6}  {m.target or '-':<16} {m.verdict:<7} {m.peer_name or '-'}"
-            + (f"  [{m.notes}]" if m.notes else "")
+            f"{ratio:>6}  {m.target or '-':<16} {_MARKS.get(m.verdict, m.verdict):<7} "
+            f"{m.peer_name or '-'}" + (f"  [{m.notes}]" if m.notes else "")
         )
     print()
 
 
-def print_findings(cpu_lines: list[str], proxy_issues: list[str]) -> None:
+def print_findings(
+    cpu_lines: list[str],
+    proxy_issues: list[str],
+    cpu_heading: str | None = None,
+) -> None:
     """The CPU summary and whatever the proxies logged, before the RESULTS table."""
     if cpu_lines:
-        print("\nCPU seconds per GiB moved (median of reps; user+system, all threads):")
+        print(f"\n{cpu_heading or CPU_HEADING}:")
         for line in cpu_lines:
             print("  " + line)
     if proxy_issues:

@@ -7,18 +7,66 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import MIB, log
+from benchmarks import watchdog
+from benchmarks.harness import MIB, BenchError, log
+from benchmarks.proxy import report
 from benchmarks.proxy.report import Metric
 from benchmarks.proxy.seed import TAG, Image, push_image, random_file
 from benchmarks.proxy.servers import BaselineRegistry, UpstreamRegistry, mirror_proxy
-from tests.support.processes import ServerProcess
+from tests.support.processes import ServerProcess, StartError
 from tests.support.proxy import ProxyProcess
 from tests.support.seed import RegistryClient
+
+ABORTS = (
+    BenchError,
+    StartError,
+    watchdog.Timeout,
+    KeyboardInterrupt,
+    OSError,
+    subprocess.SubprocessError,
+    threading.BrokenBarrierError,
+)
+"""What ends a run early: its partial results are still reported."""
+
+
+def add_run_options(parser: argparse.ArgumentParser, disk_needed: str) -> None:
+    """The options of a run with a Session: --json, --workdir, --cache-dir, --keep and
+    --timeout; `disk_needed` says how much room a full run takes under --workdir."""
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="parent of the run's temp dir (default: the system temp dir, "
+        f"/tmp); needs about {disk_needed} free for a full run",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="parent for the proxies' caches and the distribution peers' "
+        "storage (default: inside the run's temp dir); e.g. /dev/shm "
+        "to take the disk out of the cold measurements",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (logs, caches) for inspection"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=540.0,
+        help="abort the whole run after this many seconds (default 540)",
+    )
+
 
 BIG_REPO = "bench/big"
 MID_REPO = "bench/mid"
@@ -26,9 +74,15 @@ MID_REPO = "bench/mid"
 
 class Session:
     """Use as a context manager: leaving it stops every server the run started, reads what
-    the proxies wrote to their logs, and removes the caches unless --keep."""
+    the proxies wrote to their logs, and removes the caches unless --keep. `layer_sizes`
+    (big, mid) overrides the sizes --quick chooses."""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        workdir: Path,
+        layer_sizes: tuple[int, int] | None = None,
+    ) -> None:
         self.args = args
         self.workdir = workdir
         self.cache_parent = (
@@ -38,8 +92,8 @@ class Session:
         )
         self.client = args.client
         self.reps = args.reps
-        self.big_size = (256 if args.quick else 1024) * MIB
-        self.mid_size = (64 if args.quick else 256) * MIB
+        big_mib, mid_mib = (256, 64) if args.quick else (1024, 256)
+        self.big_size, self.mid_size = layer_sizes or (big_mib * MIB, mid_mib * MIB)
         self.wrk_seconds = 3 if args.quick else 10
         self.metrics: list[Metric] = []
         self.details: dict[str, Any] = {}
@@ -53,6 +107,49 @@ class Session:
 
     def __enter__(self) -> Session:
         return self
+
+    def run(self, measure: Callable[[Session], None], timeout: float) -> str | None:
+        """Run the scenarios within `timeout` seconds, then stop every server; the error
+        that ended the run early, if any (what was measured until then still counts)."""
+        try:
+            with watchdog.limit(timeout), self:
+                measure(self)
+        except ABORTS as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            print(f"\nBENCHMARK ABORTED: {error}", file=sys.stderr, flush=True)
+            return error
+        return None
+
+    def conclude(
+        self,
+        error: str | None,
+        json_path: Path | None,
+        footer: str,
+        cpu_heading: str | None = None,
+        notes: Iterable[str] = (),
+        **run: Any,
+    ) -> int:
+        """Print the findings, `notes` and the RESULTS table, then `footer`; write the JSON
+        file with `run`. The exit status: 0 every target met, 1 one missed, 2 aborted."""
+        metrics = [m.judge() for m in self.metrics]
+        report.print_findings(self.cpu_lines, self.proxy_issues, cpu_heading)
+        for note in notes:
+            print(f"\nNOTE: {note}")
+        report.print_results(metrics)
+        print(footer)
+        if json_path:
+            report.write_json(
+                json_path,
+                metrics,
+                self.cpu_lines,
+                self.details,
+                self.proxy_issues,
+                error=error,
+                **run,
+            )
+        if error:
+            return 2
+        return 0 if all(m.verdict != "MISS" for m in metrics) else 1
 
     def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
