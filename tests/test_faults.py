@@ -104,6 +104,7 @@ def test_first_bytes_arrive_before_the_upstream_finishes(make_proxy, faulty):
         assert response.status_code == 200
         first = next(response.iter_content(64 * 1024))
         assert first
+        assert server.layer_transfers[0].sent < server.layer_size
         assert server.layer_digest.split(":")[1] not in proxy.stored_blobs()
         rest = b"".join(response.iter_content(1 << 20))
     assert len(first) + len(rest) == server.layer_size
@@ -120,3 +121,24 @@ def test_client_hangup_does_not_abort_the_fill(make_proxy, faulty):
         time.sleep(0.1)
     assert proxy.stored_blobs()[server.layer_digest.split(":")[1]] == server.layer_size
     assert server.count("GET", "/blobs/sha256") == 1
+
+
+def test_a_range_on_a_miss_is_answered_as_its_bytes_arrive(make_proxy, faulty):
+    """Lazy-pulling clients (eStargz, SOCI) read chunks of a cold blob: a range that ends
+    before the blob's end is answered while the fill still runs; a range that ends at the
+    blob's end waits for the whole blob to verify."""
+    server = faulty("slow", slow_chunk=64 * 1024, slow_interval=0.2)  # ~7 s for the layer
+    proxy = _proxy_for(make_proxy, server)
+    url = proxy.url + server.layer_path
+    response = requests.get(url, headers={"Range": "bytes=0-99"}, timeout=30)
+    assert response.status_code == 206
+    assert response.headers["Content-Range"] == f"bytes 0-99/{server.layer_size}"
+    assert response.content == server.layer[:100]
+    [transfer] = server.layer_transfers
+    assert transfer.sent < server.layer_size  # the upstream was still sending
+    assert server.layer_digest.split(":")[1] not in proxy.stored_blobs()
+    tail = requests.get(url, headers={"Range": "bytes=-100"}, timeout=60)
+    assert tail.status_code == 206 and tail.content == server.layer[-100:]
+    assert server.layer_transfers[0].sent == server.layer_size
+    assert proxy.wait_stored(server.layer_digest) == server.layer_size
+    assert server.count("GET", "/blobs/") == 1  # one GET served both ranges

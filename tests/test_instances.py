@@ -97,6 +97,25 @@ def test_a_killed_filler_is_taken_over_and_its_followers_complete(
     assert "taking over the fill" in second.log()
 
 
+def test_a_range_on_another_instances_fill_is_answered_as_its_bytes_arrive(make_proxy, cache_roots):
+    with FaultyUpstream("slow", slow_chunk=64 * 1024, slow_interval=0.2) as server:  # ~7 s
+        first, second = _pair(make_proxy, server, cache_roots)
+        with ThreadPoolExecutor(1) as pool:
+            filler = pool.submit(_download, first.url + server.layer_path)
+            deadline = time.monotonic() + 20
+            while not list((first.cache_root / "tmp").glob("*.size")):  # A fills it
+                assert time.monotonic() < deadline, "node A never started the fill"
+                time.sleep(0.05)
+            response = requests.get(
+                second.url + server.layer_path, headers={"Range": "bytes=0-99"}, timeout=30
+            )
+            assert response.status_code == 206 and response.content == server.layer[:100]
+            [transfer] = server.layer_transfers
+            assert transfer.sent < server.layer_size  # the fill was still running
+            assert filler.result() == (200, server.layer_digest)
+        assert server.count("GET", "/blobs/") == 1
+
+
 def test_workers_share_the_port_and_stop_together(tmp_path, upstream, seeded):
     from tests.conftest import upstream_entry
     from tests.support.proxy import ProxyProcess, proxy_config

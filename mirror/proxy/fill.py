@@ -14,6 +14,7 @@ import asyncio
 import queue
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
@@ -24,6 +25,7 @@ _MAX_BATCH = 16 * 1024 * 1024
 _RECEIVE_BUFFER = 1024 * 1024
 _RECEIVE_BUFFERS = 8
 _PROGRESS_STEP = 4 * 1024 * 1024
+_PROGRESS_SECONDS = 0.05  # a slow upstream's bytes reach readers at least this often
 
 
 class BlobFill:
@@ -147,7 +149,7 @@ class BlobFill:
         sock.settimeout(timeout)
         self.writer.write(prefix)
         received = len(prefix)
-        reported = 0
+        reported, reported_at = 0, time.monotonic()
         free: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(_RECEIVE_BUFFERS):
             free.put(memoryview(bytearray(_RECEIVE_BUFFER)))
@@ -165,9 +167,13 @@ class BlobFill:
                 self.writer.append([buffer[:count]])
                 to_hash.put(buffer[:count])
                 received += count
-                if received - reported >= _PROGRESS_STEP or received == size:
+                if (
+                    received - reported >= _PROGRESS_STEP
+                    or received == size
+                    or time.monotonic() - reported_at >= _PROGRESS_SECONDS
+                ):
                     loop.call_soon_threadsafe(self._advance, received - reported)
-                    reported = received
+                    reported, reported_at = received, time.monotonic()
         finally:
             to_hash.put(None)
             hasher.join()
@@ -208,10 +214,13 @@ class BlobFill:
         self._progress = asyncio.Event()
 
     async def sendable(self, position: int, end: int) -> int:
+        """Bytes arrive as they are written; only a response that ends with the blob's
+        last byte waits for the digest to verify (a range before it is sent unverified)."""
         while True:
             if self.error is not None:
                 raise self.error
-            bound = end if self.verified else min(self.written, end - 1)
+            held_back = 1 if self.size is None or end >= self.size else 0
+            bound = end if self.verified else min(self.written, end - held_back)
             if bound > position:
                 return bound
             await self._progress.wait()
