@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -141,4 +142,40 @@ def test_a_range_on_a_miss_is_answered_as_its_bytes_arrive(make_proxy, faulty):
     assert tail.status_code == 206 and tail.content == server.layer[-100:]
     assert server.layer_transfers[0].sent == server.layer_size
     assert proxy.wait_stored(server.layer_digest) == server.layer_size
-    assert server.count("GET", "/blobs/") == 1  # one GET served both ranges
+    assert server.count(path_contains="/blobs/") == 1  # one GET served both ranges
+
+
+def test_clients_joining_a_fill_ask_the_upstream_nothing(make_proxy, faulty):
+    """GETs and HEADs of a blob while its fill runs rely on the fill's own GET: the upstream
+    sees one request for the blob, of any method."""
+    server = faulty("slow", slow_chunk=256 * 1024, slow_interval=0.2)  # ~2 s for the layer
+    proxy = _proxy_for(make_proxy, server)
+    url = proxy.url + server.layer_path
+    with requests.get(url, stream=True, timeout=30) as first:
+        assert next(first.iter_content(1024))
+        assert server.layer_transfers[0].sent < server.layer_size  # the fill runs
+        with ThreadPoolExecutor(16) as pool:
+            heads = [pool.submit(requests.head, url, timeout=30) for _ in range(8)]
+            gets = [pool.submit(requests.get, url, timeout=30) for _ in range(8)]
+            assert [int(h.result().headers["Content-Length"]) for h in heads] == [
+                server.layer_size
+            ] * 8
+            assert [g.result().content == server.layer for g in gets] == [True] * 8
+        assert server.layer_transfers[0].sent == server.layer_size
+    assert server.count(path_contains="/blobs/") == 1
+
+
+def test_a_running_fill_is_no_licence_for_another_repository(make_proxy, faulty):
+    server = faulty("slow", slow_chunk=256 * 1024, slow_interval=0.2)
+    proxy = _proxy_for(make_proxy, server)
+    other = f"/v2/fault/other/blobs/{server.layer_digest}"
+    with requests.get(proxy.url + server.layer_path, stream=True, timeout=30) as filling:
+        assert next(filling.iter_content(1024))
+        for method in ("GET", "HEAD"):
+            response = requests.request(method, proxy.url + other, timeout=30)
+            assert response.status_code == 404, method
+        assert server.layer_transfers[0].sent < server.layer_size  # still filling
+        assert server.count("HEAD", "/v2/fault/other/") == 2  # its upstream was asked
+        assert requests.get(proxy.url + other, timeout=30).json()["errors"][0]["code"] == (
+            "BLOB_UNKNOWN"
+        )

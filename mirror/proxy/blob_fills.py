@@ -1,7 +1,8 @@
 """Blobs for the proxy: from the cache, or filled from the upstream once across every instance.
 
 A blob is served to a repository only if one of its cached manifests names it or its
-upstream confirms it has it. A miss claims the blob's shared partial file in the store: the
+upstream confirms it has it (a HEAD, asked once however many clients wait, or the GET of
+the fill itself). A miss claims the blob's shared partial file in the store: the
 instance holding the claim downloads it once (one `BlobFill` that every local client reads
 along) and touches the file as a heartbeat; other instances follow the file as it grows,
 and take the fill over when the heartbeat stops.
@@ -15,6 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 from aiohttp import ClientResponse
 
@@ -24,6 +26,7 @@ from mirror.cache.store import BlobWriter, ContentStore
 from mirror.config import CacheConfig, Config
 from mirror.errors import BlobUnknown, MirrorError, UpstreamBadGateway
 from mirror.proxy.fill import BlobFill
+from mirror.proxy.memo import SingleFlight
 from mirror.proxy.sources import BlobSource, CachedBlob, FillReader, PartialFollower
 from mirror.proxy.upstream import Upstreams, detach_body
 from mirror.reference import Digest, Repository
@@ -44,6 +47,13 @@ async def remove_leftovers(store: ContentStore, cache: CacheConfig) -> int:
     )
 
 
+class _Running(NamedTuple):
+    """A fill running here, and the repository whose upstream GET it is."""
+
+    repo: Repository
+    fill: BlobFill
+
+
 class BlobFills:
     """Serves blobs from the store, or through one fill per blob across every instance."""
 
@@ -62,7 +72,8 @@ class BlobFills:
         self._upstreams = upstreams
         self._executor = executor  # hashing and file writes of fills
         self._sif_tree = sif_tree
-        self._fills: dict[str, BlobFill] = {}  # running here, by digest hex
+        self._fills: dict[str, _Running] = {}  # by digest hex
+        self._heads = SingleFlight()  # upstream HEADs running, by (repository, digest hex)
         self._tasks: set[asyncio.Task] = set()
 
     async def close(self) -> None:
@@ -74,15 +85,18 @@ class BlobFills:
     async def size(self, repo: Repository, digest: Digest) -> int:
         """For HEAD: the blob's size from the cache, or from the upstream without fetching."""
         size = self._store.blob_size(digest)
-        if size is not None and await self._may_serve(repo, digest):
-            return size
-        fill = self._fills.get(digest.hex)
-        if fill is not None and fill.size is not None and await self._may_serve(repo, digest):
-            return fill.size
-        upstream_size = await self._head(repo, digest)
-        if upstream_size is None:
+        running = self._fills.get(digest.hex)
+        if size is None and running is not None:
+            if running.repo == repo:  # its GET answers for this repository
+                await running.fill.started.wait()
+            size = running.fill.size
+        if size is None:
+            size = await self._head(repo, digest)
+        elif not await self._may_serve(repo, digest):
+            size = None
+        if size is None:
             raise BlobUnknown(f"blob {digest} is unknown to {repo}")
-        return upstream_size
+        return size
 
     async def open(self, repo: Repository, digest: Digest) -> BlobSource:
         """A source for the blob's bytes: the cached file, or a share of a running fill."""
@@ -95,9 +109,12 @@ class BlobFills:
                     return CachedBlob(digest, open(self._store.blob_path(digest), "rb"), size)
                 except FileNotFoundError:
                     continue
-            fill = self._fills.get(digest.hex)
-            if fill is not None and not await self._may_serve(repo, digest):
-                raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+            running = self._fills.get(digest.hex)
+            # A fill for the same repository answers for it once its GET succeeds.
+            if running is not None and running.repo != repo:
+                if not await self._may_serve(repo, digest):
+                    raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+            fill = running.fill if running is not None else None
             if fill is None:
                 writer = self._store.claim_fill(digest)
                 if writer is None:  # another instance fills it: follow its partial file
@@ -128,7 +145,11 @@ class BlobFills:
         return True
 
     async def _head(self, repo: Repository, digest: Digest) -> int | None:
-        """The blob's size if `repo`'s upstream has it, else None."""
+        """The blob's size if `repo`'s upstream has it, else None: one HEAD for every
+        client that asks at the same time."""
+        return await self._heads.run((repo, digest.hex), lambda: self._head_once(repo, digest))
+
+    async def _head_once(self, repo: Repository, digest: Digest) -> int | None:
         try:
             async with self._upstreams.client(repo.prefix).request_ok(
                 "HEAD", repo.name, f"blobs/{digest}", BlobUnknown()
@@ -139,9 +160,9 @@ class BlobFills:
 
     async def _follow(self, repo: Repository, digest: Digest) -> BlobSource | None:
         """Follow another instance's fill of `digest`; None when it finished, failed or its
-        instance died meanwhile (the caller then looks again, and may claim it)."""
-        if not await self._may_serve(repo, digest):
-            raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+        instance died meanwhile (the caller then looks again, and may claim it). The filling
+        instance links the blob to its repository before it announces the size, so clients
+        of that repository need no upstream request of their own."""
         stale = self._config.cache.fill_stale_seconds
         while (size := self._store.partial_size(digest)) is None:
             if self._store.blob_size(digest) is not None or self._store.break_stale_claim(
@@ -149,6 +170,8 @@ class BlobFills:
             ):
                 return None
             await asyncio.sleep(0.05)
+        if not await self._may_serve(repo, digest):
+            raise BlobUnknown(f"blob {digest} is unknown to {repo}")
         try:
             return PartialFollower(
                 digest,
@@ -174,7 +197,7 @@ class BlobFills:
 
     def _start(self, repo: Repository, writer: BlobWriter) -> BlobFill:
         fill = BlobFill(writer, self._executor)
-        self._fills[writer.digest.hex] = fill
+        self._fills[writer.digest.hex] = _Running(repo, fill)
         task = asyncio.ensure_future(self._run(repo, fill))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -189,6 +212,9 @@ class BlobFills:
                 ) as response,
                 self._heartbeat(fill),
             ):
+                # The upstream has it: clients of `repo` here and on other instances may
+                # join without asking it again (they look for this link once the size is out).
+                self._metadata.link_blob(repo, fill.digest)
                 if response.content_length is not None:
                     fill.writer.announce_size(response.content_length)
                 detached = detach_body(response)
@@ -203,7 +229,6 @@ class BlobFills:
                     )
                     response.close()
             if fill.verified:
-                self._metadata.link_blob(repo, fill.digest)
                 if self._sif_tree is not None:
                     self._sif_tree.blob_cached(fill.digest)
             else:
