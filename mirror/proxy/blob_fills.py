@@ -2,10 +2,10 @@
 
 A blob is served to a repository only if one of its cached manifests names it or its
 upstream confirms it has it (a HEAD, asked once however many clients wait, or the GET of
-the fill itself). A miss claims the blob's shared partial file in the store: the
-instance holding the claim downloads it once (one `BlobFill` that every local client reads
-along) and touches the file as a heartbeat; other instances follow the file as it grows,
-and take the fill over when the heartbeat stops.
+the fill itself). A miss claims the blob's shared partial file in the store: the instance
+holding the claim downloads it once (one `BlobFill` that every local client reads along)
+and touches the file as a heartbeat; other instances follow the file as it grows, and take
+the fill over when the heartbeat stops, resuming from where it ended.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from mirror.config import CacheConfig, Config
 from mirror.errors import BlobUnknown, MirrorError, UpstreamBadGateway
 from mirror.proxy.fill import BlobFill
 from mirror.proxy.memo import SingleFlight
+from mirror.proxy.ranges import parse_content_range
 from mirror.proxy.sources import BlobSource, CachedBlob, FillReader, PartialFollower
 from mirror.proxy.upstream import Upstreams, detach_body
 from mirror.reference import Digest, Repository
@@ -187,12 +188,14 @@ class BlobFills:
 
     def _take_over(self, repo: Repository, digest: Digest) -> FillReader | None:
         """The instance filling `digest` died: fill it here, unless another did first."""
-        if not self._store.break_stale_claim(digest, self._config.cache.fill_stale_seconds):
-            return None
-        writer = self._store.claim_fill(digest)
+        writer = self._store.take_over_fill(digest, self._config.cache.fill_stale_seconds)
         if writer is None:
             return None
-        log.warning("taking over the fill of %s from an instance that stopped", digest)
+        log.warning(
+            "taking over the fill of %s from an instance that stopped, at byte %d",
+            digest,
+            writer.size,
+        )
         return FillReader(self._start(repo, writer))
 
     def _start(self, repo: Repository, writer: BlobWriter) -> BlobFill:
@@ -205,24 +208,26 @@ class BlobFills:
 
     async def _run(self, repo: Repository, fill: BlobFill) -> None:
         try:
-            unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
             async with (
-                self._upstreams.client(repo.prefix).request_ok(
-                    "GET", repo.name, f"blobs/{fill.digest}", unknown
-                ) as response,
+                self._upstream_body(repo, fill) as (response, size, skip),
                 self._heartbeat(fill),
             ):
                 # The upstream has it: clients of `repo` here and on other instances may
                 # join without asking it again (they look for this link once the size is out).
                 self._metadata.link_blob(repo, fill.digest)
-                if response.content_length is not None:
-                    fill.writer.announce_size(response.content_length)
-                detached = detach_body(response)
+                if size is not None:
+                    fill.writer.announce_size(size)
+                if fill.writer.size:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._executor, fill.writer.hash_existing
+                    )
+                detached = detach_body(response) if not skip else None
                 if detached is None:
-                    await fill.run(response.content_length, _body_chunks(response))
+                    chunks = _body_chunks(response)
+                    await fill.run(size, _skip(chunks, skip) if skip else chunks)
                 else:
                     await fill.run_from_socket(
-                        detached.length,
+                        fill.written + detached.length,
                         detached.prefix,
                         detached.sock,
                         self._config.client.read_timeout_seconds,
@@ -250,6 +255,39 @@ class BlobFills:
             self._fills.pop(fill.digest.hex, None)
 
     @asynccontextmanager
+    async def _upstream_body(
+        self, repo: Repository, fill: BlobFill
+    ) -> AsyncIterator[tuple[ClientResponse, int | None, int]]:
+        """The upstream's response for the fill, the blob's size, and how many bytes at the
+        start of the body the temp file holds already. A fill taken over asks only for
+        the bytes after those; an upstream that ignores the Range sends the whole blob."""
+        client = self._upstreams.client(repo.prefix)
+        unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
+        path = f"blobs/{fill.digest}"
+        held = fill.writer.size
+        if held:
+            async with client.request_ok(
+                "GET", repo.name, path, unknown, range_from=held
+            ) as response:
+                if response.status == 200:
+                    log.info("upstream of %s ignored the Range; fetching %s whole", repo, path)
+                    yield response, response.content_length, held
+                    return
+                size = _resumed_size(response, held)
+                if size is not None:
+                    yield response, size, 0
+                    return
+            log.warning(
+                "upstream of %s answered %d to a Range from byte %d; fetching %s whole",
+                repo,
+                response.status,
+                held,
+                path,
+            )
+        async with client.request_ok("GET", repo.name, path, unknown) as response:
+            yield response, response.content_length, held
+
+    @asynccontextmanager
     async def _heartbeat(self, fill: BlobFill) -> AsyncIterator[None]:
         """Touch the shared partial file while this instance fills it, so instances that
         follow it can tell a slow upstream from a dead filler."""
@@ -269,6 +307,29 @@ class BlobFills:
             yield
         finally:
             task.cancel()
+
+
+def _resumed_size(response: ClientResponse, start: int) -> int | None:
+    """The blob's size if `response` is the 206 of its bytes from `start` to its end."""
+    if response.status != 206:
+        return None
+    content_range = parse_content_range(response.headers.get("Content-Range", ""))
+    if content_range is None:
+        return None
+    first, end, size = content_range
+    if (first, end) != (start, size) or response.content_length not in (None, size - start):
+        return None
+    return size
+
+
+async def _skip(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:
+    """The body without its first `count` bytes (the temp file holds them already)."""
+    async for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:] if count else chunk
+        count = 0
 
 
 async def _body_chunks(response: ClientResponse) -> AsyncIterator[bytes]:

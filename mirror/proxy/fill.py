@@ -35,7 +35,7 @@ class BlobFill:
         self.digest = writer.digest
         self.writer = writer
         self.size: int | None = None  # from the upstream's Content-Length, else once verified
-        self.written = 0
+        self.written = writer.size  # a fill taken over resumes after what is there
         self.verified = False
         self.error: MirrorError | None = None
         self.started = asyncio.Event()  # set once the size is known or the fill failed
@@ -44,7 +44,8 @@ class BlobFill:
         self._stop = False  # set to end a worker-thread receive early
 
     async def run(self, size: int | None, chunks: AsyncIterator[bytes]) -> None:
-        """Consume the upstream body; set `verified` or `error`. Never raises.
+        """Consume the upstream body (what the temp file lacks of the blob's `size`
+        bytes); set `verified` or `error`. Never raises.
 
         Chunks arrive as the socket delivers them and are batched while the worker thread
         hashes and writes the previous batch: no join copies, one thread hop per batch,
@@ -90,13 +91,14 @@ class BlobFill:
         self, size: int, prefix: bytes, sock: socket.socket, timeout: float
     ) -> None:
         """Like `run`, for a body detached from the event loop: one worker thread receives
-        into a reused buffer, hashes and writes; the loop only hears of progress."""
+        into a reused buffer, hashes and writes; the loop only hears of progress. `size`
+        is the blob's; the body holds what the temp file lacks."""
         loop = asyncio.get_running_loop()
         self.size = size
         self.started.set()
         try:
             await loop.run_in_executor(
-                self._executor, self._receive, loop, size, prefix, sock, timeout
+                self._executor, self._receive, loop, size - self.written, prefix, sock, timeout
             )
             await self._verify_and_persist(loop)
         except BaseException as exc:
