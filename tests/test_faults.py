@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -104,6 +105,7 @@ def test_first_bytes_arrive_before_the_upstream_finishes(make_proxy, faulty):
         assert response.status_code == 200
         first = next(response.iter_content(64 * 1024))
         assert first
+        assert server.layer_transfers[0].sent < server.layer_size
         assert server.layer_digest.split(":")[1] not in proxy.stored_blobs()
         rest = b"".join(response.iter_content(1 << 20))
     assert len(first) + len(rest) == server.layer_size
@@ -120,3 +122,60 @@ def test_client_hangup_does_not_abort_the_fill(make_proxy, faulty):
         time.sleep(0.1)
     assert proxy.stored_blobs()[server.layer_digest.split(":")[1]] == server.layer_size
     assert server.count("GET", "/blobs/sha256") == 1
+
+
+def test_a_range_on_a_miss_is_answered_as_its_bytes_arrive(make_proxy, faulty):
+    """Lazy-pulling clients (eStargz, SOCI) read chunks of a cold blob: a range that ends
+    before the blob's end is answered while the fill still runs; a range that ends at the
+    blob's end waits for the whole blob to verify."""
+    server = faulty("slow", slow_chunk=64 * 1024, slow_interval=0.2)  # ~7 s for the layer
+    proxy = _proxy_for(make_proxy, server)
+    url = proxy.url + server.layer_path
+    response = requests.get(url, headers={"Range": "bytes=0-99"}, timeout=30)
+    assert response.status_code == 206
+    assert response.headers["Content-Range"] == f"bytes 0-99/{server.layer_size}"
+    assert response.content == server.layer[:100]
+    [transfer] = server.layer_transfers
+    assert transfer.sent < server.layer_size  # the upstream was still sending
+    assert server.layer_digest.split(":")[1] not in proxy.stored_blobs()
+    tail = requests.get(url, headers={"Range": "bytes=-100"}, timeout=60)
+    assert tail.status_code == 206 and tail.content == server.layer[-100:]
+    assert server.layer_transfers[0].sent == server.layer_size
+    assert proxy.wait_stored(server.layer_digest) == server.layer_size
+    assert server.count(path_contains="/blobs/") == 1  # one GET served both ranges
+
+
+def test_clients_joining_a_fill_ask_the_upstream_nothing(make_proxy, faulty):
+    """GETs and HEADs of a blob while its fill runs rely on the fill's own GET: the upstream
+    sees one request for the blob, of any method."""
+    server = faulty("slow", slow_chunk=256 * 1024, slow_interval=0.2)  # ~2 s for the layer
+    proxy = _proxy_for(make_proxy, server)
+    url = proxy.url + server.layer_path
+    with requests.get(url, stream=True, timeout=30) as first:
+        assert next(first.iter_content(1024))
+        assert server.layer_transfers[0].sent < server.layer_size  # the fill runs
+        with ThreadPoolExecutor(16) as pool:
+            heads = [pool.submit(requests.head, url, timeout=30) for _ in range(8)]
+            gets = [pool.submit(requests.get, url, timeout=30) for _ in range(8)]
+            assert [int(h.result().headers["Content-Length"]) for h in heads] == [
+                server.layer_size
+            ] * 8
+            assert [g.result().content == server.layer for g in gets] == [True] * 8
+        assert server.layer_transfers[0].sent == server.layer_size
+    assert server.count(path_contains="/blobs/") == 1
+
+
+def test_a_running_fill_is_no_licence_for_another_repository(make_proxy, faulty):
+    server = faulty("slow", slow_chunk=256 * 1024, slow_interval=0.2)
+    proxy = _proxy_for(make_proxy, server)
+    other = f"/v2/fault/other/blobs/{server.layer_digest}"
+    with requests.get(proxy.url + server.layer_path, stream=True, timeout=30) as filling:
+        assert next(filling.iter_content(1024))
+        for method in ("GET", "HEAD"):
+            response = requests.request(method, proxy.url + other, timeout=30)
+            assert response.status_code == 404, method
+        assert server.layer_transfers[0].sent < server.layer_size  # still filling
+        assert server.count("HEAD", "/v2/fault/other/") == 2  # its upstream was asked
+        assert requests.get(proxy.url + other, timeout=30).json()["errors"][0]["code"] == (
+            "BLOB_UNKNOWN"
+        )

@@ -1,6 +1,6 @@
 import pytest
 
-from mirror.proxy.ranges import parse_range
+from mirror.proxy.ranges import parse_content_range, parse_range
 
 
 @pytest.mark.parametrize(
@@ -23,3 +23,23 @@ from mirror.proxy.ranges import parse_range
 )
 def test_parse_range(header, size, expected):
     assert parse_range(header, size) == expected
+
+
+@pytest.mark.parametrize(
+    "header,expected",
+    [
+        ("bytes 0-9/100", (0, 10, 100)),
+        ("bytes 90-99/100", (90, 100, 100)),
+        ("BYTES 5-5/6", (5, 6, 6)),
+        ("bytes 90-99/*", None),
+        ("bytes */100", None),
+        ("bytes 10-5/100", None),
+        ("bytes 0-100/100", None),
+        ("bytes 0-9", None),
+        ("items 0-9/100", None),
+        ("bytes ٠-9/100", None),
+        ("", None),
+    ],
+)
+def test_parse_content_range(header, expected):
+    assert parse_content_range(header) == expected

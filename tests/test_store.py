@@ -153,3 +153,46 @@ def test_tag_records_skip_torn_tags_and_untag_removes_one(tmp_path):
     store.untag(REPO, "1.0")  # already gone: fine
     assert store.tag_records(REPO) == {"2.0": two}
     assert store.read_tag(REPO, "1.0") is None
+
+
+def test_a_stale_fill_is_taken_over_with_the_bytes_it_wrote(tmp_path):
+    import os
+
+    store = ContentStore(tmp_path)
+    data = b"written by an instance that died, then by the one that took over"
+    digest = _digest(data)
+    dead = store.claim_fill(digest)
+    dead.write(data[:20])
+    dead.announce_size(len(data))
+    assert store.take_over_fill(digest, stale_seconds=30) is None  # its heartbeat is fresh
+    old = time.time() - 100
+    os.utime(store.partial_path(digest), (old, old))
+    resumed = store.take_over_fill(digest, stale_seconds=30)
+    assert resumed is not None and resumed.size == 20
+    assert store.take_over_fill(digest, stale_seconds=30) is None  # touched: one winner
+    assert store.partial_size(digest) == len(data)  # followers still know the size
+    resumed.hash_existing()
+    resumed.write(data[20:])
+    resumed.commit()
+    assert store.read_blob(digest) == data
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_taken_over_fill_whose_bytes_are_wrong_does_not_verify(tmp_path):
+    import os
+
+    store = ContentStore(tmp_path)
+    data = b"the right bytes of a blob"
+    digest = _digest(data)
+    dead = store.claim_fill(digest)
+    dead.write(b"THE WRONG")  # e.g. a node that died with its writes half flushed
+    old = time.time() - 100
+    os.utime(store.partial_path(digest), (old, old))
+    resumed = store.take_over_fill(digest, stale_seconds=30)
+    assert resumed is not None
+    resumed.hash_existing()
+    resumed.write(data[resumed.size :])
+    with pytest.raises(DigestMismatch):
+        resumed.commit()
+    assert store.blob_size(digest) is None
+    assert list((tmp_path / "tmp").iterdir()) == []

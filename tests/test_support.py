@@ -500,3 +500,23 @@ def test_faulty_fail_times_then_recovers() -> None:
         assert (status, error) == (200, None) and body == upstream.layer
         upstream.mode = "status500"
         assert requests.get(upstream.url + upstream.layer_path, timeout=5).status_code == 200
+
+
+def test_faulty_slow_honours_a_range_and_records_transfers() -> None:
+    with FaultyUpstream("slow", slow_chunk=512 * 1024, slow_interval=0.01) as upstream:
+        status, headers, body, error = _raw_get(upstream, headers={"Range": "bytes=1000-"})
+        assert (status, error) == (206, None)
+        assert (
+            headers["Content-Range"]
+            == f"bytes 1000-{upstream.layer_size - 1}/{upstream.layer_size}"
+        )
+        assert body == upstream.layer[1000:]
+        upstream.mode = "ok"
+        assert _raw_get(upstream)[2] == upstream.layer
+        assert [(t.range, t.sent) for t in upstream.layer_transfers] == [
+            ("bytes=1000-", upstream.layer_size - 1000),
+            (None, upstream.layer_size),
+        ]
+    with FaultyUpstream("slow", slow_interval=0.001, ignore_range=True) as upstream:
+        status, headers, body, _ = _raw_get(upstream, headers={"Range": "bytes=1000-"})
+        assert status == 200 and "Content-Range" not in headers and body == upstream.layer

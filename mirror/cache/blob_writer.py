@@ -15,6 +15,8 @@ from pathlib import Path
 from mirror.errors import DigestMismatch
 from mirror.reference import Digest
 
+_READ_CHUNK = 4 * 1024 * 1024
+
 
 class BlobWriter:
     """Writes one blob to a temp file while hashing it; `commit` verifies and renames it in.
@@ -24,18 +26,38 @@ class BlobWriter:
     """
 
     def __init__(
-        self, digest: Digest, final_path: Path, temp_path: Path, size_path: Path | None = None
+        self,
+        digest: Digest,
+        final_path: Path,
+        temp_path: Path,
+        size_path: Path | None = None,
+        *,
+        resume: bool = False,
     ) -> None:
         """Creates the temp file exclusively (O_EXCL holds across NFS, GPFS, Lustre and
         GlusterFS clients): with the digest's partial path, creating it claims the fill.
-        The store chooses every path; `size_path` is where a shared fill announces its size."""
+        The store chooses every path; `size_path` is where a shared fill announces its size.
+        `resume` appends to an existing temp file instead (a fill taken over from an
+        instance that died); its bytes count once `hash_existing` has read them."""
         self.digest = digest
         self.final_path = final_path
         self.temp_path = temp_path
         self.size_path = size_path
         self._hash = hashlib.sha256()
-        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self.size = 0
+        flags = os.O_WRONLY if resume else os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        self._fd = os.open(self.temp_path, flags, 0o644)
+        self.size = os.lseek(self._fd, 0, os.SEEK_END)
+
+    def hash_existing(self) -> None:
+        """Hash the bytes a resumed temp file already holds, before anything is appended."""
+        with open(self.temp_path, "rb") as existing:
+            remaining = self.size
+            while remaining:
+                chunk = existing.read(min(remaining, _READ_CHUNK))
+                if not chunk:
+                    raise DigestMismatch(f"the partial file of {self.digest} was cut short")
+                self._hash.update(chunk)
+                remaining -= len(chunk)
 
     def announce_size(self, size: int) -> None:
         """Tell other instances following this fill how big the blob will be."""

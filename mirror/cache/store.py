@@ -194,6 +194,35 @@ class ContentStore:
         _unlink(self._partial_size_path(digest))
         return True
 
+    def take_over_fill(self, digest: Digest, stale_seconds: float) -> BlobWriter | None:
+        """The writer that continues the shared fill of `digest` whose instance died
+        (untouched for `stale_seconds`), keeping the bytes it wrote; None if the fill is
+        alive or another instance took it first. The partial file is renamed aside (one
+        instance wins), touched, and linked back (fails if a new claim appeared meanwhile),
+        so instances following it go on reading the same file."""
+        partial = self.partial_path(digest)
+        aside = partial.with_name(f"{partial.name}.dead-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            if time.time() - os.stat(partial).st_mtime < stale_seconds:
+                return None
+            os.rename(partial, aside)
+        except FileNotFoundError:  # it failed, or another instance is taking it over
+            return self.claim_fill(digest)
+        try:
+            os.utime(aside)
+            os.link(aside, partial)
+        except FileExistsError:
+            return None
+        finally:
+            os.unlink(aside)
+        return BlobWriter(
+            digest,
+            self.blob_path(digest),
+            partial,
+            self._partial_size_path(digest),
+            resume=True,
+        )
+
     def clean_tmp(self, stale_seconds: float) -> int:
         """Delete leftovers of instances that died (SIGKILL, power loss): partial fills whose
         heartbeat stopped, and other temp files older than a day (a bundle import may

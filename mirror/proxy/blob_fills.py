@@ -1,10 +1,11 @@
 """Blobs for the proxy: from the cache, or filled from the upstream once across every instance.
 
 A blob is served to a repository only if one of its cached manifests names it or its
-upstream confirms it has it. A miss claims the blob's shared partial file in the store: the
-instance holding the claim downloads it once (one `BlobFill` that every local client reads
-along) and touches the file as a heartbeat; other instances follow the file as it grows,
-and take the fill over when the heartbeat stops.
+upstream confirms it has it (a HEAD, asked once however many clients wait, or the GET of
+the fill itself). A miss claims the blob's shared partial file in the store: the instance
+holding the claim downloads it once (one `BlobFill` that every local client reads along)
+and touches the file as a heartbeat; other instances follow the file as it grows, and take
+the fill over when the heartbeat stops, resuming from where it ended.
 
 When the store refuses a blob (its filesystem is full, over quota or failing), every client
 gets it streamed from the upstream without caching (`PassThroughBlob`, one upstream GET per
@@ -20,6 +21,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 from aiohttp import ClientResponse
 
@@ -30,7 +32,9 @@ from mirror.cache.store import BlobWriter, ContentStore
 from mirror.config import CacheConfig, Config
 from mirror.errors import BlobUnknown, MirrorError, StoreRefused, UpstreamBadGateway
 from mirror.proxy.fill import BlobFill
+from mirror.proxy.memo import SingleFlight
 from mirror.proxy.passthrough import PassThroughBlob
+from mirror.proxy.ranges import parse_content_range
 from mirror.proxy.sources import (
     BlobSource,
     CachedBlob,
@@ -57,6 +61,13 @@ async def remove_leftovers(store: ContentStore, cache: CacheConfig) -> int:
     )
 
 
+class _Running(NamedTuple):
+    """A fill running here, and the repository whose upstream GET it is."""
+
+    repo: Repository
+    fill: BlobFill
+
+
 class BlobFills:
     """Serves blobs from the store, or through one fill per blob across every instance."""
 
@@ -75,7 +86,8 @@ class BlobFills:
         self._upstreams = upstreams
         self._executor = executor  # hashing and file writes of fills
         self._sif_tree = sif_tree
-        self._fills: dict[str, BlobFill] = {}  # running here, by digest hex
+        self._fills: dict[str, _Running] = {}  # by digest hex
+        self._heads = SingleFlight()  # upstream HEADs running, by (repository, digest hex)
         self._tasks: set[asyncio.Task] = set()
 
     async def close(self) -> None:
@@ -87,15 +99,18 @@ class BlobFills:
     async def size(self, repo: Repository, digest: Digest) -> int:
         """For HEAD: the blob's size from the cache, or from the upstream without fetching."""
         size = self._store.blob_size(digest)
-        if size is not None and await self._may_serve(repo, digest):
-            return size
-        fill = self._fills.get(digest.hex)
-        if fill is not None and fill.size is not None and await self._may_serve(repo, digest):
-            return fill.size
-        upstream_size = await self._head(repo, digest)
-        if upstream_size is None:
+        running = self._fills.get(digest.hex)
+        if size is None and running is not None:
+            if running.repo == repo:  # its GET answers for this repository
+                await running.fill.started.wait()
+            size = running.fill.size
+        if size is None:
+            size = await self._head(repo, digest)
+        elif not await self._may_serve(repo, digest):
+            size = None
+        if size is None:
             raise BlobUnknown(f"blob {digest} is unknown to {repo}")
-        return upstream_size
+        return size
 
     async def open(self, repo: Repository, digest: Digest, *, uncached: bool = True) -> BlobSource:
         """A source for the blob's bytes: the cached file, or a share of a running fill.
@@ -110,9 +125,12 @@ class BlobFills:
                     return CachedBlob(digest, open(self._store.blob_path(digest), "rb"), size)
                 except FileNotFoundError:
                     continue
-            fill = self._fills.get(digest.hex)
-            if fill is not None and not await self._may_serve(repo, digest):
-                raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+            running = self._fills.get(digest.hex)
+            # A fill for the same repository answers for it once its GET succeeds.
+            if running is not None and running.repo != repo:
+                if not await self._may_serve(repo, digest):
+                    raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+            fill = running.fill if running is not None else None
             if fill is None:
                 try:
                     writer = self._claim(digest)
@@ -153,7 +171,11 @@ class BlobFills:
         return True
 
     async def _head(self, repo: Repository, digest: Digest) -> int | None:
-        """The blob's size if `repo`'s upstream has it, else None."""
+        """The blob's size if `repo`'s upstream has it, else None: one HEAD for every
+        client that asks at the same time."""
+        return await self._heads.run((repo, digest.hex), lambda: self._head_once(repo, digest))
+
+    async def _head_once(self, repo: Repository, digest: Digest) -> int | None:
         try:
             async with self._upstreams.client(repo.prefix).request_ok(
                 "HEAD", repo.name, f"blobs/{digest}", BlobUnknown()
@@ -164,9 +186,9 @@ class BlobFills:
 
     async def _follow(self, repo: Repository, digest: Digest) -> PartialFollower | None:
         """Follow another instance's fill of `digest`; None when it finished, failed or its
-        instance died meanwhile (the caller then looks again, and may claim it)."""
-        if not await self._may_serve(repo, digest):
-            raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+        instance died meanwhile (the caller then looks again, and may claim it). The filling
+        instance links the blob to its repository before it announces the size, so clients
+        of that repository need no upstream request of their own."""
         stale = self._config.cache.fill_stale_seconds
         while (size := self._store.partial_size(digest)) is None:
             if self._store.blob_size(digest) is not None or self._store.break_stale_claim(
@@ -174,6 +196,8 @@ class BlobFills:
             ):
                 return None
             await asyncio.sleep(0.05)
+        if not await self._may_serve(repo, digest):
+            raise BlobUnknown(f"blob {digest} is unknown to {repo}")
         try:
             return PartialFollower(
                 digest,
@@ -189,12 +213,19 @@ class BlobFills:
 
     def _take_over(self, repo: Repository, digest: Digest) -> FillReader | None:
         """The instance filling `digest` died: fill it here, unless another did first."""
-        if not self._store.break_stale_claim(digest, self._config.cache.fill_stale_seconds):
-            return None
-        writer = self._claim(digest)
+        try:
+            with raising_store_refused():
+                writer = self._store.take_over_fill(digest, self._config.cache.fill_stale_seconds)
+        except StoreRefused as exc:  # followers then go on from the upstream, uncached
+            self._store.refusals.refused(exc.cause, f"a takeover of the fill of {digest}")
+            raise
         if writer is None:
             return None
-        log.warning("taking over the fill of %s from an instance that stopped", digest)
+        log.warning(
+            "taking over the fill of %s from an instance that stopped, at byte %d",
+            digest,
+            writer.size,
+        )
         return FillReader(self._start(repo, writer), self._executor)
 
     def _claim(self, digest: Digest) -> BlobWriter | None:
@@ -232,7 +263,7 @@ class BlobFills:
 
     def _start(self, repo: Repository, writer: BlobWriter) -> BlobFill:
         fill = BlobFill(writer, self._executor)
-        self._fills[writer.digest.hex] = fill
+        self._fills[writer.digest.hex] = _Running(repo, fill)
         task = asyncio.ensure_future(self._run(repo, fill))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -240,22 +271,28 @@ class BlobFills:
 
     async def _run(self, repo: Repository, fill: BlobFill) -> None:
         try:
-            unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
             async with (
-                self._upstreams.client(repo.prefix).request_ok(
-                    "GET", repo.name, f"blobs/{fill.digest}", unknown
-                ) as response,
+                self._upstream_body(repo, fill) as (response, size, skip),
                 self._heartbeat(fill),
             ):
-                if response.content_length is not None:
+                # The upstream has it: clients of `repo` here and on other instances may
+                # join without asking it again (they look for this link once the size is out).
+                with self._store.refusals.tolerated(f"a link of {fill.digest} to {repo}"):
+                    self._metadata.link_blob(repo, fill.digest)
+                if size is not None:
                     with raising_store_refused():
-                        fill.writer.announce_size(response.content_length)
-                detached = detach_body(response)
+                        fill.writer.announce_size(size)
+                if fill.writer.size:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._executor, fill.writer.hash_existing
+                    )
+                detached = detach_body(response) if not skip else None
                 if detached is None:
-                    await fill.run(response.content_length, _body_chunks(response))
+                    chunks = _body_chunks(response)
+                    await fill.run(size, _skip(chunks, skip) if skip else chunks)
                 else:
                     await fill.run_from_socket(
-                        detached.length,
+                        fill.written + detached.length,
                         detached.prefix,
                         detached.sock,
                         self._config.client.read_timeout_seconds,
@@ -263,8 +300,6 @@ class BlobFills:
                     response.close()
             if fill.error is None:  # verified and in place
                 self._store.refusals.accepted()
-                with self._store.refusals.tolerated(f"a link of {fill.digest} to {repo}"):
-                    self._metadata.link_blob(repo, fill.digest)
                 if self._sif_tree is not None:
                     self._sif_tree.blob_cached(fill.digest)
             else:
@@ -287,6 +322,39 @@ class BlobFills:
             log.warning("fill of %s for %s failed: %s", digest, repo, error.message)
 
     @asynccontextmanager
+    async def _upstream_body(
+        self, repo: Repository, fill: BlobFill
+    ) -> AsyncIterator[tuple[ClientResponse, int | None, int]]:
+        """The upstream's response for the fill, the blob's size, and how many bytes at the
+        start of the body the temp file holds already. A fill taken over asks only for
+        the bytes after those; an upstream that ignores the Range sends the whole blob."""
+        client = self._upstreams.client(repo.prefix)
+        unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
+        path = f"blobs/{fill.digest}"
+        held = fill.writer.size
+        if held:
+            async with client.request_ok(
+                "GET", repo.name, path, unknown, range_from=held
+            ) as response:
+                if response.status == 200:
+                    log.info("upstream of %s ignored the Range; fetching %s whole", repo, path)
+                    yield response, response.content_length, held
+                    return
+                size = _resumed_size(response, held)
+                if size is not None:
+                    yield response, size, 0
+                    return
+            log.warning(
+                "upstream of %s answered %d to a Range from byte %d; fetching %s whole",
+                repo,
+                response.status,
+                held,
+                path,
+            )
+        async with client.request_ok("GET", repo.name, path, unknown) as response:
+            yield response, response.content_length, held
+
+    @asynccontextmanager
     async def _heartbeat(self, fill: BlobFill) -> AsyncIterator[None]:
         """Touch the shared partial file while this instance fills it, so instances that
         follow it can tell a slow upstream from a dead filler."""
@@ -306,6 +374,29 @@ class BlobFills:
             yield
         finally:
             task.cancel()
+
+
+def _resumed_size(response: ClientResponse, start: int) -> int | None:
+    """The blob's size if `response` is the 206 of its bytes from `start` to its end."""
+    if response.status != 206:
+        return None
+    content_range = parse_content_range(response.headers.get("Content-Range", ""))
+    if content_range is None:
+        return None
+    first, end, size = content_range
+    if (first, end) != (start, size) or response.content_length not in (None, size - start):
+        return None
+    return size
+
+
+async def _skip(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:
+    """The body without its first `count` bytes (the temp file holds them already)."""
+    async for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:] if count else chunk
+        count = 0
 
 
 async def _body_chunks(response: ClientResponse) -> AsyncIterator[bytes]:

@@ -14,6 +14,7 @@ import asyncio
 import queue
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
@@ -25,6 +26,7 @@ _MAX_BATCH = 16 * 1024 * 1024
 _RECEIVE_BUFFER = 1024 * 1024
 _RECEIVE_BUFFERS = 8
 _PROGRESS_STEP = 4 * 1024 * 1024
+_PROGRESS_SECONDS = 0.05  # a slow upstream's bytes reach readers at least this often
 
 
 class BlobFill:
@@ -34,7 +36,7 @@ class BlobFill:
         self.digest = writer.digest
         self.writer = writer
         self.size: int | None = None  # from the upstream's Content-Length, else once verified
-        self.written = 0
+        self.written = writer.size  # a fill taken over resumes after what is there
         self.verified = False
         self.error: MirrorError | None = None
         self.started = asyncio.Event()  # set once the size is known or the fill failed
@@ -43,7 +45,8 @@ class BlobFill:
         self._stop = False  # set to end a worker-thread receive early
 
     async def run(self, size: int | None, chunks: AsyncIterator[bytes]) -> None:
-        """Consume the upstream body; set `verified` or `error`. Never raises.
+        """Consume the upstream body (what the temp file lacks of the blob's `size`
+        bytes); set `verified` or `error`. Never raises.
 
         Chunks arrive as the socket delivers them and are batched while the worker thread
         hashes and writes the previous batch: no join copies, one thread hop per batch,
@@ -89,13 +92,14 @@ class BlobFill:
         self, size: int, prefix: bytes, sock: socket.socket, timeout: float
     ) -> None:
         """Like `run`, for a body detached from the event loop: one worker thread receives
-        into a reused buffer, hashes and writes; the loop only hears of progress."""
+        into a reused buffer, hashes and writes; the loop only hears of progress. `size`
+        is the blob's; the body holds what the temp file lacks."""
         loop = asyncio.get_running_loop()
         self.size = size
         self.started.set()
         try:
             await loop.run_in_executor(
-                self._executor, self._receive, loop, size, prefix, sock, timeout
+                self._executor, self._receive, loop, size - self.written, prefix, sock, timeout
             )
             await self._verify_and_persist(loop)
         except BaseException as exc:
@@ -149,7 +153,7 @@ class BlobFill:
         sock.settimeout(timeout)
         self.writer.write(prefix)
         received = len(prefix)
-        reported = 0
+        reported, reported_at = 0, time.monotonic()
         free: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(_RECEIVE_BUFFERS):
             free.put(memoryview(bytearray(_RECEIVE_BUFFER)))
@@ -167,9 +171,13 @@ class BlobFill:
                 self.writer.append([buffer[:count]])
                 to_hash.put(buffer[:count])
                 received += count
-                if received - reported >= _PROGRESS_STEP or received == size:
+                if (
+                    received - reported >= _PROGRESS_STEP
+                    or received == size
+                    or time.monotonic() - reported_at >= _PROGRESS_SECONDS
+                ):
                     loop.call_soon_threadsafe(self._advance, received - reported)
-                    reported = received
+                    reported, reported_at = received, time.monotonic()
         finally:
             to_hash.put(None)
             hasher.join()
@@ -210,10 +218,13 @@ class BlobFill:
         self._progress = asyncio.Event()
 
     async def sendable(self, position: int, end: int) -> int:
+        """Bytes arrive as they are written; only a response that ends with the blob's
+        last byte waits for the digest to verify (a range before it is sent unverified)."""
         while True:
             if self.error is not None:
                 raise self.error
-            bound = end if self.verified else min(self.written, end - 1)
+            held_back = 1 if self.size is None or end >= self.size else 0
+            bound = end if self.verified else min(self.written, end - held_back)
             if bound > position:
                 return bound
             await self._progress.wait()

@@ -1,6 +1,10 @@
-"""HTTP byte ranges of blob requests (RFC 9110, one range per request)."""
+"""HTTP byte ranges of blob requests and of upstream responses (RFC 9110, one range each)."""
 
 from __future__ import annotations
+
+import re
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)", re.ASCII | re.IGNORECASE)
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -30,3 +34,13 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     if start >= size or end <= start:
         return None
     return start, min(end, size)
+
+
+def parse_content_range(header: str) -> tuple[int, int, int] | None:
+    """Parse a response's `Content-Range: bytes a-b/size` into (a, b + 1, size); None for
+    anything else (an unknown size `*` included)."""
+    match = _CONTENT_RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    start, end, size = int(match[1]), int(match[2]) + 1, int(match[3])
+    return (start, end, size) if start < end <= size else None

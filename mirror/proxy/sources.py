@@ -42,7 +42,8 @@ class BlobSource(Protocol):
 
     async def sendable(self, position: int, end: int) -> int:
         """Wait until bytes after `position` may be sent; return the exclusive bound (<= end).
-        `end` itself is only returned once the content is verified. Raises if the fill failed."""
+        An `end` that is the blob's end is only returned once the content is verified (a
+        range ending earlier is sent as its bytes arrive). Raises if the fill failed."""
         ...
 
     def read(self, position: int, count: int) -> bytes:
@@ -135,9 +136,10 @@ class PartialFollower(_FileSource):
     as it grows, for a client of this instance.
 
     What a network filesystem shows of a file growing on another node can lag or be stale,
-    so every byte is hashed here before it is sent, and the last byte goes out only when
-    the filling instance has renamed the verified blob into place and these bytes hash to
-    the digest. If the filling instance dies (its heartbeat stops), this instance takes
+    so every byte of a whole-blob response is hashed here before it is sent, and the last
+    byte goes out only when the filling instance has renamed the verified blob into place
+    and these bytes hash to the digest (a range ending before the blob's end is sent as its
+    bytes arrive). If the filling instance dies (its heartbeat stops), this instance takes
     the fill over and the client's response goes on from where it was.
     """
 
@@ -197,7 +199,8 @@ class PartialFollower(_FileSource):
                 self.file = open(self._final, "rb")
                 self._final_open = True
             available = os.fstat(self.file.fileno()).st_size
-            bound = end if self._final_open else min(available, end - 1)
+            held_back = 1 if end == self.size else 0
+            bound = end if self._final_open else min(available, end - held_back)
             if bound > position:
                 return bound
             if available != seen:

@@ -100,17 +100,29 @@ class RegistryClient:
 
     @asynccontextmanager
     async def request_ok(
-        self, method: str, name: str, path: str, not_found: MirrorError, accept: str | None = None
+        self,
+        method: str,
+        name: str,
+        path: str,
+        not_found: MirrorError,
+        accept: str | None = None,
+        range_from: int | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A 200 response to `method /v2/<name>/<path>` with pull scope on repository
-        `name`: a 404 raises `not_found`, any other status is the upstream's failure."""
-        headers = {"Accept": accept} if accept else None
+        `name`: a 404 raises `not_found`, any other status is the upstream's failure.
+        `range_from` asks for the bytes from that offset on: 206 and 416 answers are
+        yielded too, for the caller to check which bytes it got."""
+        headers = {"Accept": accept} if accept else {}
+        expected = {200}
+        if range_from is not None:
+            headers["Range"] = f"bytes={range_from}-"
+            expected |= {206, 416}
         async with self.request(
             method, f"/v2/{name}/{path}", scope=f"repository:{name}:pull", headers=headers
         ) as response:
             if response.status == 404:
                 raise not_found
-            if response.status != 200:
+            if response.status not in expected:
                 raise UpstreamBadGateway(
                     f"upstream answered {response.status} to {method} {path.split('/')[0]}"
                 )

@@ -13,6 +13,7 @@ asynchronous tests can both use it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import struct
 import threading
@@ -36,6 +37,15 @@ LAYER_SIZE = 2 * 1024 * 1024 + 123  # odd on purpose
 CHUNK = 64 * 1024
 
 
+@dataclasses.dataclass
+class LayerTransfer:
+    """One GET of the layer: the Range header it carried (None: none), and the body bytes
+    the server handed to the connection."""
+
+    range: str | None
+    sent: int = 0
+
+
 def _error_body(code: str, message: str) -> dict:
     return {"errors": [{"code": code, "message": message, "detail": None}]}
 
@@ -45,17 +55,20 @@ class FaultyUpstream(LoopbackServer):
 
     Modes (layer blob only; manifest and config are always served correctly):
 
-    - ``ok``: the right bytes; honours a single ``Range: bytes=a-b`` (206).
+    - ``ok``: the right bytes; honours a single ``Range: bytes=a-b`` (206) unless
+      ``ignore_range`` (then always the whole layer with 200, as some upstreams do).
     - ``truncated``: Content-Length of the full size, half the bytes, then a clean close.
     - ``wrong_digest``: the full size of *other* bytes.
     - ``reset``: a quarter of the bytes, then a TCP RST (SO_LINGER 0 + abort).
     - ``status500`` / ``status429``: an error (429 carries ``Retry-After: 1``); HEAD too.
-    - ``slow``: the right bytes, ``slow_chunk`` bytes every ``slow_interval`` seconds.
+    - ``slow``: the right bytes, ``slow_chunk`` bytes every ``slow_interval`` seconds;
+      honours a Range like ``ok``.
     - ``hang``: headers never come (HEAD too); the connection is dropped on :meth:`stop`.
 
     ``mode`` may be changed while running. With ``fail_times=n`` only the first ``n``
     layer GETs misbehave and later ones are ``ok`` (for retry/resume tests).
-    :attr:`counts` maps ``(method, path)`` to the number of requests received.
+    :attr:`counts` maps ``(method, path)`` to the number of requests received;
+    :attr:`layer_transfers` lists each layer GET's Range header and the bytes it was sent.
     """
 
     def __init__(
@@ -65,6 +78,7 @@ class FaultyUpstream(LoopbackServer):
         fail_times: int | None = None,
         slow_chunk: int = 8 * 1024,
         slow_interval: float = 0.2,
+        ignore_range: bool = False,
     ) -> None:
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {FAULT_MODES}")
@@ -72,6 +86,7 @@ class FaultyUpstream(LoopbackServer):
         self.fail_times = fail_times
         self.slow_chunk = slow_chunk
         self.slow_interval = slow_interval
+        self.ignore_range = ignore_range
         self.port = free_port()
 
         self.layer = oci.deterministic_bytes("fault/img layer", LAYER_SIZE)
@@ -89,6 +104,7 @@ class FaultyUpstream(LoopbackServer):
 
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._transfers: list[LayerTransfer] = []
         self._faults_served = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -110,6 +126,12 @@ class FaultyUpstream(LoopbackServer):
         """A snapshot of ``(method, path) -> requests received``."""
         with self._lock:
             return dict(self._counts)
+
+    @property
+    def layer_transfers(self) -> list[LayerTransfer]:
+        """Every layer GET so far, oldest first: its Range header and the bytes sent."""
+        with self._lock:
+            return [dataclasses.replace(transfer) for transfer in self._transfers]
 
     def count(self, method: str | None = None, path_contains: str | None = None) -> int:
         """Requests received that match the optional method and path substring."""
@@ -213,11 +235,20 @@ class FaultyUpstream(LoopbackServer):
             return await self._hang(request)
         if mode in ("status500", "status429"):
             return self._error_status(mode)
-        if request.method == "HEAD" or mode == "ok":
+        if request.method == "HEAD":
             return self._blob_response(request, self.layer, digest)
-        if mode == "wrong_digest":
-            return self._blob_response(request, self.wrong_layer, digest)
-        return await self._broken_stream(request, mode)
+        transfer = LayerTransfer(request.headers.get("Range"))
+        with self._lock:
+            self._transfers.append(transfer)
+        if mode == "ok":
+            response = self._blob_response(request, self.layer, digest)
+        elif mode == "wrong_digest":
+            response = self._blob_response(request, self.wrong_layer, digest)
+        else:
+            return await self._broken_stream(request, mode, transfer)
+        with self._lock:
+            transfer.sent = response.content_length or 0
+        return response
 
     def _effective_mode(self, method: str) -> FaultMode:
         """The mode for this request, taking ``fail_times`` into account (GETs only)."""
@@ -236,12 +267,17 @@ class FaultyUpstream(LoopbackServer):
             "Docker-Content-Digest": digest,
             "Accept-Ranges": "bytes",
         }
-        byte_range = _parse_range(request.headers.get("Range"), len(data))
+        byte_range = self._range(request, len(data))
         if byte_range is None:
             return web.Response(body=data, headers=headers)
         start, end = byte_range
         headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         return web.Response(status=206, body=data[start : end + 1], headers=headers)
+
+    def _range(self, request: web.Request, size: int) -> tuple[int, int] | None:
+        if self.ignore_range:
+            return None
+        return _parse_range(request.headers.get("Range"), size)
 
     @staticmethod
     def _error_status(mode: FaultMode) -> web.Response:
@@ -259,38 +295,56 @@ class FaultyUpstream(LoopbackServer):
         _abort(request)
         return web.Response()  # never reaches the client: the connection is gone
 
-    async def _broken_stream(self, request: web.Request, mode: FaultMode) -> web.StreamResponse:
-        """Start a full-length 200 and break it as ``mode`` says."""
+    async def _broken_stream(
+        self, request: web.Request, mode: FaultMode, transfer: LayerTransfer
+    ) -> web.StreamResponse:
+        """Start a full-length 200 (a 206 for a slow Range) and break it as ``mode`` says."""
+        byte_range = self._range(request, LAYER_SIZE) if mode == "slow" else None
+        start, end = byte_range or (0, LAYER_SIZE - 1)
         response = web.StreamResponse(
+            status=200 if byte_range is None else 206,
             headers={
                 "Content-Type": "application/octet-stream",
                 "Docker-Content-Digest": self.layer_digest,
-            }  # fmt: skip
+            },  # fmt: skip
         )
-        response.content_length = LAYER_SIZE
+        if byte_range is not None:
+            response.headers["Content-Range"] = f"bytes {start}-{end}/{LAYER_SIZE}"
+        response.content_length = end + 1 - start
         await response.prepare(request)
         try:
             if mode == "slow":
-                await self._drip(response)
+                await self._drip(response, start, end + 1, transfer)
             elif mode == "truncated":
-                await response.write(self.layer[: LAYER_SIZE // 2])
+                await self._send(response, self.layer[: LAYER_SIZE // 2], transfer)
                 assert request.transport is not None
                 request.transport.close()  # flush what was written, then FIN
             elif mode == "reset":
-                await response.write(self.layer[: LAYER_SIZE // 4])
+                await self._send(response, self.layer[: LAYER_SIZE // 4], transfer)
                 await asyncio.sleep(0.1)  # let the bytes reach the client before the RST
                 _abort(request)
         except ConnectionError:
             pass  # the client gave up first; nothing left to break
         return response
 
-    async def _drip(self, response: web.StreamResponse) -> None:
+    async def _drip(
+        self, response: web.StreamResponse, start: int, stop: int, transfer: LayerTransfer
+    ) -> None:
         assert self._released is not None
-        for start in range(0, LAYER_SIZE, self.slow_chunk):
+        for offset in range(start, stop, self.slow_chunk):
             if self._released.is_set():
                 return
-            await response.write(self.layer[start : start + self.slow_chunk])
+            await self._send(
+                response, self.layer[offset : min(offset + self.slow_chunk, stop)], transfer
+            )
             await asyncio.sleep(self.slow_interval)
+
+    async def _send(
+        self, response: web.StreamResponse, data: bytes, transfer: LayerTransfer
+    ) -> None:
+        await response.write(data)
+        with self._lock:
+            transfer.sent += len(data)
 
 
 def _abort(request: web.Request) -> None:
