@@ -3,6 +3,17 @@ so the HTTP layer turns any of them into an OCI error body without knowing the c
 
 from __future__ import annotations
 
+import errno
+
+# errno values saying this process or host ran out of descriptors, buffers or memory: the
+# mirror's own trouble, never evidence against an upstream or a client.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def out_of_resources(exc: BaseException) -> bool:
+    """True when `exc` is an OSError for a descriptor, buffer or memory shortage."""
+    return isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS
+
 
 class MirrorError(Exception):
     """Base of every error a client may see. `message` must be safe to show to a client."""
@@ -96,6 +107,12 @@ class UpstreamTimeout(UpstreamFailed):
     """The upstream did not answer within the configured timeouts."""
 
     status = 504
+
+
+class MirrorOverloaded(MirrorError):
+    """The mirror itself is out of file descriptors or memory for the moment: retry later."""
+
+    code, status = "UNAVAILABLE", 503
 
 
 class InvalidValue(ValueError):
