@@ -13,19 +13,24 @@ from aiohttp import web
 from mirror.errors import (
     ManifestUnknown,
     MirrorError,
+    MirrorOverloaded,
     NameUnknown,
     PaginationInvalid,
     RangeInvalid,
     Unsupported,
+    out_of_resources,
 )
 from mirror.proxy.ranges import parse_range
 from mirror.proxy.service import ProxyService
 from mirror.proxy.sources import BlobSource, read_chunk
+from mirror.proxy.throttled_log import ThrottledWarning
 from mirror.reference import Digest
 
 log = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("service", ProxyService)
+# The warning for every failure for want of descriptors or memory: a flood of them is one.
+OUT_OF_RESOURCES = web.AppKey("out_of_resources", ThrottledWarning)
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 _PULL_METHODS = ("GET", "HEAD")
 _FALLBACK_CHUNK = 1024 * 1024
@@ -73,7 +78,10 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         raise
     except (asyncio.CancelledError, ConnectionResetError):
         raise
-    except Exception:
+    except Exception as exc:
+        if out_of_resources(exc):
+            request.app[OUT_OF_RESOURCES]("%s %s failed: %s", request.method, request.path, exc)
+            return oci_error(MirrorOverloaded("the mirror is overloaded; retry shortly"))
         log.exception("unexpected error on %s %s", request.method, request.path)
         return oci_error(MirrorError("internal error"))
     response.headers.update(API_VERSION_HEADER)
