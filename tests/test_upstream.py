@@ -9,10 +9,12 @@ import aiohttp
 import pytest
 import requests
 from aiohttp import web
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from mirror.config import ClientConfig, UpstreamConfig
 from mirror.errors import MirrorError, UpstreamBadGateway, UpstreamFailed, UpstreamUnavailable
-from mirror.proxy.upstream import RegistryClient
+from mirror.proxy.upstream import Challenge, RegistryClient, parse_challenge
 from tests.conftest import upstream_entry
 from tests.support import oci
 from tests.support.processes import free_port
@@ -151,3 +153,58 @@ async def test_timeouts_and_refused_connections_count(fake_upstream):
         with pytest.raises(UpstreamUnavailable, match="keeps failing"):
             async with refused.request("GET", "/v2/", scope=""):
                 pass
+
+
+# -- WWW-Authenticate ------------------------------------------------------------------------
+# Property-based: any header gives a Challenge or None, and a challenge written from its
+# parameters (RFC 9110 auth-params, quoted strings with escapes) reads back the same.
+
+TOKEN = st.text(st.sampled_from("abcXYZ019!#$%&'*+-.^_`|~"), min_size=1, max_size=12)
+QUOTABLE = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters="\x7f")
+)
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@given(
+    st.text()
+    | st.builds(lambda s, rest: f"{s} {rest}", st.sampled_from(["Bearer", "basic"]), st.text())
+)
+def test_any_header_is_a_challenge_or_none(header):
+    challenge = parse_challenge(header)
+    assert challenge is None or challenge.scheme in ("basic", "bearer")
+
+
+@given(
+    st.sampled_from(["Bearer", "bearer", "BASIC", "Basic"]),
+    st.dictionaries(TOKEN, QUOTABLE, max_size=4).filter(
+        lambda params: len({key.lower() for key in params}) == len(params)
+    ),
+)
+@example("Bearer", {"realm": 'https://auth.example/token?x="1"'})  # an escaped quote
+@example("Bearer", {".": ""})  # found by hypothesis: "." is a token; \w+ skipped it
+@example("Bearer", {"error-uri": "x"})  # so a token with "-" was read as "uri"
+def test_a_challenge_round_trips(scheme, params):
+    header = f"{scheme} " + ", ".join(f"{key}={_quoted(value)}" for key, value in params.items())
+    assert parse_challenge(header) == Challenge(
+        scheme.lower(), {key.lower(): value for key, value in params.items()}
+    )
+
+
+def test_a_real_registrys_challenge():
+    header = (
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:library/alpine:pull",error="insufficient_scope"'
+    )
+    assert parse_challenge(header) == Challenge(
+        "bearer",
+        {
+            "realm": "https://auth.docker.io/token",
+            "service": "registry.docker.io",
+            "scope": "repository:library/alpine:pull",
+            "error": "insufficient_scope",
+        },
+    )

@@ -50,7 +50,13 @@ USER_AGENT = f"hpc-mirror/{__version__} (+aiohttp/{aiohttp.__version__})"
 _REDIRECTS = {301, 302, 303, 307, 308}
 _MAX_REDIRECTS = 5
 _TOKEN_MIN_LIFETIME = 60.0
-_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"|(\w+)=([^\s,]+)')
+# RFC 9110 auth-param: token BWS "=" BWS (quoted-string / token); unquoted values are read
+# leniently (registries send URLs unquoted).
+_CHALLENGE_PARAM = re.compile(
+    r"""([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))""",
+    re.DOTALL,
+)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +74,13 @@ class _Unwell(Exception):
 
 
 def parse_challenge(header: str) -> Challenge | None:
+    """The Basic or Bearer challenge of a WWW-Authenticate header; None for any other."""
     scheme, _, rest = header.strip().partition(" ")
     if scheme.lower() not in ("basic", "bearer"):
         return None
     params = {}
-    for match in _CHALLENGE_PARAM.finditer(rest):
-        key = match.group(1) or match.group(3)
-        params[key.lower()] = match.group(2) if match.group(1) else match.group(4)
+    for key, quoted, bare in _CHALLENGE_PARAM.findall(rest):
+        params[key.lower()] = _QUOTED_PAIR.sub(r"\1", quoted) if quoted else bare
     return Challenge(scheme.lower(), params)
 
 
