@@ -80,9 +80,9 @@ def check_name(name: str) -> str:
 def check_name_at(host: str, name: str) -> str:
     """Return `name` if `host/name` fits MAX_NAME_LENGTH, else raise NAME_INVALID.
 
-    The distribution spec notes that clients limit host[:port] + "/" + name to 255
-    characters, and registries (distribution's own) fail such names with a 500, so the
-    proxy refuses them before any upstream sees one.
+    The distribution spec notes that many clients limit host[:port] + "/" + name to 255
+    characters; distribution's registry answers 500 to a name that alone is longer. The
+    clients' limit is the stricter, so a name within it is one every upstream can take.
     """
     length = len(host) + 1 + len(name)
     if length > MAX_NAME_LENGTH:
