@@ -4,6 +4,8 @@ take an upstream away from the others."""
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 
 import aiohttp
 import pytest
@@ -153,6 +155,24 @@ async def test_timeouts_and_refused_connections_count(fake_upstream):
         with pytest.raises(UpstreamUnavailable, match="keeps failing"):
             async with refused.request("GET", "/v2/", scope=""):
                 pass
+
+
+async def test_running_out_of_descriptors_counts_against_no_upstream(fake_upstream):
+    """EMFILE while connecting is the mirror's trouble: reported (503), not counted."""
+    async with aiohttp.ClientSession() as session:
+        client = RegistryClient(_upstream(fake_upstream.url), session, _settings())
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.open(os.devnull, os.O_RDONLY)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor
+        try:
+            with pytest.raises(UpstreamUnavailable, match="out of file descriptors"):
+                async with client.request("GET", "/v2/a/manifests/1", scope=""):
+                    pass
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert fake_upstream.requests == 0
+        assert await _outcome(client) == 200  # the breaker (threshold 1) stayed closed
 
 
 # -- WWW-Authenticate ------------------------------------------------------------------------
