@@ -5,6 +5,15 @@ from __future__ import annotations
 
 import errno
 
+# errno values saying this process or host ran out of descriptors, buffers or memory: the
+# mirror's own trouble, never evidence against an upstream or a client.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def out_of_resources(exc: BaseException) -> bool:
+    """True when `exc` is an OSError for a descriptor, buffer or memory shortage."""
+    return isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS
+
 
 class MirrorError(Exception):
     """Base of every error a client may see. `message` must be safe to show to a client."""
@@ -110,6 +119,12 @@ class StoreRefused(MirrorError):
         name = errno.errorcode.get(cause.errno or 0, str(cause.errno))
         super().__init__(f"the cache store refused a write: {name} ({cause.strerror})")
         self.cause = cause
+
+
+class MirrorOverloaded(MirrorError):
+    """The mirror itself is out of file descriptors or memory for the moment: retry later."""
+
+    code, status = "UNAVAILABLE", 503
 
 
 class InvalidValue(ValueError):

@@ -20,7 +20,7 @@ _ANY_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 # A registry host[:port] (lowercase DNS labels): what an upstream prefix and a host name
 # of the mirror look like.
 REGISTRY_HOST_RE = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?")
-MAX_NAME_LENGTH = 255
+MAX_NAME_LENGTH = 255  # of a repository name, and of host[:port] + "/" + name as clients parse it
 DEFAULT_TAG = "latest"  # what an image reference without tag or digest means
 
 # Manifest media types the proxy asks upstream for, richest first: an index or list is
@@ -74,6 +74,22 @@ def check_name(name: str) -> str:
     """Return `name` if it is a valid repository name, else raise NAME_INVALID."""
     if len(name) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(name):
         raise NameInvalid(f"invalid repository name {name[:80]!r}")
+    return name
+
+
+def check_name_at(host: str, name: str) -> str:
+    """Return `name` if `host/name` fits MAX_NAME_LENGTH, else raise NAME_INVALID.
+
+    The distribution spec notes that many clients limit host[:port] + "/" + name to 255
+    characters; distribution's registry answers 500 to a name that alone is longer. The
+    clients' limit is the stricter, so a name within it is one every upstream can take.
+    """
+    length = len(host) + 1 + len(name)
+    if length > MAX_NAME_LENGTH:
+        raise NameInvalid(
+            f"repository name {name[:80]!r} is too long: with its registry host it has "
+            f"{length} characters, more than {MAX_NAME_LENGTH}"
+        )
     return name
 
 

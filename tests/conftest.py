@@ -54,12 +54,13 @@ def make_proxy(tmp_path: Path):
         env: dict | None = None,
         name: str = "proxy",
         client: dict | None = None,
+        launcher: tuple[str, ...] = (),
         **cache,
     ) -> ProxyProcess:
         workdir = tmp_path / f"{name}-{len(started)}"
         config = proxy_config(workdir, upstreams, **cache)
         config["client"].update(client or {})
-        proxy = ProxyProcess(workdir, config, env=env)
+        proxy = ProxyProcess(workdir, config, env=env, launcher=launcher)
         started.append(proxy)
         return proxy.start()
 

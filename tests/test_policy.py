@@ -45,3 +45,11 @@ def test_a_zero_threshold_disables_the_breaker():
     for now in range(10):
         breaker.failed(now)
     assert breaker.allow(10)
+
+
+def test_an_inconclusive_trial_lets_the_next_request_try():
+    breaker = policy.CircuitBreaker(threshold=1, cooldown=10)
+    breaker.failed(0)
+    assert breaker.allow(10)  # the trial
+    breaker.inconclusive()  # cancelled or denied: says nothing about the upstream
+    assert breaker.allow(10.1) and breaker.opened_at == 0  # another trial, still open

@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import itertools
 import logging
 import multiprocessing
+import re
+import resource
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from mirror.config import Config
+from mirror.errors import out_of_resources
 from mirror.proxy.blob_fills import remove_leftovers
-from mirror.proxy.handlers import SERVICE, add_routes, add_site_routes, error_middleware
+from mirror.proxy.handlers import (
+    OUT_OF_RESOURCES,
+    SERVICE,
+    add_routes,
+    add_site_routes,
+    error_middleware,
+)
 from mirror.proxy.service import ProxyService, running_service
+from mirror.proxy.throttled_log import ThrottledWarning
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +42,66 @@ _CLEAN_EVERY = 120  # flushes: every ten minutes
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[CONFIG] = config
+    app[OUT_OF_RESOURCES] = ThrottledWarning(log)
+    app.cleanup_ctx.append(_quiet_floods)
     app.cleanup_ctx.append(_proxy_service)
     add_routes(app)
     if config.catalog.serve:
         add_site_routes(app, config.catalog.out)
     return app
+
+
+async def _quiet_floods(app: web.Application) -> AsyncIterator[None]:
+    """A flood of one failure costs a few log lines, not a traceback each: accepts that fail
+    for want of descriptors (asyncio retries them every second) and requests aiohttp's
+    parser rejects become throttled warnings."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(functools.partial(_loop_exception, app[OUT_OF_RESOURCES]))
+    server_log = logging.getLogger("aiohttp.server")
+    malformed = _MalformedRequests(ThrottledWarning(log))
+    server_log.addFilter(malformed)
+    try:
+        yield
+    finally:
+        server_log.removeFilter(malformed)
+        loop.set_exception_handler(previous)
+
+
+def _loop_exception(
+    warning: ThrottledWarning, loop: asyncio.AbstractEventLoop, context: dict[str, Any]
+) -> None:
+    exc = context.get("exception")
+    if exc is None or not out_of_resources(exc):
+        loop.default_exception_handler(context)
+        return
+    warning(
+        "cannot accept connections: %s (open files limit %d); new clients wait until "
+        "connections close, accepting is retried every second",
+        errno.errorcode.get(exc.errno, exc.errno),
+        resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    )
+
+
+class _MalformedRequests(logging.Filter):
+    """Replaces aiohttp's ERROR and traceback for each request its HTTP parser rejects (the
+    client got its 400) with a throttled one-line warning; everything else passes."""
+
+    def __init__(self, warning: ThrottledWarning) -> None:
+        super().__init__()
+        self._warning = warning
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        # What follows a colon or a line break quotes the client's bytes: left out.
+        reason = re.split(r"[:\r\n]", str(exc.message), maxsplit=1)[0].strip()[:80]
+        self._warning(
+            "rejected a malformed request from %s: %s (%s)", remote, reason, type(exc).__name__
+        )
+        return False
 
 
 async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
@@ -68,6 +137,7 @@ def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
     """Run the proxy until SIGTERM/SIGINT: in this process, or in `workers` processes
     sharing the port (SO_REUSEPORT) so one node uses every core. The workers share the
     cache like any instances do (one fill per blob, via the store)."""
+    _raise_open_files_limit()
     if workers <= 1:
         _run(config, reuse_port=False, access_log=access_log)
         return
@@ -89,6 +159,19 @@ def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
     signal.signal(signal.SIGINT, stop)
     for process in processes:
         process.join()
+
+
+def _raise_open_files_limit() -> None:
+    """Every client, upstream connection and blob being served holds a descriptor: raise
+    the soft limit to the hard one (workers inherit it) and say what it is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # an unlimited hard limit the kernel caps lower
+            log.info("open files limit: %d (could not raise it to the hard limit)", soft)
+            return
+    log.info("open files limit: %d (the hard limit)", hard)
 
 
 def _worker(config: Config, level: int, access_log: bool) -> None:

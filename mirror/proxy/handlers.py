@@ -6,26 +6,31 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from mirror.errors import (
     ManifestUnknown,
     MirrorError,
+    MirrorOverloaded,
     NameUnknown,
     PaginationInvalid,
     RangeInvalid,
     Unsupported,
+    out_of_resources,
 )
-from mirror.proxy.ranges import parse_range
+from mirror.proxy.ranges import content_range, parse_range
 from mirror.proxy.service import ProxyService
 from mirror.proxy.sources import BlobSource
+from mirror.proxy.throttled_log import ThrottledWarning
 from mirror.reference import Digest
 
 log = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("service", ProxyService)
+# The warning for every failure for want of descriptors or memory: a flood of them is one.
+OUT_OF_RESOURCES = web.AppKey("out_of_resources", ThrottledWarning)
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 _PULL_METHODS = ("GET", "HEAD")
 _FALLBACK_CHUNK = 1024 * 1024
@@ -73,7 +78,10 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         raise
     except (asyncio.CancelledError, ConnectionResetError):
         raise
-    except Exception:
+    except Exception as exc:
+        if out_of_resources(exc):
+            request.app[OUT_OF_RESOURCES]("%s %s failed: %s", request.method, request.path, exc)
+            return oci_error(MirrorOverloaded("the mirror is overloaded; retry shortly"))
         log.exception("unexpected error on %s %s", request.method, request.path)
         return oci_error(MirrorError("internal error"))
     response.headers.update(API_VERSION_HEADER)
@@ -174,7 +182,7 @@ async def _send_blob(
             raise RangeInvalid(f"range {range_header[:80]!r} is not satisfiable for {size} bytes")
         start, end = bounds
         status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        headers["Content-Range"] = content_range(start, end, size)
     response = web.StreamResponse(status=status, headers=headers)
     if end is not None:
         response.content_length = end - start
@@ -240,28 +248,36 @@ async def _write_chunks(
         position += len(chunk)
 
 
-def _page(items: list[str], request: web.Request, key: str, path: str) -> web.Response:
-    """Apply the spec's `n` / `last` pagination to a sorted list, with a Link to the next."""
+def _page(items: list[str], request: web.Request, key: str) -> web.Response:
+    """Apply the spec's `n` / `last` pagination to a sorted list, with a Link to the next
+    page that keeps the request's `ns` (its upstream)."""
     last = request.query.get("last")
     if last is not None:
         items = [item for item in items if item > last]
     headers = {}
     if "n" in request.query:
-        try:
-            count = int(request.query["n"])
-        except ValueError:
-            raise PaginationInvalid("n must be a non-negative integer") from None
-        if count < 0:
-            raise PaginationInvalid("n must be a non-negative integer")
+        count = _page_size(request.query["n"])
         if len(items) > count:
             items = items[:count]
             if items:
-                headers["Link"] = f'<{path}?n={count}&last={quote(items[-1])}>; rel="next"'
+                ns = request.query.get("ns")
+                query = {"n": count, "last": items[-1], **({"ns": ns} if ns else {})}
+                headers["Link"] = f'<{request.path}?{urlencode(query)}>; rel="next"'
     return web.Response(
         text=json.dumps({**_extra(request, key), key: items}),
         content_type="application/json",
         headers=headers,
     )
+
+
+def _page_size(text: str) -> int:
+    """`n`: ASCII digits only (int() also takes signs, spaces, '_' and other scripts')."""
+    try:
+        if text.isascii() and text.isdigit():
+            return int(text)
+    except ValueError:  # more digits than int() converts
+        pass
+    raise PaginationInvalid("n must be a non-negative integer")
 
 
 def _extra(request: web.Request, key: str) -> dict:
@@ -273,10 +289,10 @@ async def tags_list(request: web.Request) -> web.Response:
     service = _service(request)
     repo = service.route(request.match_info["name"], request.query.get("ns"))
     tags = await service.list_tags(repo)
-    return _page(sorted(tags), request, "tags", request.path)
+    return _page(sorted(tags), request, "tags")
 
 
 async def repository_list(request: web.Request) -> web.Response:
     """`/v2/_catalog`: the repositories cached here (not the HTML catalog site)."""
     _check_pull(request)
-    return _page(_service(request).repositories(), request, "repositories", request.path)
+    return _page(_service(request).repositories(), request, "repositories")

@@ -5,6 +5,12 @@ from __future__ import annotations
 import email.utils
 import math
 
+# Answers that say the upstream itself is overloaded or down, whatever was asked: only these
+# (and failures to connect or to get an answer in time) are retried and counted by the
+# breaker. A 500 or 501 answers this one request (distribution answers 500 to a name too long
+# for it), so a client could provoke it at will: it is reported at once and counts for nothing.
+UNWELL_STATUSES = frozenset({429, 502, 503, 504})
+
 
 def tag_is_fresh(confirmed_at: float, now: float, ttl_seconds: float) -> bool:
     """A tag answer is trusted without asking upstream for `ttl_seconds` after confirmation."""
@@ -14,9 +20,10 @@ def tag_is_fresh(confirmed_at: float, now: float, ttl_seconds: float) -> bool:
 class CircuitBreaker:
     """Stops every request from waiting on an upstream that keeps failing.
 
-    After `threshold` consecutive failures the breaker opens: requests fail at once for
-    `cooldown` seconds. Then one trial request is let through (half-open); its success
-    closes the breaker, its failure opens it again. Time is passed in.
+    After `threshold` failures with no success between them the breaker opens: requests fail
+    at once for `cooldown` seconds. Then one trial request is let through (half-open); its
+    success closes the breaker, its failure opens it again, an inconclusive end lets the
+    next request try. Time is passed in.
     """
 
     def __init__(self, threshold: int, cooldown: float) -> None:
@@ -37,6 +44,10 @@ class CircuitBreaker:
     def succeeded(self) -> None:
         self.failures = 0
         self.opened_at = None
+        self._trial_running = False
+
+    def inconclusive(self) -> None:
+        """A request ended without saying anything about the upstream's health."""
         self._trial_running = False
 
     def failed(self, now: float) -> None:

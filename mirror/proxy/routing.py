@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mirror.config import Config, UpstreamConfig
 from mirror.errors import NameUnknown
-from mirror.reference import Repository, check_name
+from mirror.reference import Repository, check_name, check_name_at
 
 
 class Router:
@@ -17,7 +17,8 @@ class Router:
         """Map a client's repository path to (upstream, upstream repository name).
 
         Order: containerd's ?ns=, then a first component naming a configured prefix, then
-        the default upstream. The name is checked against the grammar before it is used.
+        the default upstream. The name is checked against the grammar before it is used, and
+        its upstream form (after the library rule) against the length limit.
         """
         if ns:
             upstream = self.by_prefix.get(ns) or self._by_host.get(ns)
@@ -40,4 +41,5 @@ class Router:
         check_name(name)
         if upstream.library_namespace and "/" not in name:
             name = f"{upstream.library_namespace}/{name}"
+        check_name_at(upstream.host, name)
         return Repository(upstream.prefix, name)

@@ -6,8 +6,13 @@
   header is never forwarded, and ours is never sent to a host other than the upstream's.
 - Redirects (blob storage on another host) are followed by hand so Authorization is dropped
   whenever the origin changes.
-- Idempotent requests are retried on connect errors, 5xx and 429 with bounded backoff that
-  honours Retry-After; connect and read timeouts bound every wait.
+- Only failures that say the upstream itself is unwell are retried (bounded backoff that
+  honours Retry-After) and counted by its circuit breaker: no connection, no answer in time,
+  a reset, or 429/502/503/504 (`policy.UNWELL_STATUSES`). Any other answer, a 500 included,
+  is this request's own: distribution answers 500 to a name it cannot store, so a client could
+  provoke one at will; retrying it would multiply the upstream requests a client can cause,
+  and counting it would let one client open the breaker for everyone. Running out of file
+  descriptors or memory is the mirror's trouble and counts against no upstream either.
 """
 
 from __future__ import annotations
@@ -32,10 +37,10 @@ from mirror.errors import (
     Denied,
     MirrorError,
     UpstreamBadGateway,
-    UpstreamFailed,
     UpstreamOffline,
     UpstreamTimeout,
     UpstreamUnavailable,
+    out_of_resources,
 )
 from mirror.proxy import policy
 
@@ -44,9 +49,14 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"hpc-mirror/{__version__} (+aiohttp/{aiohttp.__version__})"
 _REDIRECTS = {301, 302, 303, 307, 308}
 _MAX_REDIRECTS = 5
-_RETRY_STATUSES = {429} | set(range(500, 600))
 _TOKEN_MIN_LIFETIME = 60.0
-_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"|(\w+)=([^\s,]+)')
+# RFC 9110 auth-param: token BWS "=" BWS (quoted-string / token); unquoted values are read
+# leniently (registries send URLs unquoted).
+_CHALLENGE_PARAM = re.compile(
+    r"""([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))""",
+    re.DOTALL,
+)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +65,22 @@ class Challenge:
     params: dict[str, str]
 
 
+class _Unwell(Exception):
+    """Carries a failure that says the upstream itself is unwell, so the breaker counts it."""
+
+    def __init__(self, failure: MirrorError) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
 def parse_challenge(header: str) -> Challenge | None:
+    """The Basic or Bearer challenge of a WWW-Authenticate header; None for any other."""
     scheme, _, rest = header.strip().partition(" ")
     if scheme.lower() not in ("basic", "bearer"):
         return None
     params = {}
-    for match in _CHALLENGE_PARAM.finditer(rest):
-        key = match.group(1) or match.group(3)
-        params[key.lower()] = match.group(2) if match.group(1) else match.group(4)
+    for key, quoted, bare in _CHALLENGE_PARAM.findall(rest):
+        params[key.lower()] = _QUOTED_PAIR.sub(r"\1", quoted) if quoted else bare
     return Challenge(scheme.lower(), params)
 
 
@@ -146,14 +164,11 @@ class RegistryClient:
             )
         try:
             response = await self._attempts(method, url, scope, headers)
-        except (UpstreamFailed, asyncio.CancelledError) as exc:
-            if isinstance(exc, UpstreamFailed):
-                self._breaker.failed(time.monotonic())
-            else:
-                self._breaker.succeeded()  # nothing learnt; do not leave a trial hanging
-            raise
+        except _Unwell as unwell:
+            self._breaker.failed(time.monotonic())
+            raise unwell.failure from None
         except BaseException:
-            self._breaker.succeeded()
+            self._breaker.inconclusive()  # denied, cancelled, the mirror's own trouble
             raise
         self._breaker.succeeded()
         return response
@@ -161,6 +176,7 @@ class RegistryClient:
     async def _attempts(
         self, method: str, url: str, scope: str, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
+        """The final response, or _Unwell once every attempt met an unwell upstream."""
         attempts = self._settings.retries + 1
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
@@ -169,7 +185,8 @@ class RegistryClient:
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
                 failure = _failure_from_exception(exc, self.upstream)
                 if last:
-                    raise failure from None
+                    # Out of descriptors or memory is the mirror's trouble, not the upstream's.
+                    raise (failure if out_of_resources(exc) else _Unwell(failure)) from None
                 delay = policy.retry_delay(
                     attempt, None, time.time(), self._settings.max_retry_wait_seconds
                 )
@@ -184,14 +201,16 @@ class RegistryClient:
                 )
                 await asyncio.sleep(delay)
                 continue
-            if response.status not in _RETRY_STATUSES:
+            if response.status not in policy.UNWELL_STATUSES:
                 return response
             retry_after = response.headers.get("Retry-After")
             response.release()
             if last:
-                raise UpstreamBadGateway(
-                    f"upstream {self.upstream.name} answered {response.status} "
-                    f"after {attempts} attempts"
+                raise _Unwell(
+                    UpstreamBadGateway(
+                        f"upstream {self.upstream.name} answered {response.status} "
+                        f"after {attempts} attempts"
+                    )
                 )
             delay = policy.retry_delay(
                 attempt, retry_after, time.time(), self._settings.max_retry_wait_seconds
@@ -277,25 +296,26 @@ class RegistryClient:
         if basic:
             headers["Authorization"] = basic
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
-        try:
-            async with self._session.get(url, headers=headers) as response:
-                if response.status in (401, 403):
-                    raise Denied(
-                        f"token endpoint of upstream {self.upstream.name} refused "
-                        "the mirror's credentials"
-                    )
-                if response.status != 200:
-                    raise UpstreamBadGateway(
-                        f"token endpoint of upstream {self.upstream.name} "
-                        f"answered {response.status}"
-                    )
+        # Connection failures and timeouts go up to the retry loop, like the request's own.
+        async with self._session.get(url, headers=headers) as response:
+            if response.status in (401, 403):
+                raise Denied(
+                    f"token endpoint of upstream {self.upstream.name} refused "
+                    "the mirror's credentials"
+                )
+            if response.status != 200:
+                failure = UpstreamBadGateway(
+                    f"token endpoint of upstream {self.upstream.name} answered {response.status}"
+                )
+                if response.status in policy.UNWELL_STATUSES:
+                    raise _Unwell(failure)
+                raise failure
+            try:
                 body = await response.json(content_type=None)
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-            raise _failure_from_exception(exc, self.upstream) from None
-        except ValueError:
-            raise UpstreamBadGateway(
-                f"token endpoint of upstream {self.upstream.name} sent invalid JSON"
-            ) from None
+            except ValueError:
+                raise UpstreamBadGateway(
+                    f"token endpoint of upstream {self.upstream.name} sent invalid JSON"
+                ) from None
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise UpstreamBadGateway(
@@ -419,6 +439,10 @@ def _loggable(url: str) -> str:
 
 
 def _failure_from_exception(exc: BaseException, upstream: UpstreamConfig) -> MirrorError:
+    if out_of_resources(exc):
+        return UpstreamUnavailable(
+            f"the mirror is out of file descriptors or memory to connect to {upstream.name}"
+        )
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout(f"upstream {upstream.name} timed out")
     if isinstance(exc, aiohttp.ClientConnectorError):

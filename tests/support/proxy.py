@@ -102,10 +102,12 @@ class ProxyProcess(ServerProcess):
         args: tuple[str, ...] = (),
         log_level: str = "info",
         start_timeout: float = 15.0,
+        launcher: tuple[str, ...] = (),
     ) -> None:
         super().__init__(start_timeout)
         self.workdir = workdir
         self.args = args
+        self.launcher = launcher  # a command the proxy runs under, e.g. ("prlimit", "--nofile=256")
         self.config = config
         self.log_level = log_level
         self.config_path = workdir / f"proxy-{self.port}.toml"
@@ -133,6 +135,7 @@ class ProxyProcess(ServerProcess):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(toml_text(self.config))
         command = [
+            *self.launcher,
             sys.executable,
             "-m",
             "mirror.cli",
