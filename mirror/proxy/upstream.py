@@ -8,6 +8,8 @@
   whenever the origin changes.
 - Idempotent requests are retried on connect errors, 5xx and 429 with bounded backoff that
   honours Retry-After; connect and read timeouts bound every wait.
+- TLS: the system's CAs, plus the upstream's own `ca_file` (a site's internal CA) for every
+  request made on its behalf (token realm and redirects included).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -75,6 +78,7 @@ class RegistryClient:
         self.upstream = upstream
         self._session = session
         self._settings = settings
+        self._ssl = _ssl_context(upstream)
         self._origin = _origin(upstream.url)
         self._breaker = policy.CircuitBreaker(
             settings.breaker_failures, settings.breaker_cooldown_seconds
@@ -156,7 +160,7 @@ class RegistryClient:
                 response = await self._send_with_auth(method, url, scope, headers)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
                 failure = _failure_from_exception(exc, self.upstream)
-                if last:
+                if last or isinstance(exc, aiohttp.ClientConnectorCertificateError):
                     raise failure from None
                 delay = policy.retry_delay(
                     attempt, None, time.time(), self._settings.max_retry_wait_seconds
@@ -266,7 +270,7 @@ class RegistryClient:
             headers["Authorization"] = basic
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         try:
-            async with self._session.get(url, headers=headers) as response:
+            async with self._session.get(url, headers=headers, ssl=self._ssl) as response:
                 if response.status in (401, 403):
                     raise Denied(
                         f"token endpoint of upstream {self.upstream.name} refused "
@@ -303,7 +307,7 @@ class RegistryClient:
             if authorization and _origin(url) == self._origin:
                 request_headers["Authorization"] = authorization
             response = await self._session.request(
-                method, url, headers=request_headers, allow_redirects=False
+                method, url, headers=request_headers, allow_redirects=False, ssl=self._ssl
             )
             if response.status not in _REDIRECTS or "Location" not in response.headers:
                 return response
@@ -406,7 +410,24 @@ def _loggable(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+def _ssl_context(upstream: UpstreamConfig) -> ssl.SSLContext | bool:
+    """The system's CAs plus the upstream's `ca_file`; True (aiohttp's default context)
+    when it has none."""
+    if upstream.ca_file is None:
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=upstream.ca_file)
+    return context
+
+
 def _failure_from_exception(exc: BaseException, upstream: UpstreamConfig) -> MirrorError:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Retrying cannot help: say what failed and what would fix it.
+        reason = getattr(exc.certificate_error, "verify_message", "") or "not trusted"
+        return UpstreamBadGateway(
+            f"the TLS certificate of upstream {upstream.name} did not verify ({reason}); "
+            f"if a site CA signed it, set upstreams.{upstream.name}.ca_file"
+        )
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout(f"upstream {upstream.name} timed out")
     if isinstance(exc, aiohttp.ClientConnectorError):
