@@ -32,7 +32,7 @@ ROOMS: dict[str, set[str]] = {
 # Inside a room, a module may import only modules of earlier layers.
 LAYERS: dict[str, list[set[str]]] = {
     "proxy": [
-        {"policy", "memo", "routing", "ranges"},
+        {"policy", "memo", "routing", "ranges", "body_receiver"},
         {"upstream", "fill"},
         {"sources"},
         {"blob_fills"},

@@ -120,3 +120,16 @@ def test_client_hangup_does_not_abort_the_fill(make_proxy, faulty):
         time.sleep(0.1)
     assert proxy.stored_blobs()[server.layer_digest.split(":")[1]] == server.layer_size
     assert server.count("GET", "/blobs/sha256") == 1
+
+
+def test_a_body_that_stalls_times_out_and_stores_nothing(make_proxy, faulty):
+    """The upstream stops sending mid-body: after the read timeout (5 s in the tests) the
+    client's response is cut short and nothing is left in the store."""
+    server = faulty("stall")
+    proxy = _proxy_for(make_proxy, server)
+    started = time.monotonic()
+    status, received, length = _raw_blob_get(proxy, server.layer_path)
+    assert status == 200 and length == server.layer_size and received < server.layer_size
+    assert time.monotonic() - started < 30
+    assert proxy.stored_blobs() == {} and proxy.temp_files() == []
+    assert "stalled" in proxy.log()

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 
 import pytest
 import requests
 
 from tests.conftest import upstream_entry
 from tests.support import oci
+from tests.support.faulty import FaultyUpstream
 from tests.support.registry import RegistryProcess, write_htpasswd
 from tests.support.seed import RegistryClient, SeededImage, publish_image
 from tests.support.tls import LoopbackCA, make_loopback_ca
@@ -112,3 +114,65 @@ def test_an_untrusted_certificate_is_a_clear_502(make_proxy, tls_upstream):
     log = proxy.log()
     assert "did not verify" in log
     _no_credentials_in(log)
+
+
+@pytest.fixture
+def faulty_tls(tmp_path):
+    """The fault-injecting upstream over HTTPS, with a CA made for the test."""
+    ca = make_loopback_ca(tmp_path / "faulty-ca")
+    servers: list[FaultyUpstream] = []
+
+    def make(mode: str, **kwargs) -> FaultyUpstream:
+        server = FaultyUpstream(mode, tls=ca, **kwargs).start()  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield make, ca
+    for server in servers:
+        server.stop()
+
+
+def _tls_proxy(make_proxy, server: FaultyUpstream, ca: LoopbackCA):
+    entry = {"url": server.url, "prefix": "faulty.test", "default": True}
+    return make_proxy({"faulty": {**entry, "ca_file": str(ca.ca_file)}})
+
+
+def _blob_get(proxy, path: str) -> tuple[int, bytes]:
+    """Status and the body received, without raising when the proxy cuts it short."""
+    received = b""
+    with requests.get(proxy.url + path, stream=True, timeout=60) as response:
+        try:
+            for chunk in response.iter_content(256 * 1024):
+                received += chunk
+        except requests.exceptions.ChunkedEncodingError:
+            pass
+        return response.status_code, received
+
+
+def test_a_tls_fill_streams_while_it_fills_and_survives_its_client(make_proxy, faulty_tls):
+    make, ca = faulty_tls
+    server = make("slow", slow_chunk=256 * 1024, slow_interval=0.1)
+    proxy = _tls_proxy(make_proxy, server, ca)
+    with requests.get(proxy.url + server.layer_path, stream=True, timeout=30) as response:
+        assert response.status_code == 200
+        assert next(response.iter_content(64 * 1024))
+        assert server.layer_digest.split(":")[1] not in proxy.stored_blobs()
+    # The client hung up; the fill goes on and stores the verified blob.
+    assert proxy.wait_stored(server.layer_digest) == server.layer_size
+    status, body = _blob_get(proxy, server.layer_path)
+    assert status == 200 and body == server.layer
+    assert server.count("GET", "/blobs/sha256") == 1
+
+
+@pytest.mark.parametrize("mode", ["truncated", "wrong_digest", "reset", "stall"])
+def test_a_broken_tls_body_is_cut_short_and_stores_nothing(make_proxy, faulty_tls, mode):
+    make, ca = faulty_tls
+    server = make(mode)
+    proxy = _tls_proxy(make_proxy, server, ca)
+    status, body = _blob_get(proxy, server.layer_path)
+    assert status == 200 and len(body) < server.layer_size  # never looks complete
+    deadline = time.monotonic() + 10
+    while proxy.temp_files() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proxy.stored_blobs() == {} and proxy.temp_files() == []
+    assert f"fill of {server.layer_digest}" in proxy.log()

@@ -194,11 +194,19 @@ class BlobFills:
                 detached = detach_body(response)
                 if detached is None:
                     await fill.run(response.content_length, _body_chunks(response))
-                else:
+                elif detached.sock is not None:
                     await fill.run_from_socket(
                         detached.length,
                         detached.prefix,
                         detached.sock,
+                        self._config.client.read_timeout_seconds,
+                    )
+                    response.close()
+                else:
+                    await fill.run_from_transport(
+                        detached.length,
+                        detached.prefix,
+                        detached.transport,
                         self._config.client.read_timeout_seconds,
                     )
                     response.close()

@@ -29,6 +29,12 @@ class LoopbackCA:
         """A client context that trusts this CA only."""
         return ssl.create_default_context(cafile=str(self.ca_file))
 
+    def server_context(self) -> ssl.SSLContext:
+        """A server context presenting the certificate for 127.0.0.1."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
 
 def make_loopback_ca(directory: Path, name: str = "hpc-mirror test CA") -> LoopbackCA:
     """Write a new CA and a server certificate for 127.0.0.1 (signed by that CA) into
