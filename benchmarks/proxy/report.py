@@ -19,7 +19,7 @@ class Metric:
     peer: float | None = None
     peer_name: str = ""
     target: str = ""
-    check: str = ""  # "ratio>=X", "value>=X", "value==X"; empty: informational
+    check: str = ""  # "ratio>=X", "ratio<=X", "value>=X", "value==X"; empty: informational
     notes: str = ""
     ratio: float | None = None
     verdict: str = "info"
@@ -30,16 +30,15 @@ class Metric:
         if not self.check:
             self.verdict = "info"
             return self
-        operator = "==" if "==" in self.check else ">="
+        operator = next(op for op in ("==", "<=", ">=") if op in self.check)
         kind, _, bound_text = self.check.partition(operator)
         bound = float(bound_text)
         subject = self.ratio if kind == "ratio" else self.value
         if subject is None:
             self.verdict = "MISS"
-        elif operator == "==":
-            self.verdict = "PASS" if subject == bound else "MISS"
         else:
-            self.verdict = "PASS" if subject >= bound else "MISS"
+            passed = {"==": subject == bound, "<=": subject <= bound, ">=": subject >= bound}
+            self.verdict = "PASS" if passed[operator] else "MISS"
         return self
 
 
@@ -57,7 +56,7 @@ def print_results(metrics: list[Metric]) -> None:
     print(header)
     print("-" * (len(header) + 20))
     for m in metrics:
-        digits = 0 if m.unit in ("GETs", "failures", "req/s") else (2 if m.unit == "s" else 1)
+        digits = 0 if m.unit in ("GETs", "failures", "req/s") else (1 if "MiB" in m.unit else 2)
         ratio = f"{m.ratio:.2f}" if m.ratio is not None else "-"
         print(
             f"{m.name:<38} {fmt(m.value, digits):>10} {m.unit:<8} {fmt(m.peer, digits):>10} "
