@@ -129,6 +129,7 @@ def measure(session: Session) -> None:
     """The scenarios, in order: the herd leaves a warm proxy for the manifest runs."""
     ceilings.measure(session)
     session.seed()
+    ceilings.fill_floor(session)
     blob_gets.measure(session)
     tls_cold.measure(session)
     warm_proxy = herd.measure(session)

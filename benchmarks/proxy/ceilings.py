@@ -1,7 +1,7 @@
-"""What this machine allows, printed as info rows: one core of sha256, and writing the big
+"""What this machine allows, printed as info rows: one core of sha256, writing the big
 layer's size (write + fsync) to the filesystem that holds the proxy caches, in MiB/s and in
-CPU seconds per GiB. Any cache that verifies and stores what it serves pays at least these
-costs."""
+CPU seconds per GiB, and the least a cold fill costs (receive + write + sha256 in one
+thread). Any cache that verifies and stores what it serves pays at least these costs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import hashlib
 import os
 import time
 
-from benchmarks.harness import GIB, MIB, log
+from benchmarks.harness import GIB, MIB, BenchError, log
+from benchmarks.proxy.clients import socket_get
 from benchmarks.proxy.cpu import sha256_cpu_per_gib
 from benchmarks.proxy.report import Metric
 from benchmarks.proxy.seed import random_stream
@@ -67,3 +68,39 @@ def measure(session: Session) -> None:
             notes=f"best of 2, new file in {session.cache_parent}",
         ),
     ]
+
+
+def fill_floor(session: Session) -> None:
+    """One thread GETs the big layer straight from the upstream (recv_into a 4 MiB buffer),
+    writes it to a new file on the cache filesystem and hashes it: a cold fill without
+    a client or an event loop. Twice; what the first write finds in memory differs."""
+    image = session.big
+    target = session.cache_parent / "fill-floor.bin"
+    costs = []
+    for _ in range(2):
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            started = time.thread_time()
+            fetch = socket_get(
+                session.upstream.port, image.blob_path(), hash_body=True, write_to=fd
+            )
+            costs.append((time.thread_time() - started) * GIB / image.layer_size)
+        finally:
+            os.close(fd)
+            target.unlink()
+        if fetch.error or fetch.sha256 != image.layer_hex:
+            raise BenchError(f"fill floor: GET of the big layer failed: {fetch.error}")
+    log(
+        "floor of a cold fill (receive + write + sha256, one thread, no client): "
+        + ", ".join(f"{cost:.2f}" for cost in costs)
+        + " CPU-s/GiB"
+    )
+    session.metrics.append(
+        Metric(
+            "ceiling_fill_floor_cpu",
+            min(costs),
+            "CPU-s/GiB",
+            notes="recv_into + write + sha256 of the big layer, one thread, no client; "
+            "best of " + "/".join(f"{cost:.2f}" for cost in costs),
+        )
+    )
