@@ -2,8 +2,8 @@
 
 The event loop receives (over TLS: decrypts) straight into a few reused buffers, and a
 worker thread hashes and appends each full buffer to the blob's temp file, in order, while
-the loop fills the next. No bytes object is made per chunk and nothing is copied in user
-space: what a fill costs is the kernel's copies, TLS and sha256.
+the loop fills the next: no bytes object per chunk, no copy after decryption, and at most
+four buffers held per fill.
 """
 
 from __future__ import annotations
