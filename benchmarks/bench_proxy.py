@@ -12,12 +12,15 @@ What runs (every process is a child of this script, stopped by its own PID at th
 * distribution in proxy mode (a second ``docker-registry`` with ``proxy.remoteurl`` = the
   upstream and its own storage) as the baseline pull-through cache: for manifest
   requests/s, and (informational) for the cold blob GET;
+* another ``docker-registry`` serving the upstream's storage over HTTPS, with a
+  certificate from a CA made for the run (the proxy's ``ca_file``);
 * ``wrk`` for manifest requests/s; blob downloads use a small raw-socket HTTP/1.1 reader
   (``recv_into`` a 4 MiB buffer, bytes discarded or sha256-hashed), or ``curl``.
 
 Measurements: warm 1 GiB blob GET (proxy vs nginx on the same file), cold 1 GiB GET
-(proxy with an empty cache vs the upstream directly, and vs distribution's proxy mode),
-32 concurrent cold clients of one 256 MiB blob (wall time, per-client MiB/s, upstream blob
+(proxy with an empty cache vs the upstream directly, and vs distribution's proxy mode;
+the proxy's CPU per GiB vs sha256 alone), the same cold GET from the HTTPS upstream, 32
+concurrent cold clients of one 256 MiB blob (wall time, per-client MiB/s, upstream blob
 GETs from the upstream's access log, sha256 of every body), and manifest requests/s by tag
 and by digest (proxy vs distribution's proxy mode). Around every measurement the CPU
 seconds of each server and of the client are read from /proc, because on a small machine
@@ -43,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 from benchmarks.harness import run_directory  # noqa: E402
-from benchmarks.proxy import blob_gets, ceilings, herd, manifest_rps  # noqa: E402
+from benchmarks.proxy import blob_gets, ceilings, herd, manifest_rps, tls_cold  # noqa: E402
 from benchmarks.proxy.clients import CURL, WRK  # noqa: E402
 from benchmarks.proxy.servers import EXECUTABLES  # noqa: E402
 from benchmarks.proxy.session import Session, add_run_options  # noqa: E402
@@ -87,7 +90,9 @@ def measure(session: Session) -> None:
     """The scenarios, in order: the herd leaves a warm proxy for the manifest runs."""
     ceilings.measure(session)
     session.seed()
+    ceilings.fill_floor(session)
     blob_gets.measure(session)
+    tls_cold.measure(session)
     warm_proxy = herd.measure(session)
     manifest_rps.measure(session, warm_proxy)
 

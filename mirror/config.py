@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import math
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -68,6 +69,7 @@ class UpstreamConfig:
     offline: bool  # mode = "offline": never connect, serve only what is cached
     username: str
     password: str = field(repr=False)
+    ca_file: Path | None = None  # PEM bundle trusted for this upstream besides the system's
 
     @property
     def host(self) -> str:
@@ -134,6 +136,7 @@ _UPSTREAM_OPTIONAL: dict[str, Any] = {
     "library_namespace": "",
     "mode": "online",
     "username": "",
+    "ca_file": "",
 }
 _UPSTREAM_KEYS = {"url", "prefix", "password_env", "password_file", "password", *_UPSTREAM_OPTIONAL}
 _FIXED_TABLES = ("server", "cache", "client", "catalog")
@@ -336,6 +339,7 @@ class _Parser:
             offline=mode == "offline",
             username=username,
             password=password,
+            ca_file=self._ca_file(entry, where),
         )
 
     def _password(self, entry: dict[str, Any], where: str) -> str:
@@ -364,6 +368,20 @@ class _Parser:
                 self.problems.append(f"{where}.password_file: {path} is empty")
             return password
         return ""
+
+    def _ca_file(self, entry: dict[str, Any], where: str) -> Path | None:
+        """A readable PEM file holding at least one CA certificate, checked now so a typo
+        fails at start instead of as a TLS error on the first pull."""
+        path = self._path(entry, where, "ca_file")
+        if path is None:
+            return None
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+        except ssl.SSLError:
+            self.problems.append(f"{where}.ca_file: {path} holds no PEM certificate")
+        except OSError as exc:
+            self.problems.append(f"{where}.ca_file: cannot read {path}: {exc.strerror}")
+        return path
 
     def _required_path(self, table: dict[str, Any], where: str, key: str) -> Path:
         path = self._path(table, where, key)

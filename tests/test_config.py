@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mirror import config
 from mirror.errors import ConfigError
+from tests.support.tls import make_loopback_ca
 
 
 def test_embedded_default_has_the_three_public_upstreams():
@@ -162,6 +163,32 @@ def test_an_empty_password_is_refused_at_start(tmp_path, monkeypatch):
     ]
 
 
+def test_ca_file_is_a_pem_bundle_relative_to_the_config_file(tmp_path):
+    make_loopback_ca(tmp_path / "site-ca")
+    (tmp_path / "notes.txt").write_text("not a certificate\n")
+    site = tmp_path / "site.toml"
+    site.write_text(
+        '[upstreams.harbor]\nurl = "https://harbor.example"\nprefix = "harbor.example"\n'
+        'ca_file = "site-ca/ca.pem"\n'
+        '[upstreams.hub]\nurl = "https://hub.example"\nprefix = "hub.example"\n'
+    )
+    harbor, hub = config.load(site).upstreams
+    assert harbor.ca_file == tmp_path / "site-ca" / "ca.pem"
+    assert hub.ca_file is None
+    site.write_text(
+        '[upstreams.a]\nurl = "https://a.example"\nprefix = "a.io"\nca_file = "missing.pem"\n'
+        '[upstreams.b]\nurl = "https://b.example"\nprefix = "b.io"\nca_file = "notes.txt"\n'
+        '[upstreams.c]\nurl = "https://c.example"\nprefix = "c.io"\nca_file = "site-ca"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.load(site)
+    assert caught.value.problems == [
+        f"upstreams.a.ca_file: cannot read {tmp_path / 'missing.pem'}: No such file or directory",
+        f"upstreams.b.ca_file: {tmp_path / 'notes.txt'} holds no PEM certificate",
+        f"upstreams.c.ca_file: cannot read {tmp_path / 'site-ca'}: Is a directory",
+    ]
+
+
 TEXTS = (
     st.text(max_size=20)
     | st.text(st.sampled_from("ab:/[]\x00.1-~"), max_size=12)
@@ -196,6 +223,7 @@ KEYS = st.sampled_from(
         "mode",
         "default",
         "password_file",
+        "ca_file",
         "x",
     ]
 )

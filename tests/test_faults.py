@@ -183,3 +183,16 @@ def test_a_running_fill_is_no_licence_for_another_repository(make_proxy, faulty)
         assert requests.get(proxy.url + other, timeout=30).json()["errors"][0]["code"] == (
             "BLOB_UNKNOWN"
         )
+
+
+def test_a_body_that_stalls_times_out_and_stores_nothing(make_proxy, faulty):
+    """The upstream stops sending mid-body: after the read timeout (5 s in the tests) the
+    client's response is cut short and nothing is left in the store."""
+    server = faulty("stall")
+    proxy = _proxy_for(make_proxy, server)
+    started = time.monotonic()
+    status, received, length = _raw_blob_get(proxy, server.layer_path)
+    assert status == 200 and length == server.layer_size and received < server.layer_size
+    assert time.monotonic() - started < 30
+    assert proxy.stored_blobs() == {} and proxy.temp_files() == []
+    assert "stalled" in proxy.log()

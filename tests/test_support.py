@@ -426,6 +426,7 @@ def _raw_get(upstream: FaultyUpstream, timeout: float = 5.0, headers: dict | Non
 def test_fault_modes_cover_the_documented_list() -> None:
     assert set(FAULT_MODES) == {
         "ok", "truncated", "wrong_digest", "reset", "status500", "status429", "slow", "hang",
+        "stall",
     }  # fmt: skip
 
 
@@ -491,6 +492,10 @@ def test_faulty_slow_and_hang_time_out() -> None:
         with pytest.raises(requests.Timeout):
             requests.get(upstream.url + upstream.layer_path, timeout=0.5)
         assert upstream.counts[("GET", upstream.layer_path)] == 1
+    with FaultyUpstream("stall") as upstream:
+        status, _, body, error = _raw_get(upstream, timeout=0.5)
+        assert status == 200 and isinstance(error, TimeoutError)
+        assert body == upstream.layer[: upstream.layer_size // 4]
 
 
 def test_faulty_fail_times_then_recovers() -> None:

@@ -2,8 +2,9 @@
 
 Cold: each repetition starts a proxy with an empty cache, reads the manifest as a real pull
 does, and times the blob GET (the fill itself); the same GET straight from the upstream and
-through a fresh distribution proxy-mode registry are the peers. Warm: the last cold proxy
-keeps its cache and is timed against nginx serving the very same file."""
+through a fresh distribution proxy-mode registry are the peers. The proxy's CPU per GiB is
+judged against sha256 alone on one core, measured right after each GET. Warm: the last cold
+proxy keeps its cache and is timed against nginx serving the very same file."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from benchmarks.harness import GIB, MIB, BenchError, log
 from benchmarks.proxy.clients import Fetch, get_blob, get_manifest
+from benchmarks.proxy.cpu import sha256_cpu_per_gib
 from benchmarks.proxy.report import Metric
 from benchmarks.proxy.seed import TAG, Image
 from benchmarks.proxy.servers import PREFIX, NginxProcess
@@ -25,6 +27,7 @@ class Samples:
 
     by_server: dict[str, list[Fetch]] = field(default_factory=dict)
     upstream_gets: list[int] = field(default_factory=list)  # per cold proxy GET
+    sha256_cpu: list[float] = field(default_factory=list)  # CPU-s/GiB, after each proxy GET
 
     def add(self, server: str, fetch: Fetch) -> None:
         self.by_server.setdefault(server, []).append(fetch)
@@ -76,6 +79,7 @@ def _cold_once(session: Session, image: Image, cold: Samples, rep: int) -> Proxy
     )
     cold.upstream_gets.append(upstream.count("GET", image.layer_hex, since=mark))
     cold.add("proxy", fetch)
+    cold.sha256_cpu.append(sha256_cpu_per_gib())
 
     direct = get_blob(
         session.client,
@@ -108,9 +112,36 @@ def _cold_once(session: Session, image: Image, cold: Samples, rep: int) -> Proxy
     )
     log(
         f"    CPU s/GiB: proxy path [{fetch.cpu_text()}]; direct [{direct.cpu_text()}];"
-        f" distribution [{dist_fetch.cpu_text()}]"
+        f" distribution [{dist_fetch.cpu_text()}]; {versus_sha256(fetch, cold.sha256_cpu[-1])}"
     )
     return proxy
+
+
+def proxy_cpu_per_gib(fetch: Fetch) -> float:
+    return sum(fetch.cpu["proxy"]) / (fetch.size / GIB)
+
+
+def versus_sha256(fetch: Fetch, sha256_cpu: float) -> str:
+    """The proxy's CPU per GiB of one GET against sha256 alone, for a progress line."""
+    proxy = proxy_cpu_per_gib(fetch)
+    return f"sha256 alone {sha256_cpu:.2f}: proxy = {proxy / sha256_cpu:.2f}x sha256"
+
+
+def cpu_metric(name: str, samples: Samples, max_ratio: float) -> Metric:
+    """Median proxy CPU-s/GiB of the cold GETs against the median of sha256 alone."""
+    per_gib = [proxy_cpu_per_gib(f) for f in samples.by_server["proxy"]]
+    ratios = sorted(p / s for p, s in zip(per_gib, samples.sha256_cpu, strict=True))
+    return Metric(
+        name,
+        statistics.median(per_gib),
+        "CPU-s/GiB",
+        statistics.median(samples.sha256_cpu),
+        "sha256 alone, one core",
+        f"ratio <= {max_ratio}",
+        f"ratio<={max_ratio}",
+        notes=f"proxy {min(per_gib):.2f}-{max(per_gib):.2f}, ratio per GET "
+        + "/".join(f"{r:.2f}" for r in ratios),
+    )
 
 
 def _warm(session: Session, image: Image, proxy: ProxyProcess) -> Samples:
@@ -229,6 +260,7 @@ def _record(session: Session, image: Image, cold: Samples, warm: Samples) -> Non
             "value>=1000",
             notes=f"upstream GETs per cold GET {cold.upstream_gets}" if extra_gets else "",
         ),
+        cpu_metric(f"cold_blob_{label}_proxy_cpu", cold, 1.6),
         Metric(
             f"cold_blob_{label}_best_vs_distproxy",
             cp_best,
@@ -263,4 +295,5 @@ def _record(session: Session, image: Image, cold: Samples, warm: Samples) -> Non
         "upstream_direct": dicts(cold, "upstream"),
         "distribution_proxy": dicts(cold, "distproxy"),
         "upstream_blob_gets_per_proxy_get": cold.upstream_gets,
+        "sha256_alone_cpu_s_per_gib": cold.sha256_cpu,
     }

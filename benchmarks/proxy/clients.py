@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import re
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from benchmarks.harness import GIB, MIB, BenchError
 from benchmarks.proxy.cpu import CpuMeter, CpuUse
@@ -86,9 +88,11 @@ def socket_get(
     hash_body: bool = False,
     headers: dict[str, str] | None = None,
     timeout: float = 120.0,
+    write_to: int | None = None,
 ) -> Fetch:
     """HTTP/1.1 GET over a raw socket; the body is read with recv_into a 4 MiB buffer and
-    discarded (or hashed). Time runs from sending the request to the last body byte."""
+    discarded (or hashed, and written to the file descriptor `write_to`). Time runs from
+    sending the request to the last body byte."""
     request = (
         f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
         f"User-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n"
@@ -116,15 +120,13 @@ def socket_get(
                 raise BenchError("chunked response: this reader only handles Content-Length")
             length = int(fields["content-length"]) if "content-length" in fields else None
             received = len(rest)
-            if digest is not None:
-                digest.update(rest)
+            _consume(memoryview(rest), digest, write_to)
             while length is None or received < length:
                 count = sock.recv_into(view)
                 if count == 0:
                     break
                 received += count
-                if digest is not None:
-                    digest.update(view[:count])
+                _consume(view[:count], digest, write_to)
             elapsed = time.perf_counter() - start
             if length is not None and received != length:
                 return Fetch(
@@ -139,6 +141,13 @@ def socket_get(
             status, received, time.perf_counter() - start, None, f"{type(exc).__name__}: {exc}"
         )
     return Fetch(status, received, elapsed, digest.hexdigest() if digest else None)
+
+
+def _consume(piece: memoryview, digest: Any, write_to: int | None) -> None:
+    if digest is not None:
+        digest.update(piece)
+    while write_to is not None and piece:
+        piece = piece[os.write(write_to, piece) :]
 
 
 def curl_get(port: int, path: str, *, timeout: float = 120.0) -> Fetch:

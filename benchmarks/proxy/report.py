@@ -20,7 +20,9 @@ class Metric:
     peer: float | None = None
     peer_name: str = ""
     target: str = ""
-    check: str = ""  # "ratio>=X", "value>=X", "value<=X", "value==X"; empty: informational
+    check: str = (
+        ""  # "ratio>=X", "ratio<=X", "value>=X", "value<=X", "value==X"; empty: informational
+    )
     notes: str = ""
     ratio: float | None = None
     verdict: str = "info"

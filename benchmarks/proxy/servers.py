@@ -10,6 +10,7 @@ from pathlib import Path
 from tests.support.processes import LOOPBACK, ServerProcess, free_port, spawn_logged
 from tests.support.proxy import ProxyProcess, proxy_config, upstream_entry
 from tests.support.registry import REGISTRY_BINARY, RegistryProcess
+from tests.support.tls import LoopbackCA
 
 NGINX = "/usr/sbin/nginx"
 PREFIX = "bench.local"
@@ -32,6 +33,15 @@ class UpstreamRegistry(RegistryProcess):
         return _with_blob_descriptor_cache(super().config())
 
 
+def tls_twin(upstream: UpstreamRegistry, workdir: Path, ca: LoopbackCA) -> UpstreamRegistry:
+    """A second upstream process serving the first one's storage (the seeded images) over
+    HTTPS, with a certificate signed by `ca`; not started."""
+    twin = UpstreamRegistry(workdir=workdir, log_level="error", tls=ca)
+    twin.storage_dir = upstream.storage_dir
+    workdir.mkdir(parents=True, exist_ok=True)
+    return twin
+
+
 class BaselineRegistry(RegistryProcess):
     """distribution's own pull-through cache as the baseline: no access log, error-level
     logging and the in-memory blob descriptor cache, so it pays for no per-request logging
@@ -44,13 +54,14 @@ class BaselineRegistry(RegistryProcess):
         return cfg
 
 
-def mirror_proxy(workdir: Path, upstream_url: str) -> ProxyProcess:
+def mirror_proxy(workdir: Path, upstream_url: str, ca_file: Path | None = None) -> ProxyProcess:
     """hpc-mirror in front of the upstream with its own cache root and index under
     `workdir`, the proxy's default client settings, and warning-level logging (aiohttp's
-    access log is silent)."""
-    config = proxy_config(
-        workdir, {"bench": upstream_entry(upstream_url, prefix=PREFIX)}, client=None
-    )
+    access log is silent). `ca_file`: the CA an HTTPS upstream's certificate is from."""
+    entry = upstream_entry(upstream_url, prefix=PREFIX)
+    if ca_file is not None:
+        entry["ca_file"] = str(ca_file)
+    config = proxy_config(workdir, {"bench": entry}, client=None)
     return ProxyProcess(workdir, config, log_level="warning", start_timeout=20.0)
 
 

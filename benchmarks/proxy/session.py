@@ -215,9 +215,12 @@ class Session:
         """Stop `server` when the session ends, if it was not stopped earlier."""
         self._stack.callback(server.stop)
 
-    def new_proxy(self) -> ProxyProcess:
-        """A fresh hpc-mirror process with an empty cache in front of the upstream."""
-        proxy = mirror_proxy(self._next("proxy"), self.upstream.url)
+    def new_proxy(
+        self, upstream_url: str | None = None, ca_file: Path | None = None
+    ) -> ProxyProcess:
+        """A fresh hpc-mirror process with an empty cache in front of the upstream (or of
+        `upstream_url`, whose certificate is from `ca_file`)."""
+        proxy = mirror_proxy(self._next("proxy"), upstream_url or self.upstream.url, ca_file)
         self.stop_at_exit(proxy)
         self._unread.append(proxy)
         proxy.start()

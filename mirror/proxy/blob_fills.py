@@ -290,11 +290,19 @@ class BlobFills:
                 if detached is None:
                     chunks = _body_chunks(response)
                     await fill.run(size, _skip(chunks, skip) if skip else chunks)
-                else:
+                elif detached.sock is not None:
                     await fill.run_from_socket(
                         fill.written + detached.length,
                         detached.prefix,
                         detached.sock,
+                        self._config.client.read_timeout_seconds,
+                    )
+                    response.close()
+                else:
+                    await fill.run_from_transport(
+                        fill.written + detached.length,
+                        detached.prefix,
+                        detached.transport,
                         self._config.client.read_timeout_seconds,
                     )
                     response.close()

@@ -15,12 +15,13 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import Executor
 
 from mirror.cache.refusals import is_refusal
 from mirror.cache.store import BlobWriter
 from mirror.errors import MirrorError, StoreRefused, UpstreamBadGateway, UpstreamTimeout
+from mirror.proxy.body_receiver import BodyReceiver
 
 _MAX_BATCH = 16 * 1024 * 1024
 _RECEIVE_BUFFER = 1024 * 1024
@@ -43,6 +44,8 @@ class BlobFill:
         self._progress = asyncio.Event()
         self._executor = executor
         self._stop = False  # set to end a worker-thread receive early
+        self._reported = 0  # `written` when readers were last woken
+        self._reported_at = time.monotonic()
 
     async def run(self, size: int | None, chunks: AsyncIterator[bytes]) -> None:
         """Consume the upstream body (what the temp file lacks of the blob's `size`
@@ -95,12 +98,40 @@ class BlobFill:
         into a reused buffer, hashes and writes; the loop only hears of progress. `size`
         is the blob's; the body holds what the temp file lacks."""
         loop = asyncio.get_running_loop()
+        try:
+            await self._run_detached(
+                size,
+                loop.run_in_executor(
+                    self._executor, self._receive, loop, size - self.written, prefix, sock, timeout
+                ),
+            )
+        finally:
+            sock.close()
+
+    async def run_from_transport(
+        self, size: int, prefix: bytes, transport: asyncio.Transport, timeout: float
+    ) -> None:
+        """Like `run`, for a body whose connection aiohttp handed over: the loop receives
+        (over TLS: decrypts) into reused buffers that a worker thread hashes and writes."""
+        receiver = BodyReceiver(
+            transport,
+            self.writer,
+            self._executor,
+            prefix,
+            size - self.written - len(prefix),
+            timeout,
+            self._received,
+        )
+        await self._run_detached(size, receiver.receive())
+
+    async def _run_detached(self, size: int, receive: Awaitable[None]) -> None:
+        """Await `receive` (the rest of the body, hashed and written), then verify and
+        persist; any failure, cancellation included, deletes the temp file."""
+        loop = asyncio.get_running_loop()
         self.size = size
         self.started.set()
         try:
-            await loop.run_in_executor(
-                self._executor, self._receive, loop, size - self.written, prefix, sock, timeout
-            )
+            await receive
             await self._verify_and_persist(loop)
         except BaseException as exc:
             self._stop = True
@@ -108,8 +139,20 @@ class BlobFill:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            sock.close()
             self.started.set()
+            self._notify()
+
+    def _received(self, count: int) -> None:
+        """Count written bytes; wake readers once per `_PROGRESS_STEP` (each wake-up costs
+        every reader a sendfile set-up), or `_PROGRESS_SECONDS` for a slow upstream."""
+        self.written += count
+        now = time.monotonic()
+        if (
+            self.written - self._reported >= _PROGRESS_STEP
+            or self.written == self.size
+            or now - self._reported_at >= _PROGRESS_SECONDS
+        ):
+            self._reported, self._reported_at = self.written, now
             self._notify()
 
     async def _discard_partial(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:

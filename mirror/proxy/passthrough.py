@@ -102,8 +102,8 @@ class PassThroughBlob:
 
     async def _body(self, response: ClientResponse) -> AsyncGenerator[bytes, None]:
         """The body in chunks, read only when asked: off aiohttp's buffer where possible."""
-        detached = detach_body(response)
-        if detached is None:
+        detached = detach_body(response, plain_only=True)
+        if detached is None or detached.sock is None:
             while chunk := (await response.content.readchunk())[0]:
                 yield chunk
             return

@@ -13,6 +13,8 @@
   provoke one at will; retrying it would multiply the upstream requests a client can cause,
   and counting it would let one client open the breaker for everyone. Running out of file
   descriptors or memory is the mirror's trouble and counts against no upstream either.
+- TLS: the system's CAs, plus the upstream's own `ca_file` (a site's internal CA) for every
+  request made on its behalf (token realm and redirects included).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -93,6 +96,7 @@ class RegistryClient:
         self.upstream = upstream
         self._session = session
         self._settings = settings
+        self._ssl = _ssl_context(upstream)
         self._origin = _origin(upstream.url)
         self._breaker = policy.CircuitBreaker(
             settings.breaker_failures, settings.breaker_cooldown_seconds
@@ -184,6 +188,8 @@ class RegistryClient:
                 response = await self._send_with_auth(method, url, scope, headers)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
                 failure = _failure_from_exception(exc, self.upstream)
+                if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+                    raise failure from None  # retrying cannot help; the upstream is not unwell
                 if last:
                     # Out of descriptors or memory is the mirror's trouble, not the upstream's.
                     raise (failure if out_of_resources(exc) else _Unwell(failure)) from None
@@ -297,7 +303,7 @@ class RegistryClient:
             headers["Authorization"] = basic
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         # Connection failures and timeouts go up to the retry loop, like the request's own.
-        async with self._session.get(url, headers=headers) as response:
+        async with self._session.get(url, headers=headers, ssl=self._ssl) as response:
             if response.status in (401, 403):
                 raise Denied(
                     f"token endpoint of upstream {self.upstream.name} refused "
@@ -335,7 +341,7 @@ class RegistryClient:
             if authorization and _origin(url) == self._origin:
                 request_headers["Authorization"] = authorization
             response = await self._session.request(
-                method, url, headers=request_headers, allow_redirects=False
+                method, url, headers=request_headers, allow_redirects=False, ssl=self._ssl
             )
             if response.status not in _REDIRECTS or "Location" not in response.headers:
                 return response
@@ -351,42 +357,48 @@ class RegistryClient:
 
 @dataclass
 class DetachedBody:
-    """A plain-HTTP response body handed from the event loop to a worker thread: the bytes
-    aiohttp had already buffered, then a blocking socket holding the rest."""
+    """A response body of known length handed over by aiohttp: the bytes it had already
+    buffered, then the rest on the connection, whose reading is paused. Plain HTTP comes
+    with a blocking duplicate of the socket for a worker thread to receive from; over TLS
+    (`sock` is None) the event loop must decrypt, through `transport`."""
 
     length: int  # of the whole body, prefix included
     prefix: bytes
-    sock: socket.socket
+    transport: asyncio.Transport
+    sock: socket.socket | None
 
 
-def detach_body(response: aiohttp.ClientResponse) -> DetachedBody | None:
-    """Take over the rest of a plain-HTTP body with a known length, so a worker thread can
-    receive, hash and write it without the event loop copying every byte (the loop is the
-    bottleneck of a cold fill otherwise). None where that is not possible (TLS, chunked
+def detach_body(
+    response: aiohttp.ClientResponse, *, plain_only: bool = False
+) -> DetachedBody | None:
+    """Take over the rest of a body with a known length, so it is received into reused
+    buffers and hashed and written off the event loop, instead of aiohttp making a bytes
+    object of every chunk (over plain HTTP the loop then is the bottleneck of a cold fill;
+    over TLS that costs a fifth more CPU). None where that is not possible (chunked
     encoding, no connection): the caller reads through aiohttp as usual.
 
     The connection is closed afterwards (its parser never saw the body), never reused.
+    With `plain_only`, a TLS body is left to aiohttp too (None).
     """
     connection = response.connection
-    if connection is None or response.content_length is None or connection.transport is None:
-        return None
-    transport = connection.transport
     if (
-        transport.get_extra_info("sslcontext") is not None
-        or transport.get_extra_info("ssl_object") is not None
+        connection is None
+        or response.content_length is None
+        or connection.transport is None
+        or connection.protocol is None
     ):
         return None
-    raw = transport.get_extra_info("socket")
-    if raw is None:
+    transport = connection.transport
+    if plain_only and transport.get_extra_info("ssl_object") is not None:
         return None
     prefix = response.content.read_nowait(-1)  # may resume reading; paused right below
-    if connection.protocol is not None:
-        connection.protocol.pause_reading()  # also stops aiohttp's read timer
-    else:
-        transport.pause_reading()
+    connection.protocol.pause_reading()  # also stops aiohttp's read timer
+    raw = transport.get_extra_info("socket")
+    if transport.get_extra_info("ssl_object") is not None or raw is None:
+        return DetachedBody(response.content_length, prefix, transport, None)
     sock = socket.socket(fileno=os.dup(raw.fileno()))
     sock.setblocking(True)
-    return DetachedBody(response.content_length, prefix, sock)
+    return DetachedBody(response.content_length, prefix, transport, sock)
 
 
 class Upstreams:
@@ -438,10 +450,27 @@ def _loggable(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+def _ssl_context(upstream: UpstreamConfig) -> ssl.SSLContext | bool:
+    """The system's CAs plus the upstream's `ca_file`; True (aiohttp's default context)
+    when it has none."""
+    if upstream.ca_file is None:
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=upstream.ca_file)
+    return context
+
+
 def _failure_from_exception(exc: BaseException, upstream: UpstreamConfig) -> MirrorError:
     if out_of_resources(exc):
         return UpstreamUnavailable(
             f"the mirror is out of file descriptors or memory to connect to {upstream.name}"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Retrying cannot help: say what failed and what would fix it.
+        reason = getattr(exc.certificate_error, "verify_message", "") or "not trusted"
+        return UpstreamBadGateway(
+            f"the TLS certificate of upstream {upstream.name} did not verify ({reason}); "
+            f"if a site CA signed it, set upstreams.{upstream.name}.ca_file"
         )
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout(f"upstream {upstream.name} timed out")

@@ -19,15 +19,18 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from aiohttp import web
 
 from . import oci
 from .processes import LOOPBACK, LoopbackServer, free_port
 
+if TYPE_CHECKING:
+    from .tls import LoopbackCA
+
 FaultMode = Literal[
-    "ok", "truncated", "wrong_digest", "reset", "status500", "status429", "slow", "hang"
+    "ok", "truncated", "wrong_digest", "reset", "status500", "status429", "slow", "hang", "stall"
 ]
 FAULT_MODES: tuple[str, ...] = get_args(FaultMode)
 
@@ -64,6 +67,9 @@ class FaultyUpstream(LoopbackServer):
     - ``slow``: the right bytes, ``slow_chunk`` bytes every ``slow_interval`` seconds;
       honours a Range like ``ok``.
     - ``hang``: headers never come (HEAD too); the connection is dropped on :meth:`stop`.
+    - ``stall``: a quarter of the bytes, then nothing until :meth:`stop`.
+
+    With ``tls`` it serves HTTPS with that CA's certificate for 127.0.0.1.
 
     ``mode`` may be changed while running. With ``fail_times=n`` only the first ``n``
     layer GETs misbehave and later ones are ``ok`` (for retry/resume tests).
@@ -79,6 +85,7 @@ class FaultyUpstream(LoopbackServer):
         slow_chunk: int = 8 * 1024,
         slow_interval: float = 0.2,
         ignore_range: bool = False,
+        tls: LoopbackCA | None = None,
     ) -> None:
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {FAULT_MODES}")
@@ -88,6 +95,8 @@ class FaultyUpstream(LoopbackServer):
         self.slow_interval = slow_interval
         self.ignore_range = ignore_range
         self.port = free_port()
+        self.certificate = tls
+        self.tls = tls.client_context() if tls else None
 
         self.layer = oci.deterministic_bytes("fault/img layer", LAYER_SIZE)
         self.layer_digest = oci.sha256_digest(self.layer)
@@ -175,7 +184,8 @@ class FaultyUpstream(LoopbackServer):
         app.router.add_get("/v2/{name:.+}/blobs/{digest}", self._handle_blob)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, LOOPBACK, self.port).start()
+        server_tls = self.certificate.server_context() if self.certificate else None
+        await web.TCPSite(self._runner, LOOPBACK, self.port, ssl_context=server_tls).start()
 
     def stop(self) -> None:
         """Release hanging requests, shut the server down and join the thread."""
@@ -322,6 +332,11 @@ class FaultyUpstream(LoopbackServer):
             elif mode == "reset":
                 await self._send(response, self.layer[: LAYER_SIZE // 4], transfer)
                 await asyncio.sleep(0.1)  # let the bytes reach the client before the RST
+                _abort(request)
+            elif mode == "stall":
+                await response.write(self.layer[: LAYER_SIZE // 4])
+                assert self._released is not None
+                await self._released.wait()
                 _abort(request)
         except ConnectionError:
             pass  # the client gave up first; nothing left to break

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import http.client
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -58,9 +59,16 @@ def spawn_logged(
             )
 
 
-def probe_status(port: int, path: str, timeout: float = 1.0) -> int | None:
-    """Status of `GET path` on the loopback port, or None when nothing answers."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+def probe_status(
+    port: int, path: str, timeout: float = 1.0, tls: ssl.SSLContext | None = None
+) -> int | None:
+    """Status of `GET path` on the loopback port (over TLS with `tls`), or None when nothing
+    answers."""
+    conn = (
+        http.client.HTTPSConnection(LOOPBACK, port, timeout=timeout, context=tls)
+        if tls is not None
+        else http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    )
     try:
         conn.request("GET", path, headers={"User-Agent": PROBE_USER_AGENT})
         response = conn.getresponse()
@@ -90,6 +98,7 @@ class LoopbackServer:
     """Anything listening on a loopback port, with its address in the forms clients use."""
 
     port: int
+    tls: ssl.SSLContext | None = None  # set by a server that answers HTTPS: trusts its CA
 
     @property
     def host(self) -> str:
@@ -98,8 +107,8 @@ class LoopbackServer:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no trailing slash)."""
-        return f"http://{self.host}"
+        """``http://127.0.0.1:PORT`` (``https://`` for a TLS server; no trailing slash)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
 
 class ServerProcess(LoopbackServer):
@@ -170,7 +179,7 @@ class ServerProcess(LoopbackServer):
                 raise self.start_error(
                     f"{self.name} exited with {process.returncode}:\n" + self._failure_log()
                 )
-            if probe_status(self.port, self.ready_path) in self.ready_statuses:
+            if probe_status(self.port, self.ready_path, tls=self.tls) in self.ready_statuses:
                 return
             time.sleep(0.05)
         raise self.start_error(

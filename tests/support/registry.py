@@ -40,6 +40,7 @@ from .processes import (
 )
 
 if TYPE_CHECKING:
+    from .tls import LoopbackCA
     from .token_issuer import TokenSettings
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -110,7 +111,7 @@ class RegistryProcess(ServerProcess):
     distribution's own pull-through cache (used by the benchmarks as a baseline).
 
     ``workdir``: where config, storage and logs go; a fresh temp directory (removed by
-    :meth:`close`) when not given.
+    :meth:`close`) when not given. ``tls``: serve HTTPS with that CA's server certificate.
     """
 
     name = "docker-registry"
@@ -126,8 +127,11 @@ class RegistryProcess(ServerProcess):
         log_level: str = "info",
         workdir: str | Path | None = None,
         start_timeout: float = 10.0,
+        tls: LoopbackCA | None = None,
     ) -> None:
         super().__init__(start_timeout)
+        self.certificate = tls
+        self.tls = tls.client_context() if tls else None
         self.auth = auth
         self.proxy_remote_url = proxy_remote_url
         self.proxy_credentials = proxy_credentials
@@ -163,6 +167,11 @@ class RegistryProcess(ServerProcess):
             },
             "http": {"addr": self.host, "secret": self._secret},
         }
+        if self.certificate is not None:
+            cfg["http"]["tls"] = {
+                "certificate": str(self.certificate.cert_file),
+                "key": str(self.certificate.key_file),
+            }
         auth = self._auth_config()
         if auth:
             cfg["auth"] = auth

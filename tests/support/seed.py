@@ -50,11 +50,15 @@ class RegistryClient:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 60.0,
+        ca_file: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.credentials = (username, password or "") if username is not None else None
         self.timeout = timeout
         self.session = requests.Session()
+        if ca_file is not None:  # an HTTPS registry whose CA the system does not trust
+            self.session.verify = ca_file
+            self.session.trust_env = False  # else REQUESTS_CA_BUNDLE overrides `verify`
         self.session.headers["User-Agent"] = "hpc-mirror-tests-seed"
         self._scheme: str | None = None
         self._tokens: dict[str, str] = {}
