@@ -11,6 +11,7 @@ every response instead of completing it as if it were valid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import socket
 import threading
@@ -98,15 +99,26 @@ class BlobFill:
         into a reused buffer, hashes and writes; the loop only hears of progress. `size`
         is the blob's; the body holds what the temp file lacks."""
         loop = asyncio.get_running_loop()
+        receiving = loop.run_in_executor(
+            self._executor, self._receive, loop, size - self.written, prefix, sock, timeout
+        )
         try:
-            await self._run_detached(
-                size,
-                loop.run_in_executor(
-                    self._executor, self._receive, loop, size - self.written, prefix, sock, timeout
-                ),
-            )
+            await self._run_detached(size, self._until_received(receiving, sock))
         finally:
             sock.close()
+
+    async def _until_received(self, receiving: asyncio.Future, sock: socket.socket) -> None:
+        """Wait for the receiving thread. Cancelled (the proxy stops), stop the thread and let
+        it end first: it writes through the temp file's descriptor, which the clean-up closes
+        and the next open() may reuse for another file."""
+        try:
+            await asyncio.shield(receiving)
+        except asyncio.CancelledError:
+            self._stop = True
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in the thread
+            await asyncio.wait([receiving])
+            raise
 
     async def run_from_transport(
         self, size: int, prefix: bytes, transport: asyncio.Transport, timeout: float
