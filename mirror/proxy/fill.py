@@ -56,9 +56,10 @@ class BlobFill:
         hashes and writes the previous batch: no join copies, one thread hop per batch,
         and at most `_MAX_BATCH` bytes held in memory.
         """
+        await self._run_body(size, self._write_chunks(size, chunks))
+
+    async def _write_chunks(self, size: int | None, chunks: AsyncIterator[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        self.size = size
-        self.started.set()
         pending: asyncio.Future | None = None
         batch: list[bytes] = []
         batched = 0
@@ -77,20 +78,14 @@ class BlobFill:
                 pending = None
             if batch:
                 self._advance(await loop.run_in_executor(self._executor, self._write, batch))
-            if size is not None and self.written != size:
-                raise UpstreamBadGateway(
-                    f"upstream sent {self.written} of {size} bytes of {self.digest}"
-                )
-            await self._verify_and_persist(loop)
-        except BaseException as exc:  # cancellation included: never leave a temp file behind
-            if pending is not None:
+        except BaseException:
+            if pending is not None:  # a write in the worker thread ends before the clean-up
                 await asyncio.gather(pending, return_exceptions=True)
-            await self._discard_partial(loop, exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self.started.set()
-            self._notify()
+            raise
+        if size is not None and self.written != size:
+            raise UpstreamBadGateway(
+                f"upstream sent {self.written} of {size} bytes of {self.digest}"
+            )
 
     async def run_from_socket(
         self, size: int, prefix: bytes, sock: socket.socket, timeout: float
@@ -103,7 +98,7 @@ class BlobFill:
             self._executor, self._receive, loop, size - self.written, prefix, sock, timeout
         )
         try:
-            await self._run_detached(size, self._until_received(receiving, sock))
+            await self._run_body(size, self._until_received(receiving, sock))
         finally:
             sock.close()
 
@@ -134,9 +129,9 @@ class BlobFill:
             timeout,
             self._received,
         )
-        await self._run_detached(size, receiver.receive())
+        await self._run_body(size, receiver.receive())
 
-    async def _run_detached(self, size: int, receive: Awaitable[None]) -> None:
+    async def _run_body(self, size: int | None, receive: Awaitable[None]) -> None:
         """Await `receive` (the rest of the body, hashed and written), then verify and
         persist; any failure, cancellation included, deletes the temp file."""
         loop = asyncio.get_running_loop()

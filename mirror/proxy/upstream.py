@@ -193,19 +193,7 @@ class RegistryClient:
                 if last:
                     # Out of descriptors or memory is the mirror's trouble, not the upstream's.
                     raise (failure if out_of_resources(exc) else _Unwell(failure)) from None
-                delay = policy.retry_delay(
-                    attempt, None, time.time(), self._settings.max_retry_wait_seconds
-                )
-                log.warning(
-                    "%s: %s %s failed (%s); retry %d in %.1fs",
-                    self.upstream.name,
-                    method,
-                    _loggable(url),
-                    failure.message,
-                    attempt,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                await self._pause_before_retry(method, url, attempt, f"failed ({failure.message})")
                 continue
             if response.status not in policy.UNWELL_STATUSES:
                 return response
@@ -218,20 +206,27 @@ class RegistryClient:
                         f"after {attempts} attempts"
                     )
                 )
-            delay = policy.retry_delay(
-                attempt, retry_after, time.time(), self._settings.max_retry_wait_seconds
+            await self._pause_before_retry(
+                method, url, attempt, f"answered {response.status}", retry_after
             )
-            log.warning(
-                "%s: %s %s answered %d; retry %d in %.1fs",
-                self.upstream.name,
-                method,
-                _loggable(url),
-                response.status,
-                attempt,
-                delay,
-            )
-            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    async def _pause_before_retry(
+        self, method: str, url: str, attempt: int, outcome: str, retry_after: str | None = None
+    ) -> None:
+        delay = policy.retry_delay(
+            attempt, retry_after, time.time(), self._settings.max_retry_wait_seconds
+        )
+        log.warning(
+            "%s: %s %s %s; retry %d in %.1fs",
+            self.upstream.name,
+            method,
+            _loggable(url),
+            outcome,
+            attempt,
+            delay,
+        )
+        await asyncio.sleep(delay)
 
     # -- auth ------------------------------------------------------------------------------
     async def _send_with_auth(
