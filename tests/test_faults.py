@@ -195,4 +195,4 @@ def test_a_body_that_stalls_times_out_and_stores_nothing(make_proxy, faulty):
     assert status == 200 and length == server.layer_size and received < server.layer_size
     assert time.monotonic() - started < 30
     assert proxy.stored_blobs() == {} and proxy.temp_files() == []
-    assert "stalled" in proxy.log()
+    proxy.wait_log("stalled")

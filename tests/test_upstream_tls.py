@@ -175,4 +175,4 @@ def test_a_broken_tls_body_is_cut_short_and_stores_nothing(make_proxy, faulty_tl
     while proxy.temp_files() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proxy.stored_blobs() == {} and proxy.temp_files() == []
-    assert f"fill of {server.layer_digest}" in proxy.log()
+    proxy.wait_log(f"fill of {server.layer_digest}")

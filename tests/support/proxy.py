@@ -155,6 +155,16 @@ class ProxyProcess(ServerProcess):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     # -- what tests look at ----------------------------------------------------------------
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it holds `text`: a line about a failed fill may come a moment after
+        the client's response was cut and the temp file deleted."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the proxy's log:\n{log[-3000:]}")
+            time.sleep(0.05)
+        return log
+
     def stored_blobs(self) -> dict[str, int]:
         """Every file under a final blob path: hex digest -> size."""
         root = self.cache_root / "blobs" / "sha256"
