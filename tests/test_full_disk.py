@@ -194,6 +194,14 @@ def test_clients_waiting_on_a_fill_the_store_refuses_part_way_get_the_whole_blob
     assert proxy.stored_blobs() == {}
     assert_clean(proxy)
     assert len(refusal_lines(proxy)) == 1
+    # Each client went on from the upstream where it was, with a Range, instead of having
+    # the whole blob sent again: the fill's GET, then for each client only the rest.
+    fill, *switched = slow_upstream.layer_transfers
+    assert fill.range is None and len(switched) == 3
+    for transfer in switched:
+        assert transfer.range is not None and transfer.range.startswith("bytes="), switched
+        start = int(transfer.range.removeprefix("bytes=").rstrip("-"))
+        assert 0 < start and transfer.sent == slow_upstream.layer_size - start, switched
 
 
 def test_instances_following_a_fill_the_shared_store_refuses_get_the_whole_blob(

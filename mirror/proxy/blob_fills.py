@@ -34,7 +34,6 @@ from mirror.errors import BlobUnknown, MirrorError, StoreRefused, UpstreamBadGat
 from mirror.proxy.fill import BlobFill
 from mirror.proxy.memo import SingleFlight
 from mirror.proxy.passthrough import PassThroughBlob
-from mirror.proxy.ranges import parse_content_range
 from mirror.proxy.sources import (
     BlobSource,
     CachedBlob,
@@ -256,7 +255,7 @@ class BlobFills:
         unknown = BlobUnknown(f"blob {digest} is unknown to {repo}")
         return PassThroughBlob(
             digest,
-            lambda: client.request_ok("GET", repo.name, f"blobs/{digest}", unknown),
+            lambda start: client.blob_from(repo.name, str(digest), unknown, start),
             self._executor,
             self._config.client.read_timeout_seconds,
         )
@@ -272,7 +271,12 @@ class BlobFills:
     async def _run(self, repo: Repository, fill: BlobFill) -> None:
         try:
             async with (
-                self._upstream_body(repo, fill) as (response, size, skip),
+                self._upstreams.client(repo.prefix).blob_from(
+                    repo.name,
+                    str(fill.digest),
+                    BlobUnknown(f"blob {fill.digest} is unknown to {repo}"),
+                    fill.writer.size,  # a fill taken over holds the first bytes already
+                ) as (response, size, skip),
                 self._heartbeat(fill),
             ):
                 # The upstream has it: clients of `repo` here and on other instances may
@@ -330,39 +334,6 @@ class BlobFills:
             log.warning("fill of %s for %s failed: %s", digest, repo, error.message)
 
     @asynccontextmanager
-    async def _upstream_body(
-        self, repo: Repository, fill: BlobFill
-    ) -> AsyncIterator[tuple[ClientResponse, int | None, int]]:
-        """The upstream's response for the fill, the blob's size, and how many bytes at the
-        start of the body the temp file holds already. A fill taken over asks only for
-        the bytes after those; an upstream that ignores the Range sends the whole blob."""
-        client = self._upstreams.client(repo.prefix)
-        unknown = BlobUnknown(f"blob {fill.digest} is unknown to {repo}")
-        path = f"blobs/{fill.digest}"
-        held = fill.writer.size
-        if held:
-            async with client.request_ok(
-                "GET", repo.name, path, unknown, range_from=held
-            ) as response:
-                if response.status == 200:
-                    log.info("upstream of %s ignored the Range; fetching %s whole", repo, path)
-                    yield response, response.content_length, held
-                    return
-                size = _resumed_size(response, held)
-                if size is not None:
-                    yield response, size, 0
-                    return
-            log.warning(
-                "upstream of %s answered %d to a Range from byte %d; fetching %s whole",
-                repo,
-                response.status,
-                held,
-                path,
-            )
-        async with client.request_ok("GET", repo.name, path, unknown) as response:
-            yield response, response.content_length, held
-
-    @asynccontextmanager
     async def _heartbeat(self, fill: BlobFill) -> AsyncIterator[None]:
         """Touch the shared partial file while this instance fills it, so instances that
         follow it can tell a slow upstream from a dead filler."""
@@ -382,19 +353,6 @@ class BlobFills:
             yield
         finally:
             task.cancel()
-
-
-def _resumed_size(response: ClientResponse, start: int) -> int | None:
-    """The blob's size if `response` is the 206 of its bytes from `start` to its end."""
-    if response.status != 206:
-        return None
-    content_range = parse_content_range(response.headers.get("Content-Range", ""))
-    if content_range is None:
-        return None
-    first, end, size = content_range
-    if (first, end) != (start, size) or response.content_length not in (None, size - start):
-        return None
-    return size
 
 
 async def _skip(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:

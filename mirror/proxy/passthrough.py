@@ -27,7 +27,9 @@ from mirror.reference import Digest
 _WINDOW = 1024 * 1024  # bytes read ahead of the client, at most
 _RECEIVE = 256 * 1024
 
-OpenBody = Callable[[], AbstractAsyncContextManager[ClientResponse]]
+# Opens the upstream GET for a client holding the first `start` bytes: (response, the
+# blob's size, bytes at the start of the body to read past); `RegistryClient.blob_from`.
+OpenBody = Callable[[int], AbstractAsyncContextManager[tuple[ClientResponse, int | None, int]]]
 
 
 class PassThroughBlob:
@@ -73,8 +75,11 @@ class PassThroughBlob:
 
     async def _stream(self, headers: asyncio.Future[None]) -> None:
         try:
-            async with self._open_body() as response:
-                self.size = response.content_length
+            async with self._open_body(self._skip) as (response, size, read_past):
+                self.size = size
+                # Where the body starts in the blob: after the bytes the client has, if the
+                # upstream honoured the Range; else at 0, with those bytes read past.
+                self._received = self._skip - read_past
                 headers.set_result(None)
                 async with aclosing(self._body(response)) as body:
                     async for chunk in body:

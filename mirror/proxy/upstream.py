@@ -46,6 +46,7 @@ from mirror.errors import (
     out_of_resources,
 )
 from mirror.proxy import policy
+from mirror.proxy.ranges import parse_content_range
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,41 @@ class RegistryClient:
                     f"upstream answered {response.status} to {method} {path.split('/')[0]}"
                 )
             yield response
+
+    @asynccontextmanager
+    async def blob_from(
+        self, name: str, digest: str, not_found: MirrorError, start: int = 0
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, int | None, int]]:
+        """A GET of blob `digest` of repository `name` for a caller that holds its first
+        `start` bytes already: the response, the blob's size, and how many bytes at the
+        start of the body the caller holds (to read past). With `start`, only the rest is
+        asked for (`Range`); an upstream that ignores it sends the whole blob, and one that
+        answers some other range is asked again for the whole blob."""
+        path = f"blobs/{digest}"
+        if start:
+            async with self.request_ok("GET", name, path, not_found, range_from=start) as response:
+                if response.status == 200:
+                    log.info(
+                        "%s ignored the Range of %s; reading past %d bytes",
+                        self.upstream.name,
+                        path,
+                        start,
+                    )
+                    yield response, response.content_length, start
+                    return
+                size = _resumed_size(response, start)
+                if size is not None:
+                    yield response, size, 0
+                    return
+            log.warning(
+                "%s answered %d to a Range of %s from byte %d; fetching it whole",
+                self.upstream.name,
+                response.status,
+                path,
+                start,
+            )
+        async with self.request_ok("GET", name, path, not_found) as response:
+            yield response, response.content_length, start
 
     # -- retries ---------------------------------------------------------------------------
     async def _send_with_retries(
@@ -472,3 +508,16 @@ def _failure_from_exception(exc: BaseException, upstream: UpstreamConfig) -> Mir
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamUnavailable(f"upstream {upstream.name} is unreachable")
     return UpstreamUnavailable(f"connection to upstream {upstream.name} failed")
+
+
+def _resumed_size(response: aiohttp.ClientResponse, start: int) -> int | None:
+    """The blob's size if `response` is the 206 of its bytes from `start` to its end."""
+    if response.status != 206:
+        return None
+    content_range = parse_content_range(response.headers.get("Content-Range", ""))
+    if content_range is None:
+        return None
+    first, end, size = content_range
+    if (first, end) != (start, size) or response.content_length not in (None, size - start):
+        return None
+    return size
