@@ -90,6 +90,17 @@ class StoreRefusals:
             log.info("cache store %s takes writes again: misses are cached again", self._root)
 
     @contextmanager
+    def raising(self, what: str) -> Iterator[None]:
+        """Run a write the caller cannot do without (a fill's claim): a refusal is logged and
+        raised as `StoreRefused`, so the caller serves uncached; any other error propagates."""
+        try:
+            with raising_store_refused():
+                yield
+        except StoreRefused as exc:
+            self.refused(exc.cause, what)
+            raise
+
+    @contextmanager
     def tolerated(self, what: str) -> Iterator[None]:
         """Run a write the pull does not depend on (a link, a tag record, statistics):
         a refusal is logged and skipped; any other error propagates."""

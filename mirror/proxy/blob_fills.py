@@ -212,12 +212,9 @@ class BlobFills:
 
     def _take_over(self, repo: Repository, digest: Digest) -> FillReader | None:
         """The instance filling `digest` died: fill it here, unless another did first."""
-        try:
-            with raising_store_refused():
-                writer = self._store.take_over_fill(digest, self._config.cache.fill_stale_seconds)
-        except StoreRefused as exc:  # followers then go on from the upstream, uncached
-            self._store.refusals.refused(exc.cause, f"a takeover of the fill of {digest}")
-            raise
+        # Refused, followers go on from the upstream, uncached.
+        with self._store.refusals.raising(f"a takeover of the fill of {digest}"):
+            writer = self._store.take_over_fill(digest, self._config.cache.fill_stale_seconds)
         if writer is None:
             return None
         log.warning(
@@ -229,12 +226,8 @@ class BlobFills:
 
     def _claim(self, digest: Digest) -> BlobWriter | None:
         """`ContentStore.claim_fill`; raises `StoreRefused` (logged) if the store refuses."""
-        try:
-            with raising_store_refused():
-                return self._store.claim_fill(digest)
-        except StoreRefused as exc:
-            self._store.refusals.refused(exc.cause, f"a fill of {digest}")
-            raise
+        with self._store.refusals.raising(f"a fill of {digest}"):
+            return self._store.claim_fill(digest)
 
     def _bypassable(
         self, repo: Repository, source: FillReader | PartialFollower, uncached: bool
@@ -294,21 +287,17 @@ class BlobFills:
                 if detached is None:
                     chunks = _body_chunks(response)
                     await fill.run(size, _skip(chunks, skip) if skip else chunks)
-                elif detached.sock is not None:
-                    await fill.run_from_socket(
-                        fill.written + detached.length,
-                        detached.prefix,
-                        detached.sock,
-                        self._config.client.read_timeout_seconds,
-                    )
-                    response.close()
                 else:
-                    await fill.run_from_transport(
-                        fill.written + detached.length,
-                        detached.prefix,
-                        detached.transport,
-                        self._config.client.read_timeout_seconds,
-                    )
+                    blob_size = fill.written + detached.length
+                    timeout = self._config.client.read_timeout_seconds
+                    if detached.sock is not None:  # plain HTTP: a worker thread receives
+                        await fill.run_from_socket(
+                            blob_size, detached.prefix, detached.sock, timeout
+                        )
+                    else:  # TLS: the event loop decrypts
+                        await fill.run_from_transport(
+                            blob_size, detached.prefix, detached.transport, timeout
+                        )
                     response.close()
             if fill.error is None:  # verified and in place
                 self._store.refusals.accepted()
