@@ -7,6 +7,7 @@ problem in the file and raises one `ConfigError` listing them all, each naming t
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import ipaddress
 import math
@@ -27,6 +28,12 @@ from mirror.reference import REGISTRY_HOST_RE
 class ServerConfig:
     host: str
     port: int
+    tls_cert: Path | None = None  # PEM, full chain: the listener speaks TLS 1.2+ only
+    tls_key: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,61 @@ class CatalogConfig:
     title: str
     out: Path
     serve: bool  # publish the rendered site at / from `mirror serve`
+    https: bool = False  # users reach the mirror over HTTPS: commands shown carry no insecure flag
+    include_restricted: bool = False  # list repositories not open to anonymous pulls
+
+
+class Access(enum.Enum):
+    """Who may pull from an upstream, or from the repositories a rule matches."""
+
+    ANONYMOUS = "anonymous"  # anyone who reaches the port
+    AUTHENTICATED = "authenticated"  # anyone with valid credentials
+    RESTRICTED = "restricted"  # the rule's users and members of its groups
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRule:
+    """`access` (+ `users`, `groups`) of an upstream, or one of its `[[rules]]`: then
+    `repositories` holds its fnmatch patterns over the repository path in the upstream."""
+
+    access: Access = Access.ANONYMOUS
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    repositories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LdapConfig:
+    """`[auth.ldap]`: users bind as themselves, found by `user_dn_template` or by a search
+    (`search_base` + `search_filter`, as `bind_dn` or anonymously); groups by a search."""
+
+    url: str  # ldap://host[:port] (with start_tls) or ldaps://host[:port]
+    start_tls: bool
+    user_dn_template: str  # "uid={user},ou=people,dc=example,dc=org"
+    search_base: str
+    search_filter: str  # "(uid={user})"
+    bind_dn: str  # who searches; "" = anonymous
+    bind_password: str = field(repr=False)
+    group_base: str
+    group_filter: str  # "(memberUid={user})" or "(member={dn})"
+    group_attribute: str  # the attribute of a group entry that names it
+    ca_file: Path | None
+    timeout_seconds: float
+    cache_seconds: float  # how long a verified login and its groups are reused
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    htpasswd: Path | None = None
+    groups_file: Path | None = None
+    ldap: LdapConfig | None = None
+    token_ttl_seconds: float = 300.0
+    realm: str = ""  # the token URL in challenges; "" = from the request's scheme and Host
+
+    @property
+    def enabled(self) -> bool:
+        """Clients can say who they are: the mirror then challenges and issues tokens."""
+        return self.htpasswd is not None or self.ldap is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +132,8 @@ class UpstreamConfig:
     username: str
     password: str = field(repr=False)
     ca_file: Path | None = None  # PEM bundle trusted for this upstream besides the system's
+    access: AccessRule = AccessRule()  # the upstream's own; `repositories` is empty
+    rules: tuple[AccessRule, ...] = ()  # per repository: the first that matches wins
 
     @property
     def host(self) -> str:
@@ -85,6 +149,7 @@ class Config:
     client: ClientConfig
     upstreams: tuple[UpstreamConfig, ...]
     catalog: CatalogConfig
+    auth: AuthConfig = AuthConfig()
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
@@ -137,9 +202,29 @@ _UPSTREAM_OPTIONAL: dict[str, Any] = {
     "mode": "online",
     "username": "",
     "ca_file": "",
+    "access": "anonymous",
+    "users": [],
+    "groups": [],
+    "rules": [],
 }
 _UPSTREAM_KEYS = {"url", "prefix", "password_env", "password_file", "password", *_UPSTREAM_OPTIONAL}
-_FIXED_TABLES = ("server", "cache", "client", "catalog")
+_RULE_KEYS = {"repositories", "access", "users", "groups"}
+# `[auth.ldap]` is optional as a whole: its keys and their values when left out.
+_LDAP_OPTIONAL: dict[str, Any] = {
+    "start_tls": False,
+    "user_dn_template": "",
+    "search_base": "",
+    "search_filter": "",
+    "bind_dn": "",
+    "group_base": "",
+    "group_filter": "",
+    "group_attribute": "cn",
+    "ca_file": "",
+    "timeout_seconds": 5,
+    "cache_seconds": 60,
+}
+_LDAP_KEYS = {"url", "bind_password_env", "bind_password_file", *_LDAP_OPTIONAL}
+_FIXED_TABLES = ("server", "cache", "client", "catalog", "auth")
 
 
 class _Parser:
@@ -159,20 +244,22 @@ class _Parser:
         server = self._server()
         cache = self._cache()
         client = self._client()
-        upstreams = self._upstreams()
+        auth = self._auth()
+        upstreams = self._upstreams(auth)
         catalog = self._catalog(server)
         if self.problems:
             raise ConfigError(self.source, self.problems)
-        return Config(self.source, server, cache, client, upstreams, catalog)
+        return Config(self.source, server, cache, client, upstreams, catalog, auth)
 
-    def _table(self, name: str) -> dict[str, Any]:
+    def _table(self, name: str, *subtables: str) -> dict[str, Any]:
         """A fixed table, its unknown keys reported; every known key is present, because
-        the site's file was merged over config.toml."""
+        the site's file was merged over config.toml. `subtables` are optional tables
+        inside it, read by their own methods."""
         table = self.data.get(name, {})
         if not isinstance(table, dict):
             self.problems.append(f"[{name}]: must be a table")
             return dict(self.known[name])
-        self._unknown_keys(table, name, set(self.known[name]))
+        self._unknown_keys(table, name, {*self.known[name], *subtables})
         return table
 
     def _get(
@@ -180,7 +267,7 @@ class _Parser:
     ) -> Any:
         """`table[key]` if it has the right type; else a problem is recorded and the value
         from config.toml (or an upstream's optional default) stands in."""
-        fallback = self.known.get(where, _UPSTREAM_OPTIONAL).get(key)
+        fallback = self.known.get(where, _optional_keys(where)).get(key)
         if key not in table and fallback is None:
             self.problems.append(f"{where}.{key}: missing")
             return _empty(kind)
@@ -205,7 +292,27 @@ class _Parser:
             self.problems.append(f"server.port: must be 1-65535, got {port}")
         if host not in ("localhost",) and not _is_ip(host) and not REGISTRY_HOST_RE.fullmatch(host):
             self.problems.append(f"server.host: not an address or host name: {host!r}")
-        return ServerConfig(host, port)
+        cert = self._path(table, "server", "tls_cert")
+        key = self._path(table, "server", "tls_key")
+        if (cert is None) != (key is None):
+            self.problems.append("server.tls_cert, server.tls_key: set both or neither")
+        elif cert is not None and key is not None:
+            self._check_key_pair(cert, key)
+        return ServerConfig(host, port, cert, key)
+
+    def _check_key_pair(self, cert: Path, key: Path) -> None:
+        """Loaded now, so a wrong path or a key of another certificate fails at start."""
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            self.problems.append(
+                f"server.tls_cert, server.tls_key: {cert} and {key} are not a PEM "
+                f"certificate chain and its private key ({exc.reason or exc})"
+            )
+        except OSError as exc:
+            self.problems.append(
+                f"server.tls_cert, server.tls_key: cannot read {exc.filename}: {exc.strerror}"
+            )
 
     def _cache(self) -> CacheConfig:
         table = self._table("cache")
@@ -276,19 +383,92 @@ class _Parser:
                 "catalog.mirror_url: give host[:port][/path] without a "
                 f"scheme or trailing slash, got {mirror_url!r}"
             )
+        tls = self._get(table, "catalog", "tls", str)
+        if tls not in ("auto", "on", "off"):
+            self.problems.append(f'catalog.tls: must be "auto", "on" or "off", got {tls!r}')
         return CatalogConfig(
             mirror_url=mirror_url or f"{server.host}:{server.port}",
             title=self._get(table, "catalog", "title", str),
             out=self._required_path(table, "catalog", "out"),
             serve=self._get(table, "catalog", "serve", bool),
+            https=tls == "on" or (tls == "auto" and server.tls),
+            include_restricted=self._get(table, "catalog", "include_restricted", bool),
         )
 
-    def _upstreams(self) -> tuple[UpstreamConfig, ...]:
+    def _auth(self) -> AuthConfig:
+        table = self._table("auth", "ldap")
+        realm = self._get(table, "auth", "realm", str)
+        if realm and not _is_http_url(realm):
+            self.problems.append(f"auth.realm: must be an http(s):// URL, got {realm!r}")
+        return AuthConfig(
+            htpasswd=self._path(table, "auth", "htpasswd"),
+            groups_file=self._path(table, "auth", "groups_file"),
+            ldap=self._ldap(table.get("ldap")),
+            token_ttl_seconds=self._number(
+                table, "auth", "token_ttl_seconds", minimum=0, inclusive=False
+            ),
+            realm=realm,
+        )
+
+    def _ldap(self, table: Any) -> LdapConfig | None:
+        where = "auth.ldap"
+        if table is None:
+            return None
+        if not isinstance(table, dict):
+            self.problems.append(f"[{where}]: must be a table")
+            return None
+        self._unknown_keys(table, where, _LDAP_KEYS)
+        url = self._get(table, where, "url", str)
+        scheme = urlsplit(url).scheme if url else ""
+        if url and (scheme not in ("ldap", "ldaps") or not urlsplit(url).hostname):
+            self.problems.append(f"{where}.url: must be ldap://host[:port] or ldaps://host[:port]")
+        start_tls = self._get(table, where, "start_tls", bool)
+        if start_tls and scheme == "ldaps":
+            self.problems.append(f"{where}.start_tls: ldaps:// is TLS already; use one of them")
+        template = self._get(table, where, "user_dn_template", str)
+        search_base = self._get(table, where, "search_base", str)
+        search_filter = self._get(table, where, "search_filter", str)
+        if bool(template) == bool(search_base or search_filter):
+            self.problems.append(
+                f"{where}: set user_dn_template, or search_base and search_filter (one way)"
+            )
+        elif not template and not (search_base and search_filter):
+            self.problems.append(f"{where}: search_base and search_filter go together")
+        for key, value in (("user_dn_template", template), ("search_filter", search_filter)):
+            if value and "{user}" not in value:
+                self.problems.append(f"{where}.{key}: must contain {{user}}")
+        group_base = self._get(table, where, "group_base", str)
+        group_filter = self._get(table, where, "group_filter", str)
+        if bool(group_base) != bool(group_filter):
+            self.problems.append(f"{where}: group_base and group_filter go together")
+        bind_dn = self._get(table, where, "bind_dn", str)
+        bind_password = self._password(table, where, "bind_password")
+        if bind_password and not bind_dn:
+            self.problems.append(f"{where}.bind_dn: required when a bind password is configured")
+        return LdapConfig(
+            url=url,
+            start_tls=start_tls,
+            user_dn_template=template,
+            search_base=search_base,
+            search_filter=search_filter,
+            bind_dn=bind_dn,
+            bind_password=bind_password,
+            group_base=group_base,
+            group_filter=group_filter,
+            group_attribute=self._get(table, where, "group_attribute", str),
+            ca_file=self._ca_file(table, where),
+            timeout_seconds=self._number(
+                table, where, "timeout_seconds", minimum=0, inclusive=False
+            ),
+            cache_seconds=self._number(table, where, "cache_seconds", minimum=0),
+        )
+
+    def _upstreams(self, auth: AuthConfig) -> tuple[UpstreamConfig, ...]:
         table = self.data.get("upstreams", {})
         if not isinstance(table, dict):
             self.problems.append("[upstreams]: must be a table")
             table = {}
-        upstreams = [self._upstream(name, entry) for name, entry in table.items()]
+        upstreams = [self._upstream(name, entry, auth) for name, entry in table.items()]
         found = [u for u in upstreams if u is not None]
         defaults = [u.name for u in found if u.default]
         if len(defaults) > 1:
@@ -303,7 +483,7 @@ class _Parser:
             seen[upstream.prefix] = upstream.name
         return tuple(found)
 
-    def _upstream(self, name: str, entry: Any) -> UpstreamConfig | None:
+    def _upstream(self, name: str, entry: Any, auth: AuthConfig) -> UpstreamConfig | None:
         where = f"upstreams.{name}"
         if not isinstance(entry, dict):
             self.problems.append(f"{where}: must be a table")
@@ -327,9 +507,19 @@ class _Parser:
         if mode not in ("online", "offline"):
             self.problems.append(f'{where}.mode: must be "online" or "offline", got {mode!r}')
         username = self._get(entry, where, "username", str)
-        password = self._password(entry, where)
+        password = self._password(entry, where, "password")
         if password and not username:
             self.problems.append(f"{where}.username: required when a password is configured")
+        access = self._access_rule(entry, where, auth, rule=False)
+        rules = self._get(entry, where, "rules", list)
+        parsed_rules = []
+        for number, rule in enumerate(rules):
+            rule_where = f"{where}.rules[{number}]"
+            if not isinstance(rule, dict):
+                self.problems.append(f"{rule_where}: must be a table")
+                continue
+            self._unknown_keys(rule, rule_where, _RULE_KEYS)
+            parsed_rules.append(self._access_rule(rule, rule_where, auth, rule=True))
         return UpstreamConfig(
             name=name,
             url=url.rstrip("/"),
@@ -340,32 +530,78 @@ class _Parser:
             username=username,
             password=password,
             ca_file=self._ca_file(entry, where),
+            access=access,
+            rules=tuple(parsed_rules),
         )
 
-    def _password(self, entry: dict[str, Any], where: str) -> str:
-        if "password_env" in entry and "password_file" in entry:
-            self.problems.append(f"{where}: set password_env or password_file, not both")
+    def _access_rule(
+        self, table: dict[str, Any], where: str, auth: AuthConfig, *, rule: bool
+    ) -> AccessRule:
+        """`access`, `users`, `groups` (and a rule's `repositories`), checked against what
+        [auth] can tell: a policy nobody could satisfy is an error, not a locked door."""
+        text = self._get(table, where, "access", str)
+        try:
+            access = Access(text)
+        except ValueError:
+            choices = ", ".join(f'"{a.value}"' for a in Access)
+            self.problems.append(f"{where}.access: must be one of {choices}, got {text!r}")
+            access = Access.ANONYMOUS
+        users = self._names(table, where, "users")
+        groups = self._names(table, where, "groups")
+        patterns: tuple[str, ...] = ()
+        if rule:
+            patterns = self._names(table, where, "repositories")
+            if not patterns:
+                self.problems.append(f"{where}.repositories: a rule needs at least one pattern")
+        if access is not Access.ANONYMOUS and not auth.enabled:
+            self.problems.append(
+                f'{where}.access: "{access.value}" needs a way to log in: '
+                "set [auth] htpasswd or [auth.ldap]"
+            )
+        if access is Access.RESTRICTED and not (users or groups):
+            self.problems.append(f'{where}: access = "restricted" needs users or groups')
+        if access is not Access.RESTRICTED and (users or groups):
+            self.problems.append(f'{where}: users and groups apply only to access = "restricted"')
+        if groups and auth.groups_file is None and (auth.ldap is None or not auth.ldap.group_base):
+            self.problems.append(
+                f"{where}.groups: no group source: set [auth] groups_file or "
+                "[auth.ldap] group_base and group_filter"
+            )
+        return AccessRule(access, frozenset(users), frozenset(groups), patterns)
+
+    def _names(self, table: dict[str, Any], where: str, key: str) -> tuple[str, ...]:
+        values = self._get(table, where, key, list)
+        bad = [v for v in values if not isinstance(v, str) or not v]
+        if bad:
+            self.problems.append(f"{where}.{key}: must be a list of non-empty strings, got {bad!r}")
+        return tuple(v for v in values if isinstance(v, str) and v)
+
+    def _password(self, entry: dict[str, Any], where: str, name: str) -> str:
+        """The secret `name` from `<name>_env` or `<name>_file`, never from the file."""
+        env_key, file_key = f"{name}_env", f"{name}_file"
+        if env_key in entry and file_key in entry:
+            self.problems.append(f"{where}: set {env_key} or {file_key}, not both")
             return ""
-        if "password_env" in entry:
-            var = self._get(entry, where, "password_env", str)
+        if env_key in entry:
+            var = self._get(entry, where, env_key, str)
             if not os.environ.get(var):
                 state = "is empty" if var in os.environ else "is not set"
-                self.problems.append(f"{where}.password_env: environment variable {var!r} {state}")
+                self.problems.append(f"{where}.{env_key}: environment variable {var!r} {state}")
                 return ""
             return os.environ[var]
-        if "password_file" in entry:
-            path = self._path(entry, where, "password_file")
+        if file_key in entry:
+            path = self._path(entry, where, file_key)
             if path is None:
                 return ""
             try:
                 password = path.read_text().strip()
             except OSError as exc:
-                self.problems.append(f"{where}.password_file: cannot read {path}: {exc.strerror}")
+                self.problems.append(f"{where}.{file_key}: cannot read {path}: {exc.strerror}")
                 return ""
             if not password:
                 # An empty password would be accepted here and refused by the upstream on
                 # every request: a 403 for each pull instead of one error at start.
-                self.problems.append(f"{where}.password_file: {path} is empty")
+                self.problems.append(f"{where}.{file_key}: {path} is empty")
             return password
         return ""
 
@@ -415,6 +651,16 @@ def _is_registry_url(url: str) -> bool:
         and not parts.query
         and not parts.fragment
     )
+
+
+def _optional_keys(where: str) -> dict[str, Any]:
+    """The values of keys a table outside config.toml may leave out."""
+    return _LDAP_OPTIONAL if where == "auth.ldap" else _UPSTREAM_OPTIONAL
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _empty(kind: type | tuple[type, ...]) -> Any:

@@ -25,6 +25,7 @@ class MirrorError(Exception):
         super().__init__(message or self.code.lower().replace("_", " "))
         self.message = str(self.args[0])
         self.detail = detail
+        self.headers: dict[str, str] = {}  # sent with the error response (a challenge)
 
 
 class NameInvalid(MirrorError):
@@ -71,6 +72,37 @@ class Denied(MirrorError):
     """The upstream refused the mirror's credentials for this repository."""
 
     code, status = "DENIED", 403
+
+
+class Unauthorized(MirrorError):
+    """No credentials, or ones that are not valid: the response carries the challenge that
+    tells the client where to log in (`WWW-Authenticate`)."""
+
+    code, status = "UNAUTHORIZED", 401
+
+    def __init__(self, message: str, challenge: str) -> None:
+        super().__init__(message)
+        self.headers["WWW-Authenticate"] = challenge
+
+
+class PullDenied(Denied):
+    """The caller is known but the site's policy does not let them pull this repository."""
+
+
+class TooManyRequests(MirrorError):
+    """Too many failed logins from this address or for this user name: wait and retry."""
+
+    code, status = "TOOMANYREQUESTS", 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class DirectoryUnavailable(MirrorError):
+    """The user directory (LDAP) did not answer: not a failed login, retry later."""
+
+    code, status = "UNAVAILABLE", 503
 
 
 class DigestMismatch(MirrorError):

@@ -4,8 +4,9 @@
 # the Debian packages the integration tests run for real (the upstream registry, skopeo,
 # squashfs-tools for SIF fixtures, GlusterFS for the multi-instance tests, Chromium for the catalog's browser test (driven by
 # Playwright with executable_path=/usr/bin/chromium: no browser download), nginx and wrk
-# for the benchmarks, and mount for the full-disk tests' own tmpfs; prlimit comes with the
-# essential util-linux).
+# for the benchmarks, mount for the full-disk tests' own tmpfs, podman and containerd as
+# pulling clients, and OpenLDAP's slapd with its tools for the site-directory tests;
+# prlimit comes with the essential util-linux).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,7 @@ want_test=0
 
 if [[ $want_test == 1 ]]; then
   debs=(docker-registry skopeo squashfs-tools nginx-light wrk apache2-utils curl chromium
-        glusterfs-server glusterfs-client mount)
+        glusterfs-server glusterfs-client mount podman containerd uidmap slapd ldap-utils)
   missing=()
   for deb in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")

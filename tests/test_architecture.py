@@ -21,12 +21,23 @@ ROOMS: dict[str, set[str]] = {
     "config": {"errors", "reference"},
     "manifests": {"errors", "reference"},
     "sif": set(),
+    "access": {"config", "errors", "reference"},
     "cache": {"config", "errors", "manifests", "reference", "units"},
-    "proxy": {"cache", "config", "errors", "manifests", "reference", "units"},
+    "proxy": {"access", "cache", "config", "errors", "manifests", "reference", "units"},
     "prefetch": {"config", "errors", "manifests", "proxy", "reference", "units"},
     # The catalog reads what is cached: never the proxy or an upstream.
-    "catalog": {"cache", "config", "errors", "manifests", "reference", "sif", "units"},
-    "cli": {"cache", "catalog", "config", "errors", "prefetch", "proxy", "reference", "units"},
+    "catalog": {"access", "cache", "config", "errors", "manifests", "reference", "sif", "units"},
+    "cli": {
+        "access",
+        "cache",
+        "catalog",
+        "config",
+        "errors",
+        "prefetch",
+        "proxy",
+        "reference",
+        "units",
+    },
 }
 
 # Inside a room, a module may import only modules of earlier layers.
@@ -56,6 +67,10 @@ LAYERS: dict[str, list[set[str]]] = {
     "prefetch": [
         {"images"},
         {"terminal"},
+    ],
+    "access": [
+        {"identity"},
+        {"policy"},
     ],
     "sif": [
         {"format", "dates"},

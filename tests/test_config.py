@@ -98,7 +98,8 @@ def test_fixed_tables_take_their_defaults_from_config_toml_alone():
     cfg = config.load()
     for table in ("server", "client"):
         for key, value in defaults[table].items():
-            assert getattr(getattr(cfg, table), key) == value, f"{table}.{key}"
+            expected = None if value == "" else value  # an empty path is "not set"
+            assert getattr(getattr(cfg, table), key) == expected, f"{table}.{key}"
     for key in (
         "tag_ttl_seconds",
         "max_stale_seconds",
@@ -203,7 +204,7 @@ VALUES = st.one_of(
     st.lists(st.text(max_size=5), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
-TABLES = st.sampled_from(["server", "cache", "client", "catalog", "upstreams", "nonsense"])
+TABLES = st.sampled_from(["server", "cache", "client", "catalog", "auth", "upstreams", "nonsense"])
 KEYS = st.sampled_from(
     [
         "host",
@@ -224,6 +225,14 @@ KEYS = st.sampled_from(
         "default",
         "password_file",
         "ca_file",
+        "tls_cert",
+        "tls",
+        "htpasswd",
+        "ldap",
+        "access",
+        "users",
+        "groups",
+        "rules",
         "x",
     ]
 )

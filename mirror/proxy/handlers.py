@@ -60,7 +60,9 @@ def add_site_routes(app: web.Application, site_dir: Path) -> None:
 
 def oci_error(error: MirrorError) -> web.Response:
     body = {"errors": [{"code": error.code, "message": error.message, "detail": None}]}
-    return web.json_response(body, status=error.status, headers=API_VERSION_HEADER)
+    return web.json_response(
+        body, status=error.status, headers={**API_VERSION_HEADER, **error.headers}
+    )
 
 
 @web.middleware

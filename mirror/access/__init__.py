@@ -1,0 +1,1 @@
+"""Who is pulling and what they may pull: identities, password checks, tokens, the policy."""
