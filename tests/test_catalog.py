@@ -11,6 +11,7 @@ from pathlib import Path
 
 import requests
 
+from mirror import config as config_module
 from mirror.catalog.render import render
 from tests.conftest import UPSTREAM_PREFIX
 from tests.support.catalog_cache import XSS
@@ -299,3 +300,39 @@ def test_every_kind_is_named_from_one_source(tmp_path):
     broken = json.loads((out / "r" / "up.test" / "broken" / "thing" / "repo.json").read_text())
     [facts] = broken["manifests"].values()
     assert facts["problems"] and "layers" not in facts and "children" not in facts
+
+
+def test_restricted_repositories_are_left_out_unless_included(filled, tmp_path):
+    """Once a rule closes tools/* to anonymous pulls, the static catalog (readable by anyone
+    who reaches the web server) lists only what anonymous clients may pull."""
+    cfg, _, _ = filled
+    upstream = cfg.upstreams[0]
+    overrides = {
+        "auth": {"htpasswd": str(tmp_path / "htpasswd")},
+        "upstreams": {
+            "test": {
+                "url": upstream.url,
+                "prefix": upstream.prefix,
+                "default": True,
+                "rules": [{"repositories": ["tools/*"], "access": "authenticated"}],
+            }
+        },
+        "catalog": {"mirror_url": "mirror.site:5000"},
+    }
+    closed = config_module.load(filled_config_path(cfg), overrides)
+    render(closed, tmp_path / "public")
+    public = json.loads((tmp_path / "public" / "catalog.json").read_text())
+    paths = {row["path"] for row in public["repositories"]}
+    assert f"{UPSTREAM_PREFIX}/multi/app" in paths
+    assert not any(path.startswith(f"{UPSTREAM_PREFIX}/tools/") for path in paths)
+    assert not (tmp_path / "public" / "r" / UPSTREAM_PREFIX / "tools").exists()
+    assert "tools/alpha" not in (tmp_path / "public" / "index.html").read_text()
+
+    overrides["catalog"]["include_restricted"] = True
+    render(config_module.load(filled_config_path(cfg), overrides), tmp_path / "all")
+    every = json.loads((tmp_path / "all" / "catalog.json").read_text())
+    assert {f"{UPSTREAM_PREFIX}/tools/alpha", *paths} <= {r["path"] for r in every["repositories"]}
+
+
+def filled_config_path(cfg) -> Path:
+    return Path(cfg.source)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror import __version__
+from mirror.access.policy import AccessPolicy
 from mirror.cache.open_cache import open_cache
 from mirror.cache.pulls import PullStats
 from mirror.cache.store import ContentStore
@@ -118,6 +119,7 @@ class _Renderer:
         self.writer = writer
         self.pages = Pages(_site_info(config), writer)
         self.facts = FactsCache(store)
+        self.policy = AccessPolicy(config.upstreams)
         previous = writer.previous if writer.previous.get("site_key") == self.pages.site_key else {}
         self._previous_repos: dict[str, dict] = previous.get("repos", {})
         self.repo_state: dict[str, RepoState] = {}
@@ -127,6 +129,8 @@ class _Renderer:
         changed repositories (a first render) are shared out to one process per core."""
         order, changed = [], []
         for repo in self.store.list_repositories():
+            if not self._listed(repo):
+                continue
             slug = pages_dir(repo)
             pulls = pull_stats.counts(repo)
             signature = (*self.store.repo_signature(repo), fingerprint(pulls))
@@ -142,6 +146,16 @@ class _Renderer:
         else:
             self.repo_state.update(self.render_changed(changed))
         return [self.repo_state[slug].row for slug in order if slug in self.repo_state]
+
+    def _listed(self, repo: Repository) -> bool:
+        """A page for everything while no repository is protected; once the policy closes
+        some to anonymous pulls, only the public ones, unless the site says otherwise. (A
+        repository of an upstream no longer configured then counts as closed.)"""
+        return (
+            self.config.catalog.include_restricted
+            or not self.policy.protects_anything
+            or self.policy.is_public(repo)
+        )
 
     def render_changed(self, changed: list[_Changed]) -> dict[str, RepoState]:
         state = {}
