@@ -152,10 +152,14 @@ def prefetch(
     """Fill the cache with images, without a client; a rerun fetches only what is missing."""
     import asyncio
 
+    from mirror.prefetch.images import check_request
     from mirror.prefetch.terminal import run_prefetch
+    from mirror.proxy.routing import Router
 
     wanted = _image_list(images, file)
-    failed = asyncio.run(run_prefetch(_load(config), wanted, platform, parallel))
+    cfg = _load(config)
+    check_request(Router(cfg), wanted, platform)
+    failed = asyncio.run(run_prefetch(cfg, wanted, platform, parallel))
     raise typer.Exit(1 if failed else 0)
 
 

@@ -55,3 +55,36 @@ def test_a_failed_operation_is_one_error_line_and_exit_1(site, tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: refused {tmp_path / 'absent.tar'}")
     assert "Traceback" not in result.stderr
+
+
+def test_prefetch_checks_every_name_before_drawing_anything(site, tmp_path):
+    result = mirror(
+        "prefetch",
+        "a.io/Upper:1",
+        "a.io/ok:1",
+        "a.io/x@sha256:abc",
+        "--platform",
+        "linux",
+        "--config",
+        str(site),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    first, *rest = result.stderr.splitlines()
+    assert first.startswith("error: --platform 'linux': give os/architecture")
+    assert "'a.io/Upper:1'" in first and "'a.io/x@sha256:abc'" in first
+    assert "'a.io/ok:1'" not in first
+    assert not rest and "prefetch" not in result.stderr.replace("error:", "")
+
+
+def test_prefetch_shows_user_text_literally_and_whole(site, tmp_path):
+    """rich reads `[...]` and `:name:` as markup and cuts wide cells: neither may touch
+    what the user typed or what an upstream answered."""
+    site.write_text(site.read_text() + "[client]\nretries = 0\n")
+    long_name = "a.io/" + "/".join(["component"] * 9) + ":smile:"
+    result = mirror("prefetch", long_name[:-1], "--config", str(site), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"failed {long_name[:-1]}:" in result.stderr
+    assert "…" not in result.stderr and "😄" not in result.stderr
+    table = "".join(line.strip(" │┃|") for line in result.stderr.splitlines())
+    assert long_name[:-1].replace(" ", "") in table.replace(" ", "")

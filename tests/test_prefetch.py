@@ -76,11 +76,9 @@ def test_platform_filter_and_failures_are_reported(upstream, seeded, tmp_path):
         "linux/arm64",
         f"{UPSTREAM_PREFIX}/multi/app:1.0",
         f"{UPSTREAM_PREFIX}/does/not-exist:1.0",
-        f"{UPSTREAM_PREFIX}/Bad Name",
     )
     assert result.returncode == 1
-    assert "failed up.test/does/not-exist:1.0: MANIFEST_UNKNOWN" in " ".join(result.stderr.split())
-    assert "Bad Name" in result.stderr and "NAME_INVALID" in result.stderr
+    assert "failed up.test/does/not-exist:1.0: MANIFEST_UNKNOWN" in result.stderr
     index = seeded["multi/app:1.0"]
     platforms = {
         entry["digest"]: entry["platform"]["architecture"]

@@ -10,13 +10,18 @@ while the library stays free of terminal code.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mirror.errors import MirrorError, PlatformUnknown
+from mirror.errors import InvalidValue, MirrorError, PlatformUnknown
 from mirror.manifests import Kind, parse, platform_text
+from mirror.proxy.routing import Router
 from mirror.proxy.service import ProxyService
-from mirror.reference import Digest, ImageRef, Repository
+from mirror.reference import Digest, ImageRef, Repository, check_tag, is_digest
+
+# os/architecture[/variant], as image indexes name platforms: linux/amd64, linux/arm/v7.
+_PLATFORM_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?")
 
 
 @dataclass
@@ -37,6 +42,28 @@ class ImageResult:
 
 
 Progress = Callable[[str, int, int], None]  # (image, bytes to add to total, bytes done)
+
+
+def check_request(router: Router, images: list[str], platform: str | None) -> None:
+    """Every image name and the platform, checked before anything is drawn or fetched:
+    one `InvalidValue` naming each one that cannot be pulled as written."""
+    problems = []
+    if platform is not None and not _PLATFORM_RE.fullmatch(platform):
+        problems.append(
+            f"--platform {platform!r}: give os/architecture[/variant], e.g. linux/amd64"
+        )
+    for text in images:
+        try:
+            ref = ImageRef.parse(text)
+            router.route(ref.path)
+            if is_digest(ref.reference):
+                Digest.parse(ref.reference)
+            else:
+                check_tag(ref.reference)
+        except MirrorError as exc:
+            problems.append(f"{text!r}: {exc.message}")
+    if problems:
+        raise InvalidValue("; ".join(problems))
 
 
 async def prefetch(

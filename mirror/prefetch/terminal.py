@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -12,7 +13,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from mirror.config import Config
 from mirror.prefetch.images import ImageResult, prefetch
@@ -25,9 +26,10 @@ async def run_prefetch(
 ) -> list[ImageResult]:
     """Prefetch with progress bars (bytes, rate, ETA per image and overall); print a
     summary and every failure with its reason. Returns the failed results."""
-    console = Console(stderr=True)
+    # No emoji codes: ":smile:" in a tag followed by ": reason" is the user's text.
+    console = Console(stderr=True, emoji=False, highlight=False)
     columns = (
-        TextColumn("{task.description}", justify="left"),
+        TextColumn("{task.description}", table_column=Column(overflow="fold")),
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
@@ -35,7 +37,10 @@ async def run_prefetch(
     )
     with Progress(*columns, console=console, transient=False) as bars:
         overall = bars.add_task("[bold]all images", total=0)
-        tasks: dict[str, TaskID] = {image: bars.add_task(image, total=0) for image in images}
+        # Names are the user's text: escaped, or rich reads `[...]` and `:abc:` as markup.
+        tasks: dict[str, TaskID] = {
+            image: bars.add_task(escape(image), total=0) for image in images
+        }
 
         def report(image: str, total: int, done: int) -> None:
             for task in (tasks[image], overall):
@@ -51,17 +56,23 @@ async def run_prefetch(
     console.print(_summary(results))
     failed = [r for r in results if not r.ok]
     for result in failed:
-        console.print(f"[red]failed[/red] {result.reference}: {result.error}")
+        console.print(
+            f"[red]failed[/red] {escape(result.reference)}: {escape(result.error or '')}",
+            soft_wrap=True,  # one line per failure, whole, for grep and for copying
+        )
     return failed
 
 
 def _summary(results: list[ImageResult]) -> Table:
     table = Table(title="prefetch")
-    for column in ("image", "status", "manifests", "blobs", "fetched", "already cached"):
-        table.add_column(column, justify="right" if column not in ("image", "status") else "left")
+    # The image column folds a long name over lines instead of cutting it to "docker.io/l…".
+    table.add_column("image", overflow="fold")
+    table.add_column("status")
+    for column in ("manifests", "blobs", "fetched", "already cached"):
+        table.add_column(column, justify="right")
     for r in results:
         table.add_row(
-            r.reference,
+            escape(r.reference),
             "ok" if r.ok else "[red]failed[/red]",
             str(r.manifests),
             str(r.blobs),
