@@ -203,9 +203,10 @@ def export(
                 f"{text}: export images by tag, so they keep their names"
             )
         chosen.append((router.route(ref.path), ref.reference))
+    store = ContentStore(cfg.cache.root, create=False)
     temp = bundle.with_name(f".{bundle.name}.partial")
     with open(temp, "wb") as out:
-        blobs = bundle_module.export(ContentStore(cfg.cache.root), chosen, out)
+        blobs = bundle_module.export(store, chosen, out)
     temp.rename(bundle)
     typer.echo(
         f"wrote {len(chosen)} images ({blobs} blobs, {bundle.stat().st_size} bytes) to {bundle}"
@@ -242,7 +243,7 @@ def verify(config: ConfigOption = None) -> None:
     from mirror.cache.verify import verify_store
 
     cfg = _load(config)
-    store = ContentStore(cfg.cache.root)
+    store = ContentStore(cfg.cache.root, create=False)
     total = sum(blob.size for blob in store.blobs())
     console = Console(stderr=True)
     with Progress(
@@ -291,7 +292,7 @@ def gc(
         pins = [_resolve_pin(Router(cfg), pin) for pin in cfg.cache.pins]
     except MirrorError as exc:
         raise InvalidValue(f"{cfg.source}: cache.pins: {exc.message}") from None
-    with open_cache(cfg.cache) as cache:
+    with open_cache(cfg.cache, create=False) as cache:
         result = gc_module.plan(
             cache.store,
             cache.pulls,

@@ -153,6 +153,12 @@ class StoreRefused(MirrorError):
         self.cause = cause
 
 
+class CacheMissing(MirrorError):
+    """A command that only reads the cache was pointed at a directory holding none."""
+
+    code, status = "UNAVAILABLE", 503
+
+
 class MirrorOverloaded(MirrorError):
     """The mirror itself is out of file descriptors or memory for the moment: retry later."""
 

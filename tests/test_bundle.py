@@ -9,6 +9,7 @@ import tarfile
 
 import pytest
 
+from mirror.cache.store import ContentStore
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
 from tests.support.clients import oras_pull, skopeo_copy
 from tests.support.proxy import ProxyProcess, proxy_config, run_mirror, toml_text
@@ -127,6 +128,7 @@ def test_a_bundle_naming_a_bad_upstream_prefix_is_refused(bundle, tmp_path):
 
 def test_export_names_what_is_missing(bundle, tmp_path):
     _config(tmp_path / "empty.toml", tmp_path, "http://127.0.0.1:9")
+    ContentStore(tmp_path / "cache")  # a cache that exists and holds nothing
     missing = run_mirror(
         tmp_path / "empty.toml",
         "export",

@@ -88,3 +88,15 @@ def test_prefetch_shows_user_text_literally_and_whole(site, tmp_path):
     assert "…" not in result.stderr and "😄" not in result.stderr
     table = "".join(line.strip(" │┃|") for line in result.stderr.splitlines())
     assert long_name[:-1].replace(" ", "") in table.replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["render"], ["verify"], ["gc", "--max-size", "1G"], ["export", "out.tar", "a.io/x:1"]],
+)
+def test_commands_that_only_read_never_create_the_cache(site, tmp_path, args):
+    result = mirror(*args, "--config", str(site), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"error: no cache at {tmp_path / 'cache'}")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out.tar").exists()
+    assert not list(tmp_path.glob(".out.tar*"))

@@ -32,10 +32,10 @@ def open_node_db(index_dir: Path) -> diskcache.Cache:
 
 
 @contextmanager
-def open_cache(config: CacheConfig) -> Iterator[OpenCache]:
+def open_cache(config: CacheConfig, *, create: bool = True) -> Iterator[OpenCache]:
     """The cache of `config` for the block; on exit this node's pull counts are flushed
-    and published, then its database is closed."""
-    store = ContentStore(config.root)
+    and published, then its database is closed. `create=False`: see `ContentStore`."""
+    store = ContentStore(config.root, create=create)
     db = open_node_db(config.index_dir)
     pulls = PullStats(db, store, node_name(config.index_dir))
     try:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from mirror.cache.blob_writer import BlobWriter
 from mirror.cache.refusals import StoreRefusals
+from mirror.errors import CacheMissing
 from mirror.reference import Digest, Repository
 
 _TEMP_FILE_MAX_AGE = 86400.0  # seconds; only a dead instance leaves a temp file this old
@@ -60,13 +61,22 @@ class StoredBlob:
 class ContentStore:
     """Content-addressed blobs plus per-repository links and tag records, as plain files."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        """The store at `root`, created if need be; with `create=False` (commands that only
+        read) a root without a store raises `CacheMissing` instead of making an empty one."""
         self._root = root
         self._blobs_dir = root / "blobs" / "sha256"
         self._repos_dir = root / "repositories"
         self._tmp_dir = root / "tmp"
         self._stats_dir = root / "stats"
         self.refusals = StoreRefusals(root)  # whether its filesystem refuses writes now
+        if not create:
+            if not self._blobs_dir.is_dir():
+                raise CacheMissing(
+                    f"no cache at {root}: nothing was pulled into it yet, "
+                    "or cache.root names the wrong directory"
+                )
+            return
         for directory in (self._blobs_dir, self._repos_dir, self._tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
 

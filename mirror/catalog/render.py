@@ -79,7 +79,7 @@ class _ChunkResult:
 
 def render(config: Config, out: Path | None = None) -> RenderReport:
     """Render the catalog of `config`'s cache into `out` (default: catalog.out)."""
-    with open_cache(config.cache) as cache:
+    with open_cache(config.cache, create=False) as cache:
         writer = SiteWriter(out or config.catalog.out)
         renderer = _Renderer(config, cache.store, writer)
         rows = renderer.render_repositories(cache.pulls)
@@ -103,7 +103,7 @@ def _render_chunk(
     config: Config, out: Path, old_files: dict[str, str], changed: list[_Changed]
 ) -> _ChunkResult:
     """A helper process's share of a render: its repositories' pages, written directly."""
-    store = ContentStore(config.cache.root)
+    store = ContentStore(config.cache.root, create=False)
     writer = SiteWriter(out, old_files=old_files)
     repos = _Renderer(config, store, writer).render_changed(changed)
     return _ChunkResult(repos, writer.files, writer.written, writer.reused)
