@@ -73,6 +73,9 @@ def _command(name: str | None = None) -> Callable[[Command], Command]:
     return register
 
 
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def _load(path: Path | None, overrides: dict | None = None) -> config_module.Config:
     return config_module.load(path, overrides)
 
@@ -92,6 +95,13 @@ def serve(
     """Run the pull-through proxy."""
     from mirror.proxy.app import serve as serve_app
 
+    # Checked here, so a bad option is reported as the option, not as a key of the file.
+    if port is not None and not 0 < port < 65536:
+        raise InvalidValue(f"--port {port}: must be 1-65535")
+    if workers < 1:
+        raise InvalidValue(f"--workers {workers}: must be 1 or more")
+    if log_level.lower() not in _LOG_LEVELS:
+        raise InvalidValue(f"--log-level {log_level!r}: must be one of {', '.join(_LOG_LEVELS)}")
     server = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     cfg = _load(config, {"server": server} if server else None)
     logging.basicConfig(
@@ -99,7 +109,7 @@ def serve(
     )
     typer.echo(
         f"hpc-mirror serving {cfg.cache.root} on http://{cfg.server.host}:"
-        f"{cfg.server.port} with {max(workers, 1)} process(es) (config: {cfg.source})",
+        f"{cfg.server.port} with {workers} process(es) (config: {cfg.source})",
         err=True,
     )
     serve_app(cfg, workers)
@@ -288,10 +298,7 @@ def gc(
     cfg = _load(config)
     limit = parse_size(max_size)
     age = parse_age(older_than) if older_than else None
-    try:
-        pins = [_resolve_pin(Router(cfg), pin) for pin in cfg.cache.pins]
-    except MirrorError as exc:
-        raise InvalidValue(f"{cfg.source}: cache.pins: {exc.message}") from None
+    pins = [_resolve_pin(Router(cfg), pin, cfg.source) for pin in cfg.cache.pins]
     with open_cache(cfg.cache, create=False) as cache:
         result = gc_module.plan(
             cache.store,
@@ -320,13 +327,16 @@ def gc(
     )
 
 
-def _resolve_pin(router, pin: str):
+def _resolve_pin(router, pin: str, source: str):
     """A predicate matching the images a pin names: a repository, or one tag or digest."""
     from mirror.reference import ImageRef
 
     has_reference = "@" in pin or ":" in pin.rsplit("/", 1)[-1]
     ref = ImageRef.parse(pin)
-    repo = router.route(ref.path)
+    try:
+        repo = router.route(ref.path)
+    except MirrorError as exc:  # e.g. a prefix no upstream has
+        raise InvalidValue(f"{source}: cache.pins: {pin!r}: {exc.message}") from None
     return lambda image: (
         image.repo == repo and (not has_reference or image.reference == ref.reference)
     )

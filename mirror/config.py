@@ -20,8 +20,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mirror.errors import ConfigError
-from mirror.reference import REGISTRY_HOST_RE
+from mirror.errors import ConfigError, MirrorError
+from mirror.reference import (
+    REGISTRY_HOST_RE,
+    Digest,
+    ImageRef,
+    check_name,
+    check_prefix,
+    check_tag,
+    is_digest,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,10 +331,7 @@ class _Parser:
         memory = self._get(table, "cache", "manifest_memory_mib", int)
         if memory < 0:
             self.problems.append("cache.manifest_memory_mib: must be >= 0")
-        pins = self._get(table, "cache", "pins", list)
-        if not all(isinstance(pin, str) and pin for pin in pins):
-            self.problems.append("cache.pins: must be a list of image names")
-            pins = []
+        pins = [pin for pin in self._get(table, "cache", "pins", list) if self._pin_ok(pin)]
         fill_stale = self._number(table, "cache", "fill_stale_seconds", minimum=0, inclusive=False)
         return CacheConfig(
             root,
@@ -338,6 +343,29 @@ class _Parser:
             tuple(pins),
             fill_stale,
         )
+
+    def _pin_ok(self, pin: Any) -> bool:
+        """A pin is an image name as pulled through the mirror: checked by the grammar here;
+        which upstream it names is resolved when `mirror gc` runs."""
+        if not isinstance(pin, str) or not pin:
+            self.problems.append(f"cache.pins: {pin!r} is not an image name")
+            return False
+        ref = ImageRef.parse(pin)
+        first, slash, rest = ref.path.partition("/")
+        try:
+            if slash and ("." in first or ":" in first):
+                check_prefix(first)
+                check_name(rest)
+            else:
+                check_name(ref.path)
+            if is_digest(ref.reference):
+                Digest.parse(ref.reference)
+            else:
+                check_tag(ref.reference)
+        except MirrorError as exc:
+            self.problems.append(f"cache.pins: {pin!r}: {exc.message}")
+            return False
+        return True
 
     def _number(
         self, table: dict[str, Any], where: str, key: str, *, minimum: float, inclusive: bool = True

@@ -7,8 +7,9 @@ import re
 from mirror.errors import InvalidValue
 
 _SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(i?B?)\s*", re.IGNORECASE)
-_AGE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
-_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# The unit is required: a bare "30" read as seconds evicted what "30 days" meant to keep.
+_AGE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*", re.IGNORECASE)
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_size(text: str) -> int:
@@ -22,10 +23,12 @@ def parse_size(text: str) -> int:
 
 
 def parse_age(text: str) -> float:
-    """'30d', '12h', '90m', '3600' -> seconds."""
+    """'30d', '12h', '90m', '3600s' -> seconds; a number without its unit is refused."""
     match = _AGE_RE.fullmatch(text)
     if not match:
-        raise InvalidValue(f"not an age: {text!r} (write e.g. 30d, 12h or 90m)")
+        raise InvalidValue(
+            f"not an age: {text!r} (write a number and its unit: 30d, 12h, 90m or 3600s)"
+        )
     return float(match.group(1)) * _AGE_UNITS[match.group(2).lower()]
 
 

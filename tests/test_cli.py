@@ -1,6 +1,7 @@
 """The CLI's one error printer: one `error:` line per problem, exit 2 for what the user
 gave (config, arguments, list files), exit 1 for an operation that failed."""
 
+import socket
 import subprocess
 import sys
 
@@ -47,7 +48,9 @@ def test_a_bad_pin_names_the_file_and_key(site, tmp_path):
     site.write_text(site.read_text().replace("[cache]\n", '[cache]\npins = ["a.io/Bad"]\n'))
     result = mirror("gc", "--max-size", "1G", "--config", str(site), cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: {site}: cache.pins: invalid repository name")
+    assert result.stderr.startswith(
+        f"error: {site}: cache.pins: 'a.io/Bad': invalid repository name 'Bad'"
+    )
 
 
 def test_a_failed_operation_is_one_error_line_and_exit_1(site, tmp_path):
@@ -100,3 +103,33 @@ def test_commands_that_only_read_never_create_the_cache(site, tmp_path, args):
     assert result.stderr.startswith(f"error: no cache at {tmp_path / 'cache'}")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out.tar").exists()
     assert not list(tmp_path.glob(".out.tar*"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "0"], "error: --port 0: must be 1-65535"),
+        (["--workers", "0"], "error: --workers 0: must be 1 or more"),
+        (["--log-level", "verbose"], "error: --log-level 'verbose': must be one of debug, info"),
+    ],
+)
+def test_serve_options_are_reported_as_options(site, tmp_path, args, message):
+    result = mirror("serve", *args, "--config", str(site), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_line_and_exit_2(site, tmp_path, workers):
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        result = mirror(
+            "serve", "--port", str(port), "--workers", workers, "--config", str(site), cwd=tmp_path
+        )
+    finally:
+        taken.close()
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert "Traceback" not in result.stderr

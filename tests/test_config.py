@@ -273,3 +273,31 @@ def test_values_that_once_crashed_the_parser_are_config_errors(table, expected):
     with pytest.raises(ConfigError) as caught:
         config.load(None, table)
     assert any(problem.startswith(expected) for problem in caught.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("pins", "problem"),
+    [
+        ('["Docker.io/Alpine"]', "cache.pins: 'Docker.io/Alpine':"),
+        ('["docker.io/alpine", 3]', "cache.pins: 3 is not an image name"),
+        ('["docker.io/alpine:bad tag"]', "cache.pins: 'docker.io/alpine:bad tag':"),
+        ('[""]', "cache.pins: '' is not an image name"),
+    ],
+)
+def test_every_bad_pin_is_named(tmp_path, pins, problem):
+    site = tmp_path / "site.toml"
+    site.write_text(f"[cache]\npins = {pins}\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(site)
+    assert problem in str(caught.value)
+
+
+def test_good_pins_load(tmp_path):
+    site = tmp_path / "site.toml"
+    good = [
+        "docker.io/library/alpine:3.20",
+        "ghcr.io/org/tool",
+        "registry:5000/x@sha256:" + "a" * 64,
+    ]
+    site.write_text(f"[cache]\npins = {good!r}\n".replace("'", '"'))
+    assert config.load(site).cache.pins == tuple(good)

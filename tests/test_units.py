@@ -20,7 +20,7 @@ def test_parse_size(text, expected):
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("3600", 3600), ("90m", 5400), ("12h", 43200), ("30d", 2592000), ("1w", 604800)],
+    [("3600s", 3600), ("90m", 5400), ("12h", 43200), ("30d", 2592000), ("1w", 604800)],
 )
 def test_parse_age(text, expected):
     assert parse_age(text) == expected
@@ -32,6 +32,11 @@ def test_bad_sizes_and_ages(bad):
         parse_size(bad)
     with pytest.raises(ValueError):
         parse_age(bad)
+
+
+def test_an_age_needs_its_unit():
+    with pytest.raises(ValueError, match="a number and its unit"):
+        parse_age("30")
 
 
 def test_human_size():

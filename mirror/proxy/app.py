@@ -9,9 +9,11 @@ import functools
 import itertools
 import logging
 import multiprocessing
+import os
 import re
 import resource
 import signal
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +21,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from mirror.config import Config
-from mirror.errors import out_of_resources
+from mirror.errors import InvalidValue, out_of_resources
 from mirror.proxy.blob_fills import remove_leftovers
 from mirror.proxy.handlers import (
     OUT_OF_RESOURCES,
@@ -138,6 +140,7 @@ def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
     sharing the port (SO_REUSEPORT) so one node uses every core. The workers share the
     cache like any instances do (one fill per blob, via the store)."""
     _raise_open_files_limit()
+    _check_address_free(config.server.host, config.server.port)
     if workers <= 1:
         _run(config, reuse_port=False, access_log=access_log)
         return
@@ -159,6 +162,18 @@ def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
     signal.signal(signal.SIGINT, stop)
     for process in processes:
         process.join()
+
+
+def _check_address_free(host: str, port: int) -> None:
+    """Bind once without SO_REUSEPORT before anything starts: a port taken (by another
+    program, or by another `mirror serve`, whose workers would otherwise silently share it)
+    is one error line naming the address, not a traceback per worker."""
+    try:
+        probe = socket.create_server((host, port))
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise InvalidValue(f"cannot listen on {host}:{port}: {reason}") from None
+    probe.close()
 
 
 def _raise_open_files_limit() -> None:
