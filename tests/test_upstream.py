@@ -4,6 +4,7 @@ take an upstream away from the others."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
 
@@ -155,6 +156,45 @@ async def test_timeouts_and_refused_connections_count(fake_upstream):
         with pytest.raises(UpstreamUnavailable, match="keeps failing"):
             async with refused.request("GET", "/v2/", scope=""):
                 pass
+
+
+async def test_the_breaker_logs_when_it_opens_and_closes(fake_upstream, caplog):
+    caplog.set_level(logging.WARNING, logger="mirror.proxy.upstream")
+    async with aiohttp.ClientSession() as session:
+        client = RegistryClient(
+            _upstream(fake_upstream.url), session, _settings(breaker_cooldown_seconds=0.2)
+        )
+        fake_upstream.status = 503
+        await _outcome(client)
+        opened = [r.getMessage() for r in caplog.records if "breaker opened" in r.getMessage()]
+        assert opened == [
+            "up: circuit breaker opened after 1 failed requests (last: upstream up answered "
+            "503 after 1 attempts); requests fail at once for 0s, then one request tries again"
+        ]
+        await asyncio.sleep(0.3)
+        fake_upstream.status = 200
+        assert await _outcome(client) == 200
+        assert caplog.records[-1].getMessage() == (
+            "up: circuit breaker closed: the upstream answers again"
+        )
+        assert await _outcome(client) == 200
+        assert sum("breaker" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "cause"),
+    [
+        (lambda: f"http://127.0.0.1:{free_port()}", "(Connection refused)"),
+        (lambda: "http://no-such-host.invalid", "(DNS: "),
+    ],
+)
+async def test_a_failed_connection_names_its_cause(url, cause):
+    async with aiohttp.ClientSession() as session:
+        client = RegistryClient(_upstream(url()), session, _settings())
+        with pytest.raises(UpstreamUnavailable) as caught:
+            async with client.request("GET", "/v2/", scope=""):
+                pass
+        assert "upstream up is unreachable " + cause in caught.value.message
 
 
 async def test_running_out_of_descriptors_counts_against_no_upstream(fake_upstream):

@@ -33,6 +33,11 @@ class CircuitBreaker:
         self.opened_at: float | None = None
         self._trial_running = False
 
+    @property
+    def is_open(self) -> bool:
+        """Open or half-open: requests are being refused, or one trial is out."""
+        return self.opened_at is not None
+
     def allow(self, now: float) -> bool:
         if self.opened_at is None or self.threshold <= 0:
             return True

@@ -205,11 +205,25 @@ class RegistryClient:
         try:
             response = await self._attempts(method, url, scope, headers)
         except _Unwell as unwell:
+            was_open = self._breaker.is_open
             self._breaker.failed(time.monotonic())
+            if self._breaker.is_open and not was_open:
+                log.warning(
+                    "%s: circuit breaker opened after %d failed requests (last: %s); requests "
+                    "fail at once for %.0fs, then one request tries again",
+                    self.upstream.name,
+                    self._breaker.failures,
+                    unwell.failure.message,
+                    self._settings.breaker_cooldown_seconds,
+                )
             raise unwell.failure from None
         except BaseException:
             self._breaker.inconclusive()  # denied, cancelled, the mirror's own trouble
             raise
+        if self._breaker.is_open:
+            log.warning(
+                "%s: circuit breaker closed: the upstream answers again", self.upstream.name
+            )
         self._breaker.succeeded()
         return response
 
@@ -506,8 +520,24 @@ def _failure_from_exception(exc: BaseException, upstream: UpstreamConfig) -> Mir
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout(f"upstream {upstream.name} timed out")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnavailable(f"upstream {upstream.name} is unreachable")
-    return UpstreamUnavailable(f"connection to upstream {upstream.name} failed")
+        return UpstreamUnavailable(f"upstream {upstream.name} is unreachable ({_cause(exc)})")
+    return UpstreamUnavailable(f"connection to upstream {upstream.name} failed ({_cause(exc)})")
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong underneath, in the operator's words: the resolver's or the kernel's
+    message (name not known, connection refused, no route), a TLS reason, a disconnect."""
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return f"TLS handshake failed: {getattr(exc.os_error, 'reason', None) or exc.os_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if isinstance(error, socket.gaierror):
+            return f"DNS: {error.strerror}"
+        # asyncio's strerror is "Connect call failed (addr)"; the errno says why.
+        return os.strerror(error.errno) if error.errno else type(error).__name__
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the upstream closed the connection"
+    return str(exc) or type(exc).__name__
 
 
 def _resumed_size(response: aiohttp.ClientResponse, start: int) -> int | None:
