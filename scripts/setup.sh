@@ -54,3 +54,4 @@ if [[ $want_test == 1 ]]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
+touch .venv/.setup-done  # scripts/run-proxy sets up again only when pyproject.toml is newer
