@@ -89,3 +89,60 @@ def test_script_in_a_label_does_not_run(page, site: Path):
         assert page.evaluate("window.__xss") is None
     assert dialogs == []
     assert XSS in page.locator("body").inner_text()
+
+
+def test_wide_tables_scroll_inside_their_box_on_a_phone(browser, site: Path):
+    """On a 390-px phone the index table is wider than the screen: it must scroll inside
+    its own box (every column reachable), while the page itself does not scroll sideways."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.goto((site / "index.html").as_uri())
+        box = page.locator("section.upstream .scroll").first
+        sizes = box.evaluate(
+            "b => ({scroll: b.scrollWidth, client: b.clientWidth,"
+            " page: document.documentElement.scrollWidth,"
+            " view: document.documentElement.clientWidth})"
+        )
+        assert sizes["page"] <= sizes["view"], sizes  # no sideways scroll of the page
+        assert sizes["client"] <= sizes["view"], sizes
+        assert sizes["scroll"] > sizes["client"], sizes  # the table is wider: its box scrolls
+        box.evaluate("b => { b.scrollLeft = b.scrollWidth; }")
+        last = box.locator("thead th").last
+        last_box, scroll_box = last.bounding_box(), box.bounding_box()
+        assert last_box is not None and scroll_box is not None
+        assert last_box["x"] + last_box["width"] <= scroll_box["x"] + scroll_box["width"] + 1
+    finally:
+        context.close()
+
+
+_OVERFLOW = """() => {
+  const view = document.documentElement.clientWidth;
+  const out = [];
+  if (document.documentElement.scrollWidth > view) out.push("page");
+  for (const table of document.querySelectorAll("table")) {
+    let box = table.parentElement;
+    while (box && !["auto", "scroll"].includes(getComputedStyle(box).overflowX)) {
+      box = box.parentElement;
+    }
+    if (table.getBoundingClientRect().right > view + 1 && !box) out.push("table");
+  }
+  return out;
+}"""
+
+
+def test_no_page_scrolls_sideways_on_a_phone(browser, site: Path):
+    """Every page of every kind (index, repository, manifest, SIF, stats) fits a 390-px
+    screen: a table wider than that scrolls inside its own box."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page = context.new_page()
+        overflowing = {}
+        for html in sorted(site.rglob("*.html")):
+            page.goto(html.as_uri())
+            found = page.evaluate(_OVERFLOW)
+            if found:
+                overflowing[str(html.relative_to(site))] = found
+        assert overflowing == {}
+    finally:
+        context.close()

@@ -33,8 +33,19 @@ from mirror.manifests import Kind
 from mirror.units import human_size
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
-# Bump when templates or the model change shape, so every page and the state are rebuilt.
-RENDER_VERSION = f"{__version__}-3"
+# Bump when the model changes shape, so every page and the state are rebuilt.
+_MODEL_VERSION = 3
+
+
+def _templates_digest() -> str:
+    """A hash of every template and asset: an edited template re-renders every page."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in TEMPLATES.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(TEMPLATES)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+RENDER_VERSION = f"{__version__}-{_MODEL_VERSION}-{_templates_digest()}"
 
 
 @dataclass(frozen=True)
