@@ -15,7 +15,7 @@ want_test=0
 
 if [[ $want_test == 1 ]]; then
   debs=(docker-registry skopeo squashfs-tools nginx-light wrk apache2-utils curl chromium
-        glusterfs-server glusterfs-client mount podman containerd uidmap slapd ldap-utils)
+        glusterfs-server glusterfs-client mount podman containerd uidmap slapd ldap-utils umoci busybox-static)
   missing=()
   for deb in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")
