@@ -70,7 +70,7 @@ LAYERS: dict[str, list[set[str]]] = {
     ],
     "access": [
         {"identity"},
-        {"policy"},
+        {"policy", "ldap_directory"},
     ],
     "sif": [
         {"format", "dates"},

@@ -138,6 +138,15 @@ class ServerProcess(LoopbackServer):
         """What the process wrote, for the error raised when it does not come up."""
         raise NotImplementedError
 
+    def _choose_ports(self) -> None:
+        """Pick new free ports after another process took one (a server with several
+        listeners picks them all)."""
+        self.port = free_port()
+
+    def _answers(self) -> bool:
+        """The server is ready: by default `ready_path` answers one of `ready_statuses`."""
+        return probe_status(self.port, self.ready_path, tls=self.tls) in self.ready_statuses
+
     @property
     def pid(self) -> int | None:
         """PID of the running process, or ``None`` when stopped."""
@@ -157,7 +166,7 @@ class ServerProcess(LoopbackServer):
             except StartError:
                 port_taken = "address already in use" in self._failure_log().lower()
                 if attempt < attempts and port_taken:
-                    self.port = free_port()
+                    self._choose_ports()
                     continue
                 raise
         self._started_once = True
@@ -179,7 +188,7 @@ class ServerProcess(LoopbackServer):
                 raise self.start_error(
                     f"{self.name} exited with {process.returncode}:\n" + self._failure_log()
                 )
-            if probe_status(self.port, self.ready_path, tls=self.tls) in self.ready_statuses:
+            if self._answers():
                 return
             time.sleep(0.05)
         raise self.start_error(
