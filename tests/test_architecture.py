@@ -69,8 +69,9 @@ LAYERS: dict[str, list[set[str]]] = {
         {"terminal"},
     ],
     "access": [
-        {"identity"},
-        {"policy"},
+        {"identity", "watched_file", "login_throttle"},
+        {"policy", "htpasswd", "groups_file", "tokens"},
+        {"authenticator"},
     ],
     "sif": [
         {"format", "dates"},
