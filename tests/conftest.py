@@ -55,12 +55,16 @@ def make_proxy(tmp_path: Path):
         name: str = "proxy",
         client: dict | None = None,
         launcher: tuple[str, ...] = (),
+        auth: dict | None = None,
+        log_level: str = "info",
         **cache,
     ) -> ProxyProcess:
         workdir = tmp_path / f"{name}-{len(started)}"
         config = proxy_config(workdir, upstreams, **cache)
         config["client"].update(client or {})
-        proxy = ProxyProcess(workdir, config, env=env, launcher=launcher)
+        if auth is not None:
+            config["auth"] = auth
+        proxy = ProxyProcess(workdir, config, env=env, launcher=launcher, log_level=log_level)
         started.append(proxy)
         return proxy.start()
 

@@ -44,8 +44,8 @@ ROOMS: dict[str, set[str]] = {
 LAYERS: dict[str, list[set[str]]] = {
     "proxy": [
         {"policy", "memo", "routing", "ranges", "throttled_log", "body_receiver"},
-        {"upstream", "fill"},
-        {"passthrough"},
+        {"upstream", "fill", "access_gate"},
+        {"passthrough", "token_endpoint"},
         {"sources"},
         {"blob_fills"},
         {"service"},
@@ -69,8 +69,9 @@ LAYERS: dict[str, list[set[str]]] = {
         {"terminal"},
     ],
     "access": [
-        {"identity"},
-        {"policy", "ldap_directory"},
+        {"identity", "watched_file", "login_throttle"},
+        {"policy", "htpasswd", "groups_file", "tokens", "ldap_directory"},
+        {"authenticator"},
     ],
     "sif": [
         {"format", "dates"},

@@ -32,3 +32,7 @@ class PasswordCheck(Protocol):
         and for a wrong password alike (a caller must not be able to tell them apart).
         Raises `DirectoryUnavailable` when the source cannot answer (not a failed login)."""
         ...
+
+    def close(self) -> None:
+        """Release what the source holds (threads, connections) when the server stops."""
+        ...

@@ -14,6 +14,8 @@ below was validated by `reference` first)::
     tmp/<hex>.partial, tmp/<hex>.size          the one shared fill of a blob, and its size
     quarantine/sha256/<hex>                    blobs `verify` found corrupt, kept for inspection
     stats/<node>.json                          each node's published pull counts
+    auth/token-signing.key                     the key every instance signs client tokens
+                                               with (mode 0600, made by the first to start)
 
 Every write goes to a file in `tmp/` (same filesystem, so `rename` is atomic), content is
 sha256-verified and fsync'd before the rename: nothing partial or unverified ever appears
@@ -90,6 +92,10 @@ class ContentStore:
     def partial_path(self, digest: Digest) -> Path:
         """Where the one fill of `digest`, by whichever instance claimed it, is written."""
         return self._tmp_dir / f"{digest.hex}.partial"
+
+    def token_key_path(self) -> Path:
+        """Where the key that signs client tokens lives, shared by every instance."""
+        return self._root / "auth" / "token-signing.key"
 
     @property
     def quarantine_dir(self) -> Path:

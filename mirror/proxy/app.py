@@ -22,6 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from mirror.config import Config
 from mirror.errors import InvalidValue, out_of_resources
+from mirror.proxy.access_gate import GATE, AccessGate
 from mirror.proxy.blob_fills import remove_leftovers
 from mirror.proxy.handlers import (
     OUT_OF_RESOURCES,
@@ -32,6 +33,7 @@ from mirror.proxy.handlers import (
 )
 from mirror.proxy.service import ProxyService, running_service
 from mirror.proxy.throttled_log import ThrottledWarning
+from mirror.proxy.token_endpoint import add_token_routes
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_quiet_floods)
     app.cleanup_ctx.append(_proxy_service)
     add_routes(app)
+    if config.auth.enabled:
+        add_token_routes(app)
     if config.catalog.serve:
         add_site_routes(app, config.catalog.out)
     return app
@@ -108,8 +112,13 @@ class _MalformedRequests(logging.Filter):
 
 async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
     """The service lives exactly as long as the app, with its housekeeping beside it."""
-    async with running_service(app[CONFIG]) as service:
+    config = app[CONFIG]
+    async with running_service(config) as service:
         app[SERVICE] = service
+        if config.auth.enabled:
+            app[GATE] = AccessGate.from_config(
+                config, service.store.token_key_path(), service.router
+            )
         flusher = asyncio.ensure_future(_housekeeping(service))
         try:
             yield
@@ -117,6 +126,8 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            if GATE in app:
+                app[GATE].close()
 
 
 async def _housekeeping(service: ProxyService) -> None:

@@ -20,11 +20,12 @@ from mirror.errors import (
     Unsupported,
     out_of_resources,
 )
+from mirror.proxy.access_gate import GATE
 from mirror.proxy.ranges import content_range, parse_range
 from mirror.proxy.service import ProxyService
 from mirror.proxy.sources import BlobSource
 from mirror.proxy.throttled_log import ThrottledWarning
-from mirror.reference import Digest
+from mirror.reference import Digest, Repository
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,22 @@ def _check_pull(request: web.Request) -> None:
         raise Unsupported(f"{request.method} is not supported: this mirror is read-only")
 
 
+async def _route_pullable(request: web.Request) -> Repository:
+    """The repository the request names, once the caller is known to be allowed to pull
+    it (with `[auth]` on; without it, everyone is)."""
+    _check_pull(request)
+    repo = _service(request).route(request.match_info["name"], request.query.get("ns"))
+    gate = request.app.get(GATE)
+    if gate is not None:
+        await gate.check_pull(request, repo)
+    return repo
+
+
 async def api_root(request: web.Request) -> web.Response:
     _check_pull(request)
+    gate = request.app.get(GATE)
+    if gate is not None:
+        await gate.check_signed_in(request)
     return web.json_response({})
 
 
@@ -109,9 +124,8 @@ async def unsupported(request: web.Request) -> web.Response:
 
 
 async def manifest(request: web.Request) -> web.Response:
-    _check_pull(request)
+    repo = await _route_pullable(request)
     service = _service(request)
-    repo = service.route(request.match_info["name"], request.query.get("ns"))
     reference = request.match_info["reference"]
     found = await service.get_manifest(repo, reference)
     # Go clients (containers/image) send one Accept header line per media type.
@@ -148,9 +162,8 @@ def _acceptable(accept: str, media_type: str) -> bool:
 
 
 async def blob(request: web.Request) -> web.StreamResponse:
-    _check_pull(request)
+    repo = await _route_pullable(request)
     service = _service(request)
-    repo = service.route(request.match_info["name"], request.query.get("ns"))
     digest = Digest.parse(request.match_info["digest"])
     headers = {
         "Docker-Content-Digest": str(digest),
@@ -287,14 +300,19 @@ def _extra(request: web.Request, key: str) -> dict:
 
 
 async def tags_list(request: web.Request) -> web.Response:
-    _check_pull(request)
+    repo = await _route_pullable(request)
     service = _service(request)
-    repo = service.route(request.match_info["name"], request.query.get("ns"))
     tags = await service.list_tags(repo)
     return _page(sorted(tags), request, "tags")
 
 
 async def repository_list(request: web.Request) -> web.Response:
-    """`/v2/_catalog`: the repositories cached here (not the HTML catalog site)."""
+    """`/v2/_catalog`: the repositories cached here (not the HTML catalog site) that the
+    caller may pull."""
     _check_pull(request)
-    return _page(_service(request).repositories(), request, "repositories")
+    gate = request.app.get(GATE)
+    if gate is None:
+        return _page(_service(request).repositories(), request, "repositories")
+    identity = (await gate.check_signed_in(request)).identity
+    visible = _service(request).repositories(lambda repo: gate.policy.may_pull(identity, repo))
+    return _page(visible, request, "repositories")

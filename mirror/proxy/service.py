@@ -286,8 +286,9 @@ class ProxyService:
                 raise
             return cached
 
-    def repositories(self) -> list[str]:
-        return [str(repo) for repo in self.metadata.repositories()]
+    def repositories(self, visible: Callable[[Repository], bool] = lambda repo: True) -> list[str]:
+        """The cached repositories `visible` lets through, by canonical name."""
+        return [str(repo) for repo in self.metadata.repositories() if visible(repo)]
 
     async def _run_io(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)

@@ -33,3 +33,35 @@ def oras_pull(host: str, reference: str, outdir: Path) -> list[str]:
     """Pull an artifact with the oras SDK; returns the files it wrote."""
     client = oras.client.OrasClient(hostname=host, insecure=True)
     return client.pull(target=f"{host}/{UPSTREAM_PREFIX}/{reference}", outdir=str(outdir))
+
+
+def skopeo_login(
+    host: str, user: str, password: str, authfile: Path
+) -> subprocess.CompletedProcess:
+    """`skopeo login` to the mirror, the password on stdin, credentials kept in `authfile`."""
+    return subprocess.run(
+        [
+            "skopeo",
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            str(authfile),
+            "--username",
+            user,
+            "--password-stdin",
+            host,
+        ],
+        input=password,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def oras_login_pull(host: str, user: str, password: str, reference: str, outdir: Path) -> list[str]:
+    """Log in with the oras SDK (its docker config kept under `outdir`), then pull."""
+    client = oras.client.OrasClient(hostname=host, insecure=True)
+    client.login(
+        username=user, password=password, hostname=host, config_path=str(outdir / "config.json")
+    )
+    return client.pull(target=f"{host}/{UPSTREAM_PREFIX}/{reference}", outdir=str(outdir))

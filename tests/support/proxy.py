@@ -40,6 +40,8 @@ def toml_text(tables: dict[str, Any], prefix: str = "") -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):  # an inline table, e.g. one of an upstream's [[rules]]
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -109,6 +111,8 @@ class ProxyProcess(ServerProcess):
         self.args = args
         self.launcher = launcher  # a command the proxy runs under, e.g. ("prlimit", "--nofile=256")
         self.config = config
+        if config.get("auth"):  # a mirror with logins challenges anonymous /v2/ requests
+            self.ready_statuses = (200, 401)
         self.log_level = log_level
         self.config_path = workdir / f"proxy-{self.port}.toml"
         self.log_path = workdir / f"proxy-{self.port}.log"

@@ -1,0 +1,206 @@
+"""Who is pulling, and whether they may: the access policy over HTTP.
+
+Clients prove who they are with Basic credentials on any request, or with a bearer token
+from `/token` (the distribution token flow every OCI client speaks). A request that may not
+proceed gets `401` with a `Bearer` challenge naming the token URL and the scope to ask
+for, or `403 DENIED` when a known user may not pull the repository.
+
+Challenges and tokens name a repository by its canonical routed name, `<upstream
+prefix>/<path>` (`str(Repository)`), never by the path the client sent: containerd pulling
+through `?ns=ghcr.io` sends `org/tool` where other clients send `ghcr.io/org/tool`, and
+`alpine` means `docker.io/library/alpine`. With one name per repository, a token is always
+checked against the repository the request routes to, whatever spelling got it issued.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from mirror.access.authenticator import Authenticator
+from mirror.access.identity import ANONYMOUS, Identity
+from mirror.access.policy import AccessPolicy
+from mirror.access.tokens import (
+    AUDIENCE,
+    InvalidToken,
+    IssuedToken,
+    TokenSigner,
+    load_or_create_key,
+    requested_pulls,
+)
+from mirror.config import Config
+from mirror.errors import MirrorError, PullDenied, Unauthorized
+from mirror.proxy.routing import Router
+from mirror.reference import Repository
+
+log = logging.getLogger(__name__)
+
+# A Host header the realm may be built from: a name or address and a port, nothing that
+# could end the quoted challenge parameter.
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request. `pullable` is a token's scope (canonical names); None when the
+    caller logged in with Basic credentials, so the policy alone decides."""
+
+    identity: Identity
+    has_credentials: bool
+    pullable: frozenset[str] | None = None
+
+
+NOBODY = Caller(ANONYMOUS, has_credentials=False, pullable=frozenset())
+
+
+class AccessGate:
+    """Present (in `GATE`) only while `[auth]` is on: without it every request passes."""
+
+    def __init__(
+        self,
+        policy: AccessPolicy,
+        authenticator: Authenticator,
+        signer: TokenSigner,
+        router: Router,
+        realm: str = "",
+        fallback_host: str = "localhost",
+    ) -> None:
+        self.policy = policy
+        self._authenticator = authenticator
+        self._signer = signer
+        self._router = router
+        self._realm = realm
+        self._fallback_host = fallback_host
+
+    @classmethod
+    def from_config(cls, config: Config, key_path: Path, router: Router) -> AccessGate:
+        """The gate of a mirror with `[auth]` on; `key_path` is where the store keeps the
+        token signing key (created here when no instance has made it yet)."""
+        return cls(
+            AccessPolicy(config.upstreams),
+            Authenticator.from_config(config.auth),
+            TokenSigner(load_or_create_key(key_path), config.auth.token_ttl_seconds),
+            router,
+            config.auth.realm,
+            f"{config.server.host}:{config.server.port}",
+        )
+
+    def close(self) -> None:
+        self._authenticator.close()
+
+    # -- the checks handlers make ------------------------------------------------------------
+    async def check_signed_in(self, request: web.Request) -> Caller:
+        """`/v2/` and `/v2/_catalog`: any valid credentials, an anonymous token too. Without
+        any, the challenge sends `login` commands to `/token`, so they verify the password,
+        and anonymous clients fetch an anonymous token."""
+        caller = await self.caller(request)
+        if not caller.has_credentials:
+            raise Unauthorized("authentication required", self.challenge(request))
+        return caller
+
+    async def check_pull(self, request: web.Request, repo: Repository) -> None:
+        caller = await self.caller(request, repo)
+        if self.policy.is_public(repo):
+            return
+        allowed = self.policy.may_pull(caller.identity, repo)
+        if allowed and (caller.pullable is None or str(repo) in caller.pullable):
+            return
+        if allowed or caller.identity.anonymous:
+            # No credentials, or a token for other repositories: fetch one for this one.
+            raise Unauthorized("authentication required", self.challenge(request, repo))
+        raise PullDenied(f"{caller.identity} may not pull {repo}")
+
+    async def caller(self, request: web.Request, repo: Repository | None = None) -> Caller:
+        """Who sent `request`, from its Basic credentials or bearer token; a `401` for any
+        that do not verify, since a client should not pull as someone it is not."""
+        scheme, value = authorization(request)
+        if scheme == "basic":
+            identity = await self.login(request, *basic_credentials(value), repo=repo)
+            return Caller(identity, has_credentials=True)
+        if scheme == "bearer":
+            try:
+                grant = self._signer.verify(value)
+            except InvalidToken as exc:
+                log.info("refused a bearer token from %s: %s", _address(request), exc)
+                raise Unauthorized(
+                    "invalid or expired token", self.challenge(request, repo, "invalid_token")
+                ) from None
+            return Caller(grant.identity, has_credentials=True, pullable=grant.pullable)
+        return NOBODY
+
+    async def login(
+        self, request: web.Request, user: str, password: str, repo: Repository | None = None
+    ) -> Identity:
+        """The user whose password this is; `401` for an unknown user and a wrong password
+        alike (`429` while failed logins make this client or name wait)."""
+        identity = await self._authenticator.login(user, password, _address(request))
+        if identity is None:
+            raise Unauthorized("invalid username or password", self.challenge(request, repo))
+        return identity
+
+    # -- tokens ------------------------------------------------------------------------------
+    def issue(self, identity: Identity, scopes: list[str]) -> IssuedToken:
+        """A token for the repositories asked for (by any spelling that routes) that
+        `identity` may pull; the others are left out, as distribution's token server does."""
+        asked = requested_pulls(scopes)
+        pullable = []
+        for name in asked:
+            try:
+                repo = self._router.route(name)
+            except MirrorError:
+                continue
+            if self.policy.may_pull(identity, repo):
+                pullable.append(str(repo))
+        log.info(
+            "issued a token to %s for %d of %d repositories asked",
+            identity.user or "an anonymous client",
+            len(pullable),
+            len(asked),
+        )
+        return self._signer.issue(identity, pullable)
+
+    def challenge(
+        self, request: web.Request, repo: Repository | None = None, error: str | None = None
+    ) -> str:
+        params = [f'realm="{self.realm(request)}"', f'service="{AUDIENCE}"']
+        if repo is not None:
+            params.append(f'scope="repository:{repo}:pull"')
+        if error is not None:
+            params.append(f'error="{error}"')
+        return "Bearer " + ",".join(params)
+
+    def realm(self, request: web.Request) -> str:
+        """`[auth] realm`, else the token URL on the host and scheme the client used."""
+        if self._realm:
+            return self._realm
+        host = request.host if _HOST_RE.fullmatch(request.host or "") else self._fallback_host
+        return f"{request.scheme}://{host}/token"
+
+
+def authorization(request: web.Request) -> tuple[str, str]:
+    """The scheme (lower case) and the credentials of the request's `Authorization`."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower(), value.strip()
+
+
+def basic_credentials(value: str) -> tuple[str, str]:
+    """User and password of a Basic `Authorization` value; garbage is an empty pair, which
+    no source accepts."""
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except ValueError:  # binascii.Error and UnicodeDecodeError both are
+        return "", ""
+    user, _, password = decoded.partition(":")
+    return user, password
+
+
+def _address(request: web.Request) -> str:
+    return request.remote or "-"
+
+
+GATE = web.AppKey("access_gate", AccessGate)
