@@ -12,6 +12,7 @@ from tests.support.catalog_cache import filled, site  # noqa: F401 (session fixt
 from tests.support.proxy import UPSTREAM_PREFIX, ProxyProcess, proxy_config, upstream_entry
 from tests.support.registry import RegistryProcess
 from tests.support.seed import RegistryClient, Seeded, seed_all
+from tests.support.tls import LoopbackCA
 
 __all__ = ["UPSTREAM_PREFIX", "upstream_entry"]  # the tests import both from here
 
@@ -55,12 +56,13 @@ def make_proxy(tmp_path: Path):
         name: str = "proxy",
         client: dict | None = None,
         launcher: tuple[str, ...] = (),
+        listener_ca: LoopbackCA | None = None,
         **cache,
     ) -> ProxyProcess:
         workdir = tmp_path / f"{name}-{len(started)}"
         config = proxy_config(workdir, upstreams, **cache)
         config["client"].update(client or {})
-        proxy = ProxyProcess(workdir, config, env=env, launcher=launcher)
+        proxy = ProxyProcess(workdir, config, env=env, launcher=launcher, listener_ca=listener_ca)
         started.append(proxy)
         return proxy.start()
 
