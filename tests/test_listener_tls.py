@@ -20,20 +20,10 @@ from cryptography import x509
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
 from tests.support.processes import LOOPBACK
 from tests.support.proxy import ProxyProcess, proxy_config
-from tests.support.tls import LoopbackCA, make_loopback_ca
+from tests.support.tls import LoopbackCA
 
 RELOADED = "reloaded TLS certificate"
 NOT_RELOADED = "TLS certificate not reloaded"
-
-
-@pytest.fixture
-def listener_ca(tmp_path: Path) -> LoopbackCA:
-    return make_loopback_ca(tmp_path / "listener-ca")
-
-
-@pytest.fixture
-def tls_proxy(make_proxy, upstream, seeded, listener_ca) -> ProxyProcess:
-    return make_proxy({"test": upstream_entry(upstream.url)}, listener_ca=listener_ca)
 
 
 def _connect(proxy: ProxyProcess, context: ssl.SSLContext | None = None) -> ssl.SSLSocket:
