@@ -8,7 +8,8 @@ What runs (every process is a child of this script, stopped by its own PID at th
 * hpc-mirror (``python -m mirror.cli serve --log-level warning``) in front of it, started
   again with a fresh cache root whenever a measurement needs an empty cache;
 * nginx (``sendfile on``) serving the proxy's own cache directory, as the ceiling for a
-  warm blob GET;
+  warm blob GET; and nginx over TLS (one worker, the same certificate as a proxy serving
+  HTTPS) as the ceiling for a warm blob GET over TLS;
 * distribution in proxy mode (a second ``docker-registry`` with ``proxy.remoteurl`` = the
   upstream and its own storage) as the baseline pull-through cache: for manifest
   requests/s, and (informational) for the cold blob GET;
@@ -17,7 +18,8 @@ What runs (every process is a child of this script, stopped by its own PID at th
 * ``wrk`` for manifest requests/s; blob downloads use a small raw-socket HTTP/1.1 reader
   (``recv_into`` a 4 MiB buffer, bytes discarded or sha256-hashed), or ``curl``.
 
-Measurements: warm 1 GiB blob GET (proxy vs nginx on the same file), cold 1 GiB GET
+Measurements: warm 1 GiB blob GET (proxy vs nginx on the same file), the same over TLS
+(a proxy with ``[server] tls_cert`` vs nginx over TLS with that certificate), cold 1 GiB GET
 (proxy with an empty cache vs the upstream directly, and vs distribution's proxy mode;
 the proxy's CPU per GiB vs sha256 alone), the same cold GET from the HTTPS upstream, 32
 concurrent cold clients of one 256 MiB blob (wall time, per-client MiB/s, upstream blob
@@ -46,7 +48,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 from benchmarks.harness import run_directory  # noqa: E402
-from benchmarks.proxy import blob_gets, ceilings, herd, manifest_rps, tls_cold  # noqa: E402
+from benchmarks.proxy import (  # noqa: E402
+    blob_gets,
+    ceilings,
+    herd,
+    manifest_rps,
+    tls_cold,
+    tls_warm,
+)
 from benchmarks.proxy.clients import CURL, WRK  # noqa: E402
 from benchmarks.proxy.servers import EXECUTABLES  # noqa: E402
 from benchmarks.proxy.session import Session, add_run_options  # noqa: E402
@@ -92,6 +101,7 @@ def measure(session: Session) -> None:
     session.seed()
     ceilings.fill_floor(session)
     blob_gets.measure(session)
+    tls_warm.measure(session)
     tls_cold.measure(session)
     warm_proxy = herd.measure(session)
     manifest_rps.measure(session, warm_proxy)

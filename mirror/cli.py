@@ -107,8 +107,9 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    scheme = "https" if cfg.server.tls else "http"
     typer.echo(
-        f"hpc-mirror serving {cfg.cache.root} on http://{cfg.server.host}:"
+        f"hpc-mirror serving {cfg.cache.root} on {scheme}://{cfg.server.host}:"
         f"{cfg.server.port} with {workers} process(es) (config: {cfg.source})",
         err=True,
     )

@@ -12,6 +12,7 @@ from tests.support.catalog_cache import filled, site  # noqa: F401 (session fixt
 from tests.support.proxy import UPSTREAM_PREFIX, ProxyProcess, proxy_config, upstream_entry
 from tests.support.registry import RegistryProcess
 from tests.support.seed import RegistryClient, Seeded, seed_all
+from tests.support.tls import LoopbackCA, make_loopback_ca
 
 __all__ = ["UPSTREAM_PREFIX", "upstream_entry"]  # the tests import both from here
 
@@ -57,6 +58,7 @@ def make_proxy(tmp_path: Path):
         launcher: tuple[str, ...] = (),
         auth: dict | None = None,
         log_level: str = "info",
+        listener_ca: LoopbackCA | None = None,
         **cache,
     ) -> ProxyProcess:
         workdir = tmp_path / f"{name}-{len(started)}"
@@ -64,7 +66,14 @@ def make_proxy(tmp_path: Path):
         config["client"].update(client or {})
         if auth is not None:
             config["auth"] = auth
-        proxy = ProxyProcess(workdir, config, env=env, launcher=launcher, log_level=log_level)
+        proxy = ProxyProcess(
+            workdir,
+            config,
+            env=env,
+            launcher=launcher,
+            log_level=log_level,
+            listener_ca=listener_ca,
+        )
         started.append(proxy)
         return proxy.start()
 
@@ -77,6 +86,18 @@ def make_proxy(tmp_path: Path):
 def proxy(make_proxy, upstream: RegistryProcess, seeded: Seeded) -> ProxyProcess:
     """A fresh proxy (empty cache) whose default upstream is the seeded registry."""
     return make_proxy({"test": upstream_entry(upstream.url)})
+
+
+@pytest.fixture
+def listener_ca(tmp_path: Path) -> LoopbackCA:
+    """A CA of the test's own and a certificate from it for a proxy's listener."""
+    return make_loopback_ca(tmp_path / "listener-ca")
+
+
+@pytest.fixture
+def tls_proxy(make_proxy, upstream: RegistryProcess, seeded: Seeded, listener_ca) -> ProxyProcess:
+    """Like `proxy`, serving HTTPS with `listener_ca`'s certificate (`[server] tls_cert`)."""
+    return make_proxy({"test": upstream_entry(upstream.url)}, listener_ca=listener_ca)
 
 
 @pytest.fixture

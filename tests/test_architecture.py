@@ -43,7 +43,7 @@ ROOMS: dict[str, set[str]] = {
 # Inside a room, a module may import only modules of earlier layers.
 LAYERS: dict[str, list[set[str]]] = {
     "proxy": [
-        {"policy", "memo", "routing", "ranges", "throttled_log", "body_receiver"},
+        {"policy", "memo", "routing", "ranges", "throttled_log", "body_receiver", "listener_tls"},
         {"upstream", "fill", "access_gate"},
         {"passthrough", "token_endpoint"},
         {"sources"},

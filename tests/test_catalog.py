@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import html
 import json
@@ -63,6 +64,35 @@ def test_repository_page_has_pull_commands_and_snippets(site, seeded):
     beta = f"mirror.site:5000/{UPSTREAM_PREFIX}/tools/beta:2.0"
     assert f"podman pull --tls-verify=false {beta}" in oci_page
     assert f"apptainer pull --no-https docker://{beta}" in oci_page
+    # A plain-HTTP mirror: clients must be told it is one.
+    assert "insecure = true" in page
+    assert "[host.&#34;http://mirror.site:5000&#34;]" in page
+
+
+INSECURE_FLAGS = ("--no-https", "--plain-http", "--tls-verify=false", "insecure", "http://mirror")
+
+
+def test_a_mirror_served_over_https_gets_commands_without_insecure_flags(filled, tmp_path):
+    cfg, seeded, _ = filled
+    https = dataclasses.replace(cfg, catalog=dataclasses.replace(cfg.catalog, https=True))
+    out = tmp_path / "site"
+    render(https, out)
+
+    pages = [page.read_text() for page in out.rglob("*.html")]
+    for flag in INSECURE_FLAGS:
+        assert not [page for page in pages if flag in page], flag
+    sif = (out / "r" / UPSTREAM_PREFIX / "sif" / "tool" / "index.html").read_text()
+    mirror = f"mirror.site:5000/{UPSTREAM_PREFIX}"
+    assert f"apptainer pull oras://{mirror}/sif/tool:1.0" in sif
+    assert f"oras pull {mirror}/sif/tool:1.0" in sif
+    assert f"location = &#34;{mirror}&#34;" in sif
+    assert "[host.&#34;https://mirror.site:5000&#34;]" in sif
+    beta = (out / "r" / UPSTREAM_PREFIX / "tools" / "beta" / "index.html").read_text()
+    assert f"podman pull {mirror}/tools/beta:2.0" in beta
+    assert f"apptainer pull docker://{mirror}/tools/beta:2.0" in beta
+    digest = seeded["tools/beta:2.0"].digest
+    assert f"podman pull {mirror}/tools/beta@{digest}" in _page(out, "tools/beta", digest)
+    assert json.loads((out / "catalog.json").read_text())["https"] is True
 
 
 def test_oci_image_page_shows_config_layers_and_history(site, seeded):

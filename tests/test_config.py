@@ -164,6 +164,20 @@ def test_an_empty_password_is_refused_at_start(tmp_path, monkeypatch):
     ]
 
 
+@pytest.mark.parametrize(
+    "tls, with_certificate, https",
+    [("auto", False, False), ("auto", True, True), ("on", False, True), ("off", True, False)],
+)
+def test_catalog_shows_https_commands_when_tls_says_so(tmp_path, tls, with_certificate, https):
+    server = {}
+    if with_certificate:
+        ca = make_loopback_ca(tmp_path / "listener-ca")
+        server = {"tls_cert": str(ca.cert_file), "tls_key": str(ca.key_file)}
+    cfg = config.load(None, {"server": server, "catalog": {"tls": tls}})
+    assert cfg.server.tls is with_certificate
+    assert cfg.catalog.https is https
+
+
 def test_ca_file_is_a_pem_bundle_relative_to_the_config_file(tmp_path):
     make_loopback_ca(tmp_path / "site-ca")
     (tmp_path / "notes.txt").write_text("not a certificate\n")

@@ -19,6 +19,7 @@ from benchmarks.proxy.seed import TAG, Image
 from benchmarks.proxy.servers import PREFIX, NginxProcess
 from benchmarks.proxy.session import Session
 from tests.support.proxy import ProxyProcess
+from tests.support.tls import LoopbackCA
 
 
 @dataclass
@@ -144,6 +145,53 @@ def cpu_metric(name: str, samples: Samples, max_ratio: float) -> Metric:
     )
 
 
+@dataclass(frozen=True)
+class WarmTarget:
+    """One server of a warm comparison: where the blob is, and the process to meter."""
+
+    port: int
+    path: str
+    pid: int | None
+
+
+def warm_gets(
+    session: Session,
+    size: int,
+    targets: dict[str, WarmTarget],
+    what: str,
+    ca: LoopbackCA | None = None,
+) -> Samples:
+    """One warm-up GET per target, then `session.reps` rounds of one timed GET each, the
+    order turning each round so drift in the machine's speed hits every target alike."""
+    names = list(targets)
+    for name, target in targets.items():
+        get_blob(session.client, target.port, target.path, size, f"warm-up {name} GET", ca=ca)
+    warm = Samples()
+    for rep in range(session.reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            target = targets[name]
+            fetch = get_blob(
+                session.client,
+                target.port,
+                target.path,
+                size,
+                f"{what} {name} GET",
+                {name: target.pid},
+                ca=ca,
+            )
+            warm.add(name, fetch)
+        log(
+            f"{what} {size // MIB}M rep {rep + 1}: "
+            + ", ".join(
+                f"{name} {warm.by_server[name][-1].mib_s:,.0f} MiB/s "
+                f"[{warm.by_server[name][-1].cpu_text()}]"
+                for name in names
+            )
+        )
+    return warm
+
+
 def _warm(session: Session, image: Image, proxy: ProxyProcess) -> Samples:
     """Warm GETs from the proxy and from nginx serving the proxy's own blob directory."""
     upstream = session.upstream
@@ -155,47 +203,12 @@ def _warm(session: Session, image: Image, proxy: ProxyProcess) -> Samples:
     session.stop_at_exit(nginx)
     nginx.start()
     log(f"nginx pid {nginx.pid} on port {nginx.port} serving {nginx.root}")
-    nginx_path = f"/{image.layer_hex[:2]}/{image.layer_hex}"
     mark = upstream.mark()
-    get_blob(
-        session.client, proxy.port, image.blob_path(PREFIX), image.layer_size, "warm-up proxy GET"
-    )
-    get_blob(session.client, nginx.port, nginx_path, image.layer_size, "warm-up nginx GET")
-    warm = Samples()
-    for rep in range(session.reps):
-        # Alternate who goes first so drift in the machine's speed hits both alike.
-        order = ["proxy", "nginx"] if rep % 2 == 0 else ["nginx", "proxy"]
-        for who in order:
-            if who == "proxy":
-                warm.add(
-                    who,
-                    get_blob(
-                        session.client,
-                        proxy.port,
-                        image.blob_path(PREFIX),
-                        image.layer_size,
-                        "warm proxy GET",
-                        {"proxy": proxy.pid},
-                    ),
-                )
-            else:
-                warm.add(
-                    who,
-                    get_blob(
-                        session.client,
-                        nginx.port,
-                        nginx_path,
-                        image.layer_size,
-                        "nginx GET",
-                        {"nginx": nginx.pid},
-                    ),
-                )
-        last_proxy, last_nginx = warm.by_server["proxy"][-1], warm.by_server["nginx"][-1]
-        log(
-            f"warm {image.layer_size // MIB}M rep {rep + 1}: proxy {last_proxy.mib_s:,.0f} "
-            f"MiB/s [{last_proxy.cpu_text()}], nginx {last_nginx.mib_s:,.0f} MiB/s "
-            f"[{last_nginx.cpu_text()}]"
-        )
+    targets = {
+        "proxy": WarmTarget(proxy.port, image.blob_path(PREFIX), proxy.pid),
+        "nginx": WarmTarget(nginx.port, nginx_path(image), nginx.pid),
+    }
+    warm = warm_gets(session, image.layer_size, targets, "warm")
     warm_upstream = upstream.count(since=mark)
     if warm_upstream:
         session.proxy_issues.append(
@@ -203,6 +216,11 @@ def _warm(session: Session, image: Image, proxy: ProxyProcess) -> Samples:
         )
     nginx.stop()
     return warm
+
+
+def nginx_path(image: Image) -> str:
+    """The layer's path on an nginx serving the proxy's blobs/sha256 directory."""
+    return f"/{image.layer_hex[:2]}/{image.layer_hex}"
 
 
 def cpu_per_gib(fetches: list[Fetch]) -> dict[str, float]:

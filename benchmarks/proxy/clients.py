@@ -8,6 +8,7 @@ import http.client
 import os
 import re
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from benchmarks.harness import GIB, MIB, BenchError
 from benchmarks.proxy.cpu import CpuMeter, CpuUse
 from tests.support.oci import OCI_MANIFEST
 from tests.support.processes import LOOPBACK
+from tests.support.tls import LoopbackCA
 
 WRK = "/usr/bin/wrk"
 CURL = "/usr/bin/curl"
@@ -59,6 +61,7 @@ class Fetch:
     sha256: str | None = None
     error: str | None = None
     cpu: dict[str, CpuUse] = field(default_factory=dict)
+    tls: str | None = None  # the protocol and cipher negotiated, over HTTPS
 
     @property
     def mib_s(self) -> float:
@@ -89,10 +92,12 @@ def socket_get(
     headers: dict[str, str] | None = None,
     timeout: float = 120.0,
     write_to: int | None = None,
+    ca: LoopbackCA | None = None,
 ) -> Fetch:
-    """HTTP/1.1 GET over a raw socket; the body is read with recv_into a 4 MiB buffer and
-    discarded (or hashed, and written to the file descriptor `write_to`). Time runs from
-    sending the request to the last body byte."""
+    """HTTP/1.1 GET over a raw socket (over TLS trusting `ca`, with `ca`); the body is read
+    with recv_into a 4 MiB buffer and discarded (or hashed, and written to the file
+    descriptor `write_to`). Time runs from connecting to the last body byte, so a TLS
+    GET includes its handshake."""
     request = (
         f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
         f"User-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n"
@@ -104,9 +109,12 @@ def socket_get(
     view = memoryview(bytearray(RECV_BUFFER))
     received = 0
     status = 0
+    negotiated = None
     start = time.perf_counter()
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        with _connect(port, timeout, ca) as sock:
+            if isinstance(sock, ssl.SSLSocket):
+                negotiated = f"{sock.version()} {sock.cipher()[0]}"  # type: ignore[index]
             sock.sendall(request.encode())
             head = b""
             while b"\r\n\r\n" not in head:
@@ -140,7 +148,14 @@ def socket_get(
         return Fetch(
             status, received, time.perf_counter() - start, None, f"{type(exc).__name__}: {exc}"
         )
-    return Fetch(status, received, elapsed, digest.hexdigest() if digest else None)
+    return Fetch(status, received, elapsed, digest.hexdigest() if digest else None, tls=negotiated)
+
+
+def _connect(port: int, timeout: float, ca: LoopbackCA | None) -> socket.socket:
+    sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    if ca is None:
+        return sock
+    return ca.client_context().wrap_socket(sock, server_hostname=LOOPBACK)
 
 
 def _consume(piece: memoryview, digest: Any, write_to: int | None) -> None:
@@ -150,13 +165,17 @@ def _consume(piece: memoryview, digest: Any, write_to: int | None) -> None:
         piece = piece[os.write(write_to, piece) :]
 
 
-def curl_get(port: int, path: str, *, timeout: float = 120.0) -> Fetch:
-    """curl -o /dev/null; curl's own size and total time."""
-    url = f"http://{LOOPBACK}:{port}{path}"
+def curl_get(
+    port: int, path: str, *, timeout: float = 120.0, ca: LoopbackCA | None = None
+) -> Fetch:
+    """curl -o /dev/null (over HTTPS trusting `ca`, with `ca`); curl's own size and total
+    time."""
+    url = f"{'https' if ca else 'http'}://{LOOPBACK}:{port}{path}"
     try:
         result = subprocess.run(
             [
                 CURL,
+                *(["--cacert", str(ca.ca_file)] if ca else []),
                 "-s",
                 "-o",
                 "/dev/null",
@@ -187,12 +206,13 @@ def get_blob(
     expected_size: int,
     what: str,
     pids: dict[str, int | None] | None = None,
+    ca: LoopbackCA | None = None,
 ) -> Fetch:
-    """Download a blob with `client` (socket or curl), discarding it; raise unless it is a
-    complete 200. With `pids`, record the CPU seconds those processes (and the client)
-    used meanwhile."""
+    """Download a blob with `client` (socket or curl; over HTTPS trusting `ca`, with `ca`),
+    discarding it; raise unless it is a complete 200. With `pids`, record the CPU seconds
+    those processes (and the client) used meanwhile."""
     with CpuMeter(pids or {}) as meter:
-        fetch = (curl_get if client == "curl" else socket_get)(port, path)
+        fetch = (curl_get if client == "curl" else socket_get)(port, path, ca=ca)
     fetch.cpu = meter.used
     if fetch.error or fetch.status != 200 or fetch.size != expected_size:
         raise BenchError(

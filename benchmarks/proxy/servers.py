@@ -54,33 +54,56 @@ class BaselineRegistry(RegistryProcess):
         return cfg
 
 
-def mirror_proxy(workdir: Path, upstream_url: str, ca_file: Path | None = None) -> ProxyProcess:
+def mirror_proxy(
+    workdir: Path,
+    upstream_url: str,
+    ca_file: Path | None = None,
+    listener_ca: LoopbackCA | None = None,
+) -> ProxyProcess:
     """hpc-mirror in front of the upstream with its own cache root and index under
     `workdir`, the proxy's default client settings, and warning-level logging (aiohttp's
-    access log is silent). `ca_file`: the CA an HTTPS upstream's certificate is from."""
+    access log is silent). `ca_file`: the CA an HTTPS upstream's certificate is from;
+    `listener_ca`: serve HTTPS with that CA's server certificate."""
     entry = upstream_entry(upstream_url, prefix=PREFIX)
     if ca_file is not None:
         entry["ca_file"] = str(ca_file)
     config = proxy_config(workdir, {"bench": entry}, client=None)
-    return ProxyProcess(workdir, config, log_level="warning", start_timeout=20.0)
+    return ProxyProcess(
+        workdir, config, log_level="warning", start_timeout=20.0, listener_ca=listener_ca
+    )
 
 
 class NginxProcess(ServerProcess):
     """nginx in the foreground serving one directory with sendfile. `master_process off`
     makes the one process that serves the PID we started, so its CPU time can be read.
     `sendfile on; tcp_nopush on;` as in Debian's default nginx.conf: with TCP_CORK and
-    nginx's 2 MiB sendfile_max_chunk some GETs run 2-3x faster at a third of the CPU."""
+    nginx's 2 MiB sendfile_max_chunk some GETs run 2-3x faster at a third of the CPU.
+    With `tls`, it serves HTTPS (TLS 1.2 and 1.3, OpenSSL's default ciphers) with that
+    CA's server certificate; sendfile then does not apply (no kTLS here)."""
 
     name = "nginx"
     ready_path = "/"
     ready_statuses = (200, 403, 404)
 
-    def __init__(self, workdir: Path, root: Path) -> None:
+    def __init__(self, workdir: Path, root: Path, tls: LoopbackCA | None = None) -> None:
         super().__init__(start_timeout=20.0)
         self.workdir = workdir
         self.root = root
         self.port = free_port()
         self.error_log = workdir / "error.log"
+        self.ca = tls
+        if tls is not None:
+            self.tls = tls.client_context()
+
+    def _listen(self) -> str:
+        if self.ca is None:
+            return f"listen {LOOPBACK}:{self.port};"
+        return (
+            f"listen {LOOPBACK}:{self.port} ssl;\n"
+            f"        ssl_certificate {self.ca.cert_file};\n"
+            f"        ssl_certificate_key {self.ca.key_file};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;"
+        )
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         w = self.workdir
@@ -105,7 +128,7 @@ http {{
     uwsgi_temp_path {w}/uwsgi;
     scgi_temp_path {w}/scgi;
     server {{
-        listen {LOOPBACK}:{self.port};
+        {self._listen()}
         root {self.root};
     }}
 }}

@@ -25,6 +25,7 @@ from benchmarks.proxy.servers import BaselineRegistry, UpstreamRegistry, mirror_
 from tests.support.processes import ServerProcess, StartError
 from tests.support.proxy import ProxyProcess
 from tests.support.seed import RegistryClient
+from tests.support.tls import LoopbackCA
 
 ABORTS = (
     BenchError,
@@ -216,11 +217,17 @@ class Session:
         self._stack.callback(server.stop)
 
     def new_proxy(
-        self, upstream_url: str | None = None, ca_file: Path | None = None
+        self,
+        upstream_url: str | None = None,
+        ca_file: Path | None = None,
+        listener_ca: LoopbackCA | None = None,
     ) -> ProxyProcess:
         """A fresh hpc-mirror process with an empty cache in front of the upstream (or of
-        `upstream_url`, whose certificate is from `ca_file`)."""
-        proxy = mirror_proxy(self._next("proxy"), upstream_url or self.upstream.url, ca_file)
+        `upstream_url`, whose certificate is from `ca_file`); serving HTTPS with a
+        certificate from `listener_ca`, if given."""
+        proxy = mirror_proxy(
+            self._next("proxy"), upstream_url or self.upstream.url, ca_file, listener_ca
+        )
         self.stop_at_exit(proxy)
         self._unread.append(proxy)
         proxy.start()

@@ -256,8 +256,9 @@ class SiteInfo:
     """What every page says about the site."""
 
     title: str
-    mirror: str  # host[:port] to pull through; plain HTTP (TLS is not served yet)
+    mirror: str  # host[:port] to pull through
     version: str  # of hpc-mirror, in the footer
+    https: bool = False  # users reach the mirror over HTTPS: commands carry no insecure flag
 
 
 def catalog_json(site: SiteInfo, rows: list[RepoRow]) -> dict[str, Any]:
@@ -265,6 +266,7 @@ def catalog_json(site: SiteInfo, rows: list[RepoRow]) -> dict[str, Any]:
     return {
         "title": site.title,
         "mirror": site.mirror,
+        "https": site.https,
         "repositories": [row.to_json() for row in rows],
     }
 

@@ -67,10 +67,13 @@ class UpstreamStats:
 
 
 def pull_commands(site: SiteInfo, path: str, reference: str, kind: Kind) -> list[PullCommand]:
-    """The commands that pull `path` at `reference` (tag or digest) through this mirror,
-    which serves plain HTTP."""
+    """The commands that pull `path` at `reference` (tag or digest) through this mirror;
+    with the flags a plain-HTTP mirror needs unless it is served over HTTPS."""
     ref = f"{site.mirror}/{path}{'@' if ':' in reference else ':'}{reference}"
-    apptainer, oras = "apptainer pull --no-https", "oras pull --plain-http"
+    plain = not site.https
+    apptainer = "apptainer pull --no-https" if plain else "apptainer pull"
+    oras = "oras pull --plain-http" if plain else "oras pull"
+    podman = "podman pull --tls-verify=false" if plain else "podman pull"
     if kind == Kind.SIF:
         return [
             PullCommand("Apptainer (ORAS)", f"{apptainer} oras://{ref}"),
@@ -79,9 +82,29 @@ def pull_commands(site: SiteInfo, path: str, reference: str, kind: Kind) -> list
     if kind in (Kind.IMAGE, Kind.INDEX):
         return [
             PullCommand("Apptainer (docker)", f"{apptainer} docker://{ref}"),
-            PullCommand("podman", f"podman pull --tls-verify=false {ref}"),
+            PullCommand("podman", f"{podman} {ref}"),
         ]
     return [PullCommand("oras", f"{oras} {ref}")]
+
+
+def client_snippets(site: SiteInfo, prefix: str) -> list[PullCommand]:
+    """The registries.conf and containerd hosts.toml entries that make `prefix` pull
+    through this mirror by default: `insecure` and `http://` only for a plain-HTTP one."""
+    registries = (
+        f'[[registry]]\nprefix = "{prefix}"\nlocation = "{prefix}"\n'
+        f'[[registry.mirror]]\nlocation = "{site.mirror}/{prefix}"'
+    )
+    hosts = f'[host."{"https" if site.https else "http"}://{site.mirror}"]\n'
+    hosts += '  capabilities = ["pull", "resolve"]'
+    if site.https:
+        hosts += f'\n  # ca = "/etc/containerd/certs.d/{prefix}/site-ca.pem"  # for a site CA'
+
+    else:
+        registries += "\ninsecure = true"
+    return [
+        PullCommand("registries.conf snippet", registries),
+        PullCommand("containerd hosts.toml snippet", hosts),
+    ]
 
 
 def fingerprint(*parts: Any) -> str:
@@ -112,6 +135,7 @@ class Pages:
         self.env.filters["capfirst"] = lambda text: text[:1].upper() + text[1:]
         self.env.filters["iso"] = iso_text
         self.env.globals["pull_commands"] = pull_commands
+        self.env.globals["client_snippets"] = client_snippets
         self.env.globals["kind_labels"] = KIND_LABELS
 
     def repository(self, view: RepoView) -> list[str]:

@@ -96,7 +96,9 @@ def render(config: Config, out: Path | None = None) -> RenderReport:
 
 
 def _site_info(config: Config) -> SiteInfo:
-    return SiteInfo(config.catalog.title, config.catalog.mirror_url, __version__)
+    return SiteInfo(
+        config.catalog.title, config.catalog.mirror_url, __version__, config.catalog.https
+    )
 
 
 def _render_chunk(

@@ -31,6 +31,7 @@ from mirror.proxy.handlers import (
     add_site_routes,
     error_middleware,
 )
+from mirror.proxy.listener_tls import ListenerTLS
 from mirror.proxy.service import ProxyService, running_service
 from mirror.proxy.throttled_log import ThrottledWarning
 from mirror.proxy.token_endpoint import add_token_routes
@@ -149,9 +150,13 @@ async def _housekeeping(service: ProxyService) -> None:
 def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
     """Run the proxy until SIGTERM/SIGINT: in this process, or in `workers` processes
     sharing the port (SO_REUSEPORT) so one node uses every core. The workers share the
-    cache like any instances do (one fill per blob, via the store)."""
+    cache like any instances do (one fill per blob, via the store). SIGHUP reloads the
+    TLS certificate; the parent of workers passes it on to each."""
     _raise_open_files_limit()
     _check_address_free(config.server.host, config.server.port)
+    # Ignored until each event loop handles it; spawned workers inherit the disposition,
+    # so a SIGHUP while a worker starts cannot end it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if workers <= 1:
         _run(config, reuse_port=False, access_log=access_log)
         return
@@ -169,8 +174,14 @@ def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
             if process.is_alive():
                 process.terminate()
 
+    def forward(signum: int, frame: object) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, forward)
     for process in processes:
         process.join()
 
@@ -208,12 +219,36 @@ def _worker(config: Config, level: int, access_log: bool) -> None:
 
 
 def _run(config: Config, reuse_port: bool, access_log: bool) -> None:
+    listener_tls = ListenerTLS.from_config(config.server)
+    app = create_app(config)
+    app.cleanup_ctx.append(functools.partial(_reload_on_hangup, listener_tls))
     web.run_app(
-        create_app(config),
+        app,
         host=config.server.host,
         port=config.server.port,
+        ssl_context=listener_tls.context if listener_tls else None,
         print=None,
         reuse_port=reuse_port,
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
         access_log_format='%a "%r" %s %Tfs',
     )
+
+
+async def _reload_on_hangup(
+    listener_tls: ListenerTLS | None, app: web.Application
+) -> AsyncIterator[None]:
+    """SIGHUP reloads what can change under a running server: the TLS certificate."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        listener_tls.reload if listener_tls else _nothing_to_reload,
+    )
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)  # which restores the default: to end
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _nothing_to_reload() -> None:
+    log.info("SIGHUP: no [server] tls_cert is set, so there is nothing to reload")

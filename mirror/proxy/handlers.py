@@ -34,7 +34,10 @@ SERVICE = web.AppKey("service", ProxyService)
 OUT_OF_RESOURCES = web.AppKey("out_of_resources", ThrottledWarning)
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 _PULL_METHODS = ("GET", "HEAD")
-_FALLBACK_CHUNK = 1024 * 1024
+# Bytes per pread + write where sendfile does not apply (TLS, chunked encoding): over TLS,
+# 512 KiB was as fast as 1 MiB and faster than 128 KiB or 4 MiB, and a client that stops
+# reading holds about 2 MiB of the mirror's memory instead of 3.5 (README, "Performance").
+_WRITE_CHUNK = 512 * 1024
 
 
 def add_routes(app: web.Application) -> None:
@@ -256,7 +259,7 @@ async def _write_chunks(
 ) -> None:
     position = start
     while position < end:
-        chunk = source.read(position, min(_FALLBACK_CHUNK, end - position))
+        chunk = source.read(position, min(_WRITE_CHUNK, end - position))
         if not chunk:
             return
         await response.write(chunk)

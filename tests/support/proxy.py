@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .processes import LOOPBACK, ServerProcess, free_port, spawn_logged
+from .tls import LoopbackCA
 
 #: The prefix the test proxies map to their default upstream (the seeded registry).
 UPSTREAM_PREFIX = "up.test"
@@ -92,7 +93,9 @@ def proxy_config(
 
 
 class ProxyProcess(ServerProcess):
-    """`python -m mirror.cli serve --config <file>` on a free port; stopped by its PID."""
+    """`python -m mirror.cli serve --config <file>` on a free port; stopped by its PID.
+    With `listener_ca`, it serves HTTPS with that CA's server certificate (`url` is then
+    https://, and `tls` a client context trusting the CA)."""
 
     name = "mirror serve"
 
@@ -105,8 +108,13 @@ class ProxyProcess(ServerProcess):
         log_level: str = "info",
         start_timeout: float = 15.0,
         launcher: tuple[str, ...] = (),
+        listener_ca: LoopbackCA | None = None,
     ) -> None:
         super().__init__(start_timeout)
+        if listener_ca is not None:
+            config["server"]["tls_cert"] = str(listener_ca.cert_file)
+            config["server"]["tls_key"] = str(listener_ca.key_file)
+            self.tls = listener_ca.client_context()
         self.workdir = workdir
         self.args = args
         self.launcher = launcher  # a command the proxy runs under, e.g. ("prlimit", "--nofile=256")
