@@ -133,3 +133,23 @@ def test_a_port_in_use_is_one_line_and_exit_2(site, tmp_path, workers):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
     assert "Traceback" not in result.stderr
+
+
+def test_a_damaged_token_key_is_one_line_at_start(site, tmp_path):
+    (tmp_path / "htpasswd").write_text("")
+    site.write_text(site.read_text() + f'[auth]\nhtpasswd = "{tmp_path / "htpasswd"}"\n')
+    key = tmp_path / "cache" / "auth" / "token-signing.key"
+    key.parent.mkdir(parents=True)
+    key.write_text("not a key\n")
+    result = mirror("serve", "--port", str(free_tcp_port()), "--config", str(site), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {key} does not hold a token signing key (64 hex digits); "
+        "remove it and restart every instance to make a new one"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def free_tcp_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return probe.getsockname()[1]

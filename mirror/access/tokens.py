@@ -22,6 +22,7 @@ from typing import Any
 import jwt
 
 from mirror.access.identity import ANONYMOUS, Identity
+from mirror.errors import MirrorError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class InvalidToken(Exception):
     for another audience). The message is for the log; it never quotes the token."""
 
 
-class TokenKeyError(Exception):
+class TokenKeyError(MirrorError):
     """The signing key under the cache root exists but cannot be used."""
 
 

@@ -20,6 +20,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from mirror.access.tokens import load_or_create_key
+from mirror.cache.store import ContentStore
 from mirror.config import Config
 from mirror.errors import InvalidValue, out_of_resources
 from mirror.proxy.access_gate import GATE, AccessGate
@@ -154,6 +156,10 @@ def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
     TLS certificate; the parent of workers passes it on to each."""
     _raise_open_files_limit()
     _check_address_free(config.server.host, config.server.port)
+    if config.auth.enabled:
+        # Made or checked once here: a damaged key is one error line, not a traceback from
+        # every worker's start.
+        load_or_create_key(ContentStore(config.cache.root).token_key_path())
     # Ignored until each event loop handles it; spawned workers inherit the disposition,
     # so a SIGHUP while a worker starts cannot end it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
