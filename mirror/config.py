@@ -36,12 +36,22 @@ from mirror.reference import (
 class ServerConfig:
     host: str
     port: int
+    shutdown_grace_seconds: float  # on SIGTERM, how long responses in flight may take
     tls_cert: Path | None = None  # PEM, full chain: the listener speaks TLS 1.2+ only
     tls_key: Path | None = None
 
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """`[log]`: the access log, one line per request."""
+
+    access_stdout: bool  # access = "-"
+    access_file: Path | None  # access = a path; neither: off
+    access_format: str  # "text" or "json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +139,37 @@ class AuthConfig:
         return self.htpasswd is not None or self.ldap is not None
 
 
+class SecretUnreadable(Exception):
+    """A secret's environment variable or file gives no usable value (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecretSource:
+    """Where a secret is read from, `<name>_env` or `<name>_file`, kept so that SIGHUP can
+    read it again (a rotated password file)."""
+
+    key: str  # the config key that names the source: "password_env", "password_file"
+    env: str = ""
+    file: Path | None = None
+
+    def read(self) -> str:
+        """The secret as it is now; `SecretUnreadable` when it is unset, empty or unreadable."""
+        if self.file is None:
+            if not os.environ.get(self.env):
+                state = "is empty" if self.env in os.environ else "is not set"
+                raise SecretUnreadable(f"environment variable {self.env!r} {state}")
+            return os.environ[self.env]
+        try:
+            secret = self.file.read_text().strip()
+        except OSError as exc:
+            raise SecretUnreadable(f"cannot read {self.file}: {exc.strerror}") from None
+        if not secret:
+            # An empty password would be accepted here and refused by the upstream on
+            # every request: a 403 for each pull instead of one error.
+            raise SecretUnreadable(f"{self.file} is empty")
+        return secret
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
@@ -139,6 +180,7 @@ class UpstreamConfig:
     offline: bool  # mode = "offline": never connect, serve only what is cached
     username: str
     password: str = field(repr=False)
+    password_source: SecretSource | None = None  # read again on SIGHUP
     ca_file: Path | None = None  # PEM bundle trusted for this upstream besides the system's
     access: AccessRule = AccessRule()  # the upstream's own; `repositories` is empty
     rules: tuple[AccessRule, ...] = ()  # per repository: the first that matches wins
@@ -157,6 +199,7 @@ class Config:
     client: ClientConfig
     upstreams: tuple[UpstreamConfig, ...]
     catalog: CatalogConfig
+    log: LogConfig
     auth: AuthConfig = AuthConfig()
 
     @property
@@ -232,7 +275,7 @@ _LDAP_OPTIONAL: dict[str, Any] = {
     "cache_seconds": 60,
 }
 _LDAP_KEYS = {"url", "bind_password_env", "bind_password_file", *_LDAP_OPTIONAL}
-_FIXED_TABLES = ("server", "cache", "client", "catalog", "auth")
+_FIXED_TABLES = ("server", "cache", "client", "catalog", "log", "auth")
 
 
 class _Parser:
@@ -255,9 +298,10 @@ class _Parser:
         auth = self._auth()
         upstreams = self._upstreams(auth)
         catalog = self._catalog(server)
+        log = self._log()
         if self.problems:
             raise ConfigError(self.source, self.problems)
-        return Config(self.source, server, cache, client, upstreams, catalog, auth)
+        return Config(self.source, server, cache, client, upstreams, catalog, log, auth)
 
     def _table(self, name: str, *subtables: str) -> dict[str, Any]:
         """A fixed table, its unknown keys reported; every known key is present, because
@@ -306,7 +350,8 @@ class _Parser:
             self.problems.append("server.tls_cert, server.tls_key: set both or neither")
         elif cert is not None and key is not None:
             self._check_key_pair(cert, key)
-        return ServerConfig(host, port, cert, key)
+        grace = self._number(table, "server", "shutdown_grace_seconds", minimum=0)
+        return ServerConfig(host, port, grace, tls_cert=cert, tls_key=key)
 
     def _check_key_pair(self, cert: Path, key: Path) -> None:
         """Loaded now, so a wrong path or a key of another certificate fails at start."""
@@ -423,6 +468,19 @@ class _Parser:
             include_restricted=self._get(table, "catalog", "include_restricted", bool),
         )
 
+    def _log(self) -> LogConfig:
+        table = self._table("log")
+        access = self._get(table, "log", "access", str)
+        access_format = self._get(table, "log", "format", str)
+        if access_format not in ("text", "json"):
+            self.problems.append(f'log.format: must be "text" or "json", got {access_format!r}')
+        stdout = access == "-"
+        return LogConfig(
+            access_stdout=stdout,
+            access_file=None if stdout else self._path(table, "log", "access"),
+            access_format=access_format,
+        )
+
     def _auth(self) -> AuthConfig:
         table = self._table("auth", "ldap")
         realm = self._get(table, "auth", "realm", str)
@@ -535,7 +593,7 @@ class _Parser:
         if mode not in ("online", "offline"):
             self.problems.append(f'{where}.mode: must be "online" or "offline", got {mode!r}')
         username = self._get(entry, where, "username", str)
-        password = self._password(entry, where, "password")
+        password, password_source = self._secret(entry, where, "password")
         if password and not username:
             self.problems.append(f"{where}.username: required when a password is configured")
         access = self._access_rule(entry, where, auth, rule=False)
@@ -557,6 +615,7 @@ class _Parser:
             offline=mode == "offline",
             username=username,
             password=password,
+            password_source=password_source,
             ca_file=self._ca_file(entry, where),
             access=access,
             rules=tuple(parsed_rules),
@@ -606,32 +665,30 @@ class _Parser:
 
     def _password(self, entry: dict[str, Any], where: str, name: str) -> str:
         """The secret `name` from `<name>_env` or `<name>_file`, never from the file."""
+        return self._secret(entry, where, name)[0]
+
+    def _secret(
+        self, entry: dict[str, Any], where: str, name: str
+    ) -> tuple[str, SecretSource | None]:
+        """The secret `name` and where it came from (None when not configured)."""
         env_key, file_key = f"{name}_env", f"{name}_file"
         if env_key in entry and file_key in entry:
             self.problems.append(f"{where}: set {env_key} or {file_key}, not both")
-            return ""
+            return "", None
         if env_key in entry:
-            var = self._get(entry, where, env_key, str)
-            if not os.environ.get(var):
-                state = "is empty" if var in os.environ else "is not set"
-                self.problems.append(f"{where}.{env_key}: environment variable {var!r} {state}")
-                return ""
-            return os.environ[var]
-        if file_key in entry:
+            source = SecretSource(env_key, env=self._get(entry, where, env_key, str))
+        elif file_key in entry:
             path = self._path(entry, where, file_key)
             if path is None:
-                return ""
-            try:
-                password = path.read_text().strip()
-            except OSError as exc:
-                self.problems.append(f"{where}.{file_key}: cannot read {path}: {exc.strerror}")
-                return ""
-            if not password:
-                # An empty password would be accepted here and refused by the upstream on
-                # every request: a 403 for each pull instead of one error at start.
-                self.problems.append(f"{where}.{file_key}: {path} is empty")
-            return password
-        return ""
+                return "", None
+            source = SecretSource(file_key, file=path)
+        else:
+            return "", None
+        try:
+            return source.read(), source
+        except SecretUnreadable as exc:
+            self.problems.append(f"{where}.{source.key}: {exc}")
+            return "", source
 
     def _ca_file(self, entry: dict[str, Any], where: str) -> Path | None:
         """A readable PEM file holding at least one CA certificate, checked now so a typo
