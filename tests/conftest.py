@@ -59,11 +59,17 @@ def make_proxy(tmp_path: Path):
         auth: dict | None = None,
         log_level: str = "info",
         listener_ca: LoopbackCA | None = None,
+        server: dict | None = None,
+        log: dict | None = None,
+        args: tuple[str, ...] = (),
         **cache,
     ) -> ProxyProcess:
         workdir = tmp_path / f"{name}-{len(started)}"
         config = proxy_config(workdir, upstreams, **cache)
         config["client"].update(client or {})
+        config["server"].update(server or {})
+        if log is not None:
+            config["log"] = log
         if auth is not None:
             config["auth"] = auth
         proxy = ProxyProcess(
@@ -73,6 +79,7 @@ def make_proxy(tmp_path: Path):
             launcher=launcher,
             log_level=log_level,
             listener_ca=listener_ca,
+            args=args,
         )
         started.append(proxy)
         return proxy.start()

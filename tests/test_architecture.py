@@ -43,13 +43,23 @@ ROOMS: dict[str, set[str]] = {
 # Inside a room, a module may import only modules of earlier layers.
 LAYERS: dict[str, list[set[str]]] = {
     "proxy": [
-        {"policy", "memo", "routing", "ranges", "throttled_log", "body_receiver", "listener_tls"},
-        {"upstream", "fill", "access_gate"},
+        {
+            "policy",
+            "memo",
+            "routing",
+            "ranges",
+            "throttled_log",
+            "body_receiver",
+            "listener_tls",
+            "served",
+        },
+        {"upstream", "fill", "access_gate", "access_log", "health"},
         {"passthrough", "token_endpoint"},
         {"sources"},
         {"blob_fills"},
         {"service"},
         {"handlers"},
+        {"lifecycle"},
         {"app"},
     ],
     "cache": [

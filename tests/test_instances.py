@@ -6,6 +6,8 @@ filesystem: one GlusterFS volume mounted twice, one proxy per mount, like two no
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -119,6 +121,42 @@ def test_a_killed_filler_is_taken_over_where_its_partial_file_ended(
     assert sent <= slow_upstream.layer_size + 2 * slow_upstream.slow_chunk
 
 
+def test_a_filler_stopped_by_sigterm_leaves_its_fill_to_the_instance_following_it(
+    make_proxy, cache_roots
+):
+    """A graceful stop must not delete a partial file another instance is following: node A
+    is stopped (SIGTERM, a short grace) mid-fill, and node B takes the fill over where A's
+    file ended, not from scratch."""
+    with FaultyUpstream("slow", slow_chunk=64 * 1024, slow_interval=0.2) as server:  # ~7 s
+        upstreams = {"f": {"url": server.url, "prefix": "f.test", "default": True}}
+        first = make_proxy(
+            upstreams,
+            name="node-a",
+            root=str(cache_roots[0]),
+            fill_stale_seconds=4,
+            server={"shutdown_grace_seconds": 0.5},
+        )
+        second = make_proxy(
+            upstreams, name="node-b", root=str(cache_roots[1]), fill_stale_seconds=4
+        )
+        with ThreadPoolExecutor(4) as pool:
+            pool.submit(_download, first.url + server.layer_path)
+            time.sleep(1.0)
+            followers = [pool.submit(_download, second.url + server.layer_path) for _ in range(3)]
+            time.sleep(0.5)
+            assert first.pid is not None and first._process is not None
+            os.kill(first.pid, signal.SIGTERM)
+            assert first._process.wait(timeout=30) == 0
+            results = [f.result() for f in followers]
+        assert results == [(200, server.layer_digest)] * 3
+        start = _resumed_at(server)
+        assert f"at byte {start}" in second.log()
+        assert second.wait_stored(server.layer_digest) == server.layer_size
+        assert second.temp_files() == []
+        assert "left the fill of " + server.layer_digest in first.log()
+        assert "Traceback" not in first.log()
+
+
 def test_a_takeover_from_an_upstream_that_ignores_range_fetches_the_whole_blob(
     make_proxy, cache_roots
 ):
@@ -162,8 +200,12 @@ def test_workers_share_the_port_and_stop_together(tmp_path, upstream, seeded):
         children = [int(pid) for pid in open(children_file).read().split()]
         image = seeded["tools/alpha:1.0"]
         deadline = time.monotonic() + 20  # the second worker may still be starting
-        while not ("mirror-worker-0" in proxy.log() and "mirror-worker-1" in proxy.log()):
-            assert time.monotonic() < deadline, "one worker never answered"
+        while not all(
+            f"mirror-worker-{n} mirror.proxy.lifecycle: listening" in proxy.log() for n in (0, 1)
+        ):
+            assert time.monotonic() < deadline, "one worker never listened"
+            time.sleep(0.05)
+        for _ in range(10):
             response = requests.get(
                 f"{proxy.url}/v2/tools/alpha/manifests/1.0",
                 headers={"Accept": image.media_type},

@@ -4,6 +4,8 @@ using its own configured credentials, caching tokens, and never leaking them."""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -111,6 +113,39 @@ def test_wrong_credentials_are_refused(make_proxy, token_upstream):
     response = requests.get(f"{proxy.url}/v2/secure/app/manifests/1.0", headers=ACCEPT, timeout=30)
     assert response.status_code == 403
     assert "Wr0ng-S3cret-77" not in proxy.log()
+
+
+def test_sighup_reads_a_rotated_password_file_and_keeps_the_old_password_on_failure(
+    make_proxy, token_upstream, tmp_path
+):
+    registry, _ = token_upstream
+    image = _seed(registry.url)
+    client = RegistryClient(registry.url, username=USER, password=PASSWORD)
+    spec = oci.ImageConfigSpec(title="other", version="2.0")
+    publish_image(client, "secure/other", ["2.0"], spec, [oci.make_layer("o", {"o": 10}, "O")])
+    client.close()
+    password_file = tmp_path / "upstream.password"
+    password_file.write_text("Wr0ng-S3cret-77\n")
+    entry = upstream_entry(registry.url, username=USER, password_file=str(password_file))
+    proxy = make_proxy({"token": entry})
+    manifest = f"{proxy.url}/v2/secure/app/manifests/1.0"
+    assert requests.get(manifest, headers=ACCEPT, timeout=30).status_code == 403
+    password_file.write_text(PASSWORD + "\n")  # the site rotates the mirror's password
+    assert proxy.pid is not None
+    os.kill(proxy.pid, signal.SIGHUP)
+    proxy.wait_log("SIGHUP: upstream passwords: token (changed)")
+    _pull_everything(proxy, image)
+    password_file.unlink()
+    os.kill(proxy.pid, signal.SIGHUP)
+    log = proxy.wait_log("SIGHUP: upstream passwords: token (kept: see the error above)")
+    assert (
+        "upstream token: password not reloaded, still using the previous one: "
+        f"password_file: cannot read {password_file}: No such file or directory"
+    ) in log
+    # another repository: a token of a new scope, bought with the password kept
+    response = requests.get(f"{proxy.url}/v2/secure/other/tags/list", timeout=30)
+    assert response.status_code == 200 and response.json()["tags"] == ["2.0"]
+    assert PASSWORD not in proxy.log() and "Wr0ng-S3cret-77" not in proxy.log()
 
 
 def test_client_credentials_are_not_forwarded(make_proxy, htpasswd_upstream):

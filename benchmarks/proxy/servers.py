@@ -61,13 +61,14 @@ def mirror_proxy(
     listener_ca: LoopbackCA | None = None,
 ) -> ProxyProcess:
     """hpc-mirror in front of the upstream with its own cache root and index under
-    `workdir`, the proxy's default client settings, and warning-level logging (aiohttp's
-    access log is silent). `ca_file`: the CA an HTTPS upstream's certificate is from;
+    `workdir`, the proxy's default client settings, warning-level logging and no access
+    log (like the baseline). `ca_file`: the CA an HTTPS upstream's certificate is from;
     `listener_ca`: serve HTTPS with that CA's server certificate."""
     entry = upstream_entry(upstream_url, prefix=PREFIX)
     if ca_file is not None:
         entry["ca_file"] = str(ca_file)
     config = proxy_config(workdir, {"bench": entry}, client=None)
+    config["log"] = {"access": ""}
     return ProxyProcess(
         workdir, config, log_level="warning", start_timeout=20.0, listener_ca=listener_ca
     )

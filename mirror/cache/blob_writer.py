@@ -123,13 +123,18 @@ class BlobWriter:
         self.verify()
         self.persist()
 
-    def abort(self) -> None:
-        """Delete the temp file and size note; a close reporting a late write error (NFS
-        does, on a full disk) must not keep them."""
+    def release(self) -> None:
+        """Close the temp file but leave it and the size note in place: a shared fill
+        another instance takes over from where it ended (this one is shutting down)."""
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def abort(self) -> None:
+        """Delete the temp file and size note; a close reporting a late write error (NFS
+        does, on a full disk) must not keep them."""
+        self.release()
         try:
             os.unlink(self.temp_path)
         except FileNotFoundError:

@@ -88,6 +88,11 @@ class MetadataCache:
             self._store.link_blob(repo, digest)
             self._db.set(key, True)
 
+    def probe(self) -> None:
+        """Write and read one entry (a readiness probe): raises if the database is unusable."""
+        self._db.set("probe", time.time())
+        self._db.get("probe")
+
     # -- listing ---------------------------------------------------------------------------
     def repositories(self) -> list[Repository]:
         """Cached repositories, from a store scan remembered for a short while."""

@@ -177,6 +177,17 @@ class ContentStore:
         os.rename(self.blob_path(digest), target)
         return target
 
+    def probe_writes(self) -> None:
+        """Create, write and remove a small file in tmp/ (a readiness probe): raises the
+        OSError of a store whose filesystem does not take writes now."""
+        path = self.temp_path("probe")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            _unlink(path)
+
     # -- fills shared by every instance on the cluster filesystem ---------------------------
     def claim_fill(self, digest: Digest) -> BlobWriter | None:
         """The writer of the shared fill of `digest`, or None if another fill holds it."""

@@ -36,6 +36,7 @@ from mirror.access.tokens import (
 from mirror.config import Config
 from mirror.errors import MirrorError, PullDenied, Unauthorized
 from mirror.proxy.routing import Router
+from mirror.proxy.served import served
 from mirror.reference import Repository
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class AccessGate:
                 raise Unauthorized(
                     "invalid or expired token", self.challenge(request, repo, "invalid_token")
                 ) from None
+            served(request).user = grant.identity.user
             return Caller(grant.identity, has_credentials=True, pullable=grant.pullable)
         return NOBODY
 
@@ -141,6 +143,7 @@ class AccessGate:
         identity = await self._authenticator.login(user, password, _address(request))
         if identity is None:
             raise Unauthorized("invalid username or password", self.challenge(request, repo))
+        served(request).user = identity.user  # for the access log
         return identity
 
     # -- tokens ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from mirror.cache.store import ContentStore
 from mirror.config import Config
 from mirror.errors import InvalidValue, out_of_resources
 from mirror.proxy.access_gate import GATE, AccessGate
+from mirror.proxy.access_log import AccessLog
 from mirror.proxy.blob_fills import remove_leftovers
 from mirror.proxy.handlers import (
     OUT_OF_RESOURCES,
@@ -33,6 +34,8 @@ from mirror.proxy.handlers import (
     add_site_routes,
     error_middleware,
 )
+from mirror.proxy.health import READINESS, Readiness, add_health_routes
+from mirror.proxy.lifecycle import serve_until_stopped
 from mirror.proxy.listener_tls import ListenerTLS
 from mirror.proxy.service import ProxyService, running_service
 from mirror.proxy.throttled_log import ThrottledWarning
@@ -52,6 +55,7 @@ def create_app(config: Config) -> web.Application:
     app[OUT_OF_RESOURCES] = ThrottledWarning(log)
     app.cleanup_ctx.append(_quiet_floods)
     app.cleanup_ctx.append(_proxy_service)
+    add_health_routes(app)
     add_routes(app)
     if config.auth.enabled:
         add_token_routes(app)
@@ -118,6 +122,7 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     async with running_service(config) as service:
         app[SERVICE] = service
+        app[READINESS] = Readiness(service.store, service.metadata)
         if config.auth.enabled:
             app[GATE] = AccessGate.from_config(
                 config, service.store.token_key_path(), service.router
@@ -131,6 +136,7 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
                 await flusher
             if GATE in app:
                 app[GATE].close()
+            app[READINESS].close()
 
 
 async def _housekeeping(service: ProxyService) -> None:
@@ -149,45 +155,43 @@ async def _housekeeping(service: ProxyService) -> None:
             log.exception("housekeeping failed")
 
 
-def serve(config: Config, workers: int = 1, access_log: bool = True) -> None:
-    """Run the proxy until SIGTERM/SIGINT: in this process, or in `workers` processes
-    sharing the port (SO_REUSEPORT) so one node uses every core. The workers share the
-    cache like any instances do (one fill per blob, via the store). SIGHUP reloads the
-    TLS certificate; the parent of workers passes it on to each."""
+def serve(config: Config, workers: int = 1) -> None:
+    """Run the proxy until SIGTERM/SIGINT, then drain (`lifecycle`): in this process, or in
+    `workers` processes sharing the port (SO_REUSEPORT) so one node uses every core. The
+    workers share the cache like any instances do (one fill per blob, via the store).
+    SIGHUP reloads the TLS certificate, the access log file and upstream passwords; the
+    parent of workers passes SIGTERM, SIGINT and SIGHUP on to each, and waits for them."""
     _raise_open_files_limit()
     _check_address_free(config.server.host, config.server.port)
     if config.auth.enabled:
         # Made or checked once here: a damaged key is one error line, not a traceback from
         # every worker's start.
         load_or_create_key(ContentStore(config.cache.root).token_key_path())
+    opened = AccessLog.from_config(config.log)  # an unusable file: one error line, here
+    if workers > 1 and opened is not None:
+        opened.close()  # each worker opens its own
     # Ignored until each event loop handles it; spawned workers inherit the disposition,
     # so a SIGHUP while a worker starts cannot end it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if workers <= 1:
-        _run(config, reuse_port=False, access_log=access_log)
+        _run(config, reuse_port=False, access_log=opened)
         return
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger().level
     processes = [
-        context.Process(target=_worker, args=(config, level, access_log), name=f"mirror-worker-{n}")
+        context.Process(target=_worker, args=(config, level), name=f"mirror-worker-{n}")
         for n in range(workers)
     ]
     for process in processes:
         process.start()
-
-    def stop(signum: int, frame: object) -> None:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
 
     def forward(signum: int, frame: object) -> None:
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signum)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, forward)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
     for process in processes:
         process.join()
 
@@ -217,44 +221,14 @@ def _raise_open_files_limit() -> None:
     log.info("open files limit: %d (the hard limit)", hard)
 
 
-def _worker(config: Config, level: int, access_log: bool) -> None:
+def _worker(config: Config, level: int) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
     )
-    _run(config, reuse_port=True, access_log=access_log)
+    _run(config, reuse_port=True, access_log=AccessLog.from_config(config.log))
 
 
-def _run(config: Config, reuse_port: bool, access_log: bool) -> None:
+def _run(config: Config, reuse_port: bool, access_log: AccessLog | None) -> None:
     listener_tls = ListenerTLS.from_config(config.server)
     app = create_app(config)
-    app.cleanup_ctx.append(functools.partial(_reload_on_hangup, listener_tls))
-    web.run_app(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        ssl_context=listener_tls.context if listener_tls else None,
-        print=None,
-        reuse_port=reuse_port,
-        access_log=logging.getLogger("aiohttp.access") if access_log else None,
-        access_log_format='%a "%r" %s %Tfs',
-    )
-
-
-async def _reload_on_hangup(
-    listener_tls: ListenerTLS | None, app: web.Application
-) -> AsyncIterator[None]:
-    """SIGHUP reloads what can change under a running server: the TLS certificate."""
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        listener_tls.reload if listener_tls else _nothing_to_reload,
-    )
-    try:
-        yield
-    finally:
-        loop.remove_signal_handler(signal.SIGHUP)  # which restores the default: to end
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
-def _nothing_to_reload() -> None:
-    log.info("SIGHUP: no [server] tls_cert is set, so there is nothing to reload")
+    serve_until_stopped(app, config.server, listener_tls, access_log, reuse_port=reuse_port)

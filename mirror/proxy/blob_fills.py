@@ -144,7 +144,7 @@ class BlobFills:
                     continue
                 fill = self._start(repo, writer)
             try:
-                reader = FillReader(fill, self._executor)
+                reader = FillReader(fill, self._executor, leader=running is None)
             except FileNotFoundError:  # committed (found next time round) or failed
                 if isinstance(fill.error, StoreRefused) and uncached:
                     return await self._pass_through(repo, digest)

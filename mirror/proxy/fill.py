@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import queue
 import socket
 import threading
@@ -23,6 +25,8 @@ from mirror.cache.refusals import is_refusal
 from mirror.cache.store import BlobWriter
 from mirror.errors import MirrorError, StoreRefused, UpstreamBadGateway, UpstreamTimeout
 from mirror.proxy.body_receiver import BodyReceiver
+
+log = logging.getLogger(__name__)
 
 _MAX_BATCH = 16 * 1024 * 1024
 _RECEIVE_BUFFER = 1024 * 1024
@@ -113,6 +117,8 @@ class BlobFill:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in the thread
             await asyncio.wait([receiving])
+            if not receiving.cancelled():
+                receiving.exception()  # the thread's "cut short": expected, not worth a traceback
             raise
 
     async def run_from_transport(
@@ -142,7 +148,10 @@ class BlobFill:
             await self._verify_and_persist(loop)
         except BaseException as exc:
             self._stop = True
-            await self._discard_partial(loop, exc)
+            if isinstance(exc, asyncio.CancelledError) and self._resumable():
+                self._leave_for_takeover()
+            else:
+                await self._discard_partial(loop, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -161,6 +170,29 @@ class BlobFill:
         ):
             self._reported, self._reported_at = self.written, now
             self._notify()
+
+    def _resumable(self) -> bool:
+        """Another instance can go on from what this fill wrote: its size is announced
+        next to the shared partial file, which holds some bytes and is not renamed yet."""
+        size_note = self.writer.size_path
+        return (
+            size_note is not None
+            and os.path.exists(size_note)
+            and self.writer.size > 0
+            and not self.verified
+        )
+
+    def _leave_for_takeover(self) -> None:
+        """Cancelled (the proxy stops): keep the partial file for another instance to take
+        over once its heartbeat is stale, instead of deleting bytes it may be following."""
+        self.error = UpstreamBadGateway(f"the mirror stopped while downloading {self.digest}")
+        self.writer.release()
+        log.info(
+            "left the fill of %s at byte %d of %d for another instance to take over",
+            self.digest,
+            self.writer.size,
+            self.size,
+        )
 
     async def _discard_partial(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
         """Record why a fill failed or was cancelled, then delete its temp file (a client

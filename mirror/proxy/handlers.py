@@ -22,6 +22,7 @@ from mirror.errors import (
 )
 from mirror.proxy.access_gate import GATE
 from mirror.proxy.ranges import content_range, parse_range
+from mirror.proxy.served import Served, served
 from mirror.proxy.service import ProxyService
 from mirror.proxy.sources import BlobSource
 from mirror.proxy.throttled_log import ThrottledWarning
@@ -38,6 +39,8 @@ _PULL_METHODS = ("GET", "HEAD")
 # 512 KiB was as fast as 1 MiB and faster than 128 KiB or 4 MiB, and a client that stops
 # reading holds about 2 MiB of the mirror's memory instead of 3.5 (README, "Performance").
 _WRITE_CHUNK = 512 * 1024
+# Most bytes one sendfile call sends: the access log counts a cut response's bytes in these.
+_SENDFILE_PIECE = 16 * 1024 * 1024
 
 
 def add_routes(app: web.Application) -> None:
@@ -108,6 +111,7 @@ async def _route_pullable(request: web.Request) -> Repository:
     it (with `[auth]` on; without it, everyone is)."""
     _check_pull(request)
     repo = _service(request).route(request.match_info["name"], request.query.get("ns"))
+    served(request).upstream = _service(request).upstream_name(repo)
     gate = request.app.get(GATE)
     if gate is not None:
         await gate.check_pull(request, repo)
@@ -131,6 +135,7 @@ async def manifest(request: web.Request) -> web.Response:
     service = _service(request)
     reference = request.match_info["reference"]
     found = await service.get_manifest(repo, reference)
+    served(request).cache = found.cache
     # Go clients (containers/image) send one Accept header line per media type.
     accept = ",".join(request.headers.getall("Accept", []))
     if not _acceptable(accept, found.media_type):
@@ -184,6 +189,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
     try:
         return await _send_blob(request, source, headers)
     finally:
+        served(request).cache = source.cache_result  # a refused fill may end as pass-through
         source.close()
 
 
@@ -205,6 +211,8 @@ async def _send_blob(
     if end is not None:
         response.content_length = end - start
     await response.prepare(request)
+    record = served(request)
+    record.status, record.body_bytes = status, 0
     try:
         if end is None:
             await _send_growing(request, response, source)
@@ -227,17 +235,19 @@ async def _send_span(
     request: web.Request, response: web.StreamResponse, source: BlobSource, start: int, end: int
 ) -> None:
     loop = asyncio.get_running_loop()
+    record = served(request)
     position = start
     while position < end:
-        bound = await source.sendable(position, end)
+        bound = min(await source.sendable(position, end), position + _SENDFILE_PIECE)
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client went away")  # handled by _send_blob
         file = source.file
         if request.secure or file is None:
-            await _write_chunks(response, source, position, bound)
+            await _write_chunks(response, source, position, bound, record)
         else:
             await loop.sendfile(transport, file, position, bound - position)
+            _count_sent(record, bound - position)
         position = bound
 
 
@@ -248,14 +258,14 @@ async def _send_growing(
     position = 0
     while True:
         bound = await source.sendable(position, 1 << 62)
-        await _write_chunks(response, source, position, bound)
+        await _write_chunks(response, source, position, bound, served(request))
         position = bound
         if source.size is not None and position >= source.size:
             return
 
 
 async def _write_chunks(
-    response: web.StreamResponse, source: BlobSource, start: int, end: int
+    response: web.StreamResponse, source: BlobSource, start: int, end: int, record: Served
 ) -> None:
     position = start
     while position < end:
@@ -263,7 +273,12 @@ async def _write_chunks(
         if not chunk:
             return
         await response.write(chunk)
+        _count_sent(record, len(chunk))
         position += len(chunk)
+
+
+def _count_sent(record: Served, count: int) -> None:
+    record.body_bytes = (record.body_bytes or 0) + count
 
 
 def _page(items: list[str], request: web.Request, key: str) -> web.Response:

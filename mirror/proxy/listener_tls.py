@@ -42,9 +42,9 @@ class ListenerTLS:
         if connection.context is not self._current:
             connection.context = self._current
 
-    def reload(self) -> None:
-        """Load the certificate and key again (SIGHUP); on failure keep presenting the
-        certificate loaded before, and say why."""
+    def reload(self) -> str | None:
+        """Load the certificate and key again (SIGHUP) and describe it; on failure keep
+        presenting the certificate loaded before, say why, and return None."""
         try:
             description = describe_certificate(self._cert_file)
             fresh = _certificate_context(self._cert_file, self._key_file)
@@ -53,9 +53,9 @@ class ListenerTLS:
                 "TLS certificate not reloaded, still presenting the previous one: %s",
                 self._failure(exc),
             )
-            return
+            return None
         self._current = fresh
-        log.info("reloaded TLS certificate: %s", description)
+        return description
 
     def _failure(self, exc: OSError | ValueError) -> str:
         if isinstance(exc, ssl.SSLError):

@@ -19,6 +19,10 @@ class SingleFlight:
     def __init__(self) -> None:
         self._running: dict[Any, asyncio.Task] = {}
 
+    def running(self, key: Any) -> bool:
+        """Whether a caller of `run(key, ...)` now would join work already running."""
+        return key in self._running
+
     async def run(self, key: Any, work: Callable[[], Awaitable[Any]]) -> Any:
         task = self._running.get(key)
         if task is None:

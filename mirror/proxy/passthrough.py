@@ -21,6 +21,7 @@ from typing import IO, Any
 from aiohttp import ClientResponse
 
 from mirror.errors import DigestMismatch, MirrorError, UpstreamBadGateway, UpstreamTimeout
+from mirror.proxy.served import CacheResult
 from mirror.proxy.upstream import detach_body
 from mirror.reference import Digest
 
@@ -36,6 +37,7 @@ class PassThroughBlob:
     """One client's stream of a blob straight from the upstream; a `BlobSource` with no file."""
 
     file: IO[bytes] | None = None
+    cache_result = CacheResult.PASS_THROUGH
 
     def __init__(
         self, digest: Digest, open_body: OpenBody, executor: Executor, read_timeout: float

@@ -15,10 +15,10 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mirror.cache.metadata import MetadataCache
@@ -41,6 +41,7 @@ from mirror.proxy.blob_fills import BlobFills, remove_leftovers
 from mirror.proxy.memo import ManifestMemory, SingleFlight
 from mirror.proxy.policy import tag_is_fresh
 from mirror.proxy.routing import Router
+from mirror.proxy.served import CacheResult
 from mirror.proxy.sources import BlobSource
 from mirror.proxy.upstream import RegistryClient, Upstreams
 from mirror.reference import (
@@ -65,6 +66,7 @@ class Manifest:
     media_type: str
     body: bytes
     warning: str | None = None  # set when served stale because the upstream failed
+    cache: CacheResult = CacheResult.HIT  # where it came from, for the access log
 
 
 @asynccontextmanager
@@ -120,6 +122,10 @@ class ProxyService:
     def route(self, path_name: str, ns: str | None = None) -> Repository:
         return self.router.route(path_name, ns)
 
+    def upstream_name(self, repo: Repository) -> str:
+        """The name of the upstream `repo` routes to (its `[upstreams.<name>]`)."""
+        return self._by_prefix[repo.prefix].name
+
     def _client(self, repo: Repository) -> RegistryClient:
         return self.upstreams.client(repo.prefix)
 
@@ -138,7 +144,7 @@ class ProxyService:
             body = self._cached_manifest_body(digest)
             if body is not None:
                 return Manifest(digest, media_type, body)
-        return await self._flights.run(
+        return await self._shared(
             ("manifest", repo, str(digest)), lambda: self._fetch_manifest(repo, str(digest), digest)
         )
 
@@ -157,17 +163,25 @@ class ProxyService:
             cached = self._manifest_from_record(record)
             if cached is not None:
                 return cached
-        return await self._flights.run(
+        return await self._shared(
             ("tag", repo, tag), lambda: self._revalidate_tag(repo, tag, record)
         )
 
+    async def _shared(self, key: Any, work: Callable[[], Awaitable[Manifest]]) -> Manifest:
+        """`work` once for concurrent callers; those that joined it are fetch followers."""
+        joined = self._flights.running(key)
+        manifest: Manifest = await self._flights.run(key, work)
+        if joined and manifest.cache is CacheResult.MISS_LEADER:
+            return replace(manifest, cache=CacheResult.MISS_FOLLOWER)
+        return manifest
+
     def _manifest_from_record(
-        self, record: TagRecord, warning: str | None = None
+        self, record: TagRecord, warning: str | None = None, cache: CacheResult = CacheResult.HIT
     ) -> Manifest | None:
         body = self._cached_manifest_body(record.digest)
         if body is None:
             return None
-        return Manifest(record.digest, record.media_type, body, warning)
+        return Manifest(record.digest, record.media_type, body, warning, cache)
 
     def _cached_manifest_body(self, digest: Digest) -> bytes | None:
         body = self._memory.get(digest)
@@ -189,7 +203,7 @@ class ProxyService:
                     confirmed = TagRecord(record.digest, record.media_type, self.clock())
                     with self.store.refusals.tolerated(f"the tag {repo}:{tag}"):
                         self.metadata.put_tag(repo, tag, confirmed)
-                    cached = self._manifest_from_record(confirmed)
+                    cached = self._manifest_from_record(confirmed, cache=CacheResult.REVALIDATED)
                     if cached is not None:
                         return cached
             return await self._fetch_manifest(repo, tag, None)
@@ -197,7 +211,7 @@ class ProxyService:
             age = self.clock() - record.confirmed_at if record is not None else 0.0
             if record is None or age > self.config.cache.max_stale_seconds:
                 raise
-            stale = self._manifest_from_record(record, STALE_WARNING)
+            stale = self._manifest_from_record(record, STALE_WARNING, CacheResult.STALE)
             if stale is None:
                 raise
             log.warning(
@@ -255,7 +269,7 @@ class ProxyService:
                 if self._sif_tree is not None and parsed.kind is Kind.SIF:
                     self._sif_tree.tag_fetched(repo, reference, parsed.layers[0].digest)
         self._memory.put(digest, body)
-        return Manifest(digest, media_type, body)
+        return Manifest(digest, media_type, body, cache=CacheResult.MISS_LEADER)
 
     # -- blobs -----------------------------------------------------------------------------
     async def blob_size(self, repo: Repository, digest: Digest) -> int:

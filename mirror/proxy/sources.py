@@ -16,6 +16,7 @@ from typing import IO, Any, Protocol
 from mirror.errors import StoreRefused, UpstreamBadGateway
 from mirror.proxy.fill import BlobFill
 from mirror.proxy.passthrough import PassThroughBlob
+from mirror.proxy.served import CacheResult
 from mirror.reference import Digest
 
 _FOLLOW_POLL = 0.05
@@ -38,6 +39,11 @@ class BlobSource(Protocol):
     def file(self) -> IO[bytes] | None:
         """Where the bytes are read from, for sendfile (may change while another instance's
         fill is followed or taken over); None when they are not in a file (`read` them)."""
+        ...
+
+    @property
+    def cache_result(self) -> CacheResult:
+        """Where the bytes come from, for the access log."""
         ...
 
     async def sendable(self, position: int, end: int) -> int:
@@ -65,6 +71,8 @@ class _FileSource:
 class CachedBlob(_FileSource):
     """A verified blob already under its final path."""
 
+    cache_result = CacheResult.HIT
+
     def __init__(self, digest: Digest, file: IO[bytes], size: int) -> None:
         self.digest = digest
         self.file = file
@@ -81,11 +89,13 @@ class FillReader(_FileSource):
     """One client's share of this instance's fill: its own descriptor on the temp file
     (still valid once the file is renamed into place or unlinked), the fill's progress."""
 
-    def __init__(self, fill: BlobFill, executor: Executor) -> None:
+    def __init__(self, fill: BlobFill, executor: Executor, *, leader: bool = False) -> None:
+        """`leader`: the fill was started for this reader's request."""
         self._fill = fill
         self._executor = executor
         self.digest = fill.digest
         self.file = open(fill.writer.temp_path, "rb")
+        self.cache_result = CacheResult.MISS_LEADER if leader else CacheResult.MISS_FOLLOWER
 
     @property
     def size(self) -> int | None:
@@ -142,6 +152,8 @@ class PartialFollower(_FileSource):
     bytes arrive). If the filling instance dies (its heartbeat stops), this instance takes
     the fill over and the client's response goes on from where it was.
     """
+
+    cache_result = CacheResult.MISS_FOLLOWER
 
     def __init__(
         self,
@@ -256,6 +268,10 @@ class RefusalBypass:
     @property
     def file(self) -> IO[bytes] | None:
         return self._bypass.file if self._bypass is not None else self._inner.file
+
+    @property
+    def cache_result(self) -> CacheResult:
+        return self._bypass.cache_result if self._bypass is not None else self._inner.cache_result
 
     async def sendable(self, position: int, end: int) -> int:
         if self._bypass is None:

@@ -29,13 +29,13 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
 from mirror import __version__
-from mirror.config import ClientConfig, UpstreamConfig
+from mirror.config import ClientConfig, SecretUnreadable, UpstreamConfig
 from mirror.errors import (
     Denied,
     MirrorError,
@@ -107,6 +107,30 @@ class RegistryClient:
         self._token_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     # -- public API ------------------------------------------------------------------------
+    def reload_password(self) -> str | None:
+        """Read the password from its `password_env` / `password_file` again (SIGHUP) and
+        use it from the next request on, dropping tokens the old one bought. Says what
+        happened ("changed", "unchanged", or kept after a failure, which is logged); None
+        when the upstream has no password."""
+        source = self.upstream.password_source
+        if source is None:
+            return None
+        try:
+            password = source.read()
+        except SecretUnreadable as exc:
+            log.error(
+                "upstream %s: password not reloaded, still using the previous one: %s: %s",
+                self.upstream.name,
+                source.key,
+                exc,
+            )
+            return "kept: see the error above"
+        if password == self.upstream.password:
+            return "unchanged"
+        self.upstream = replace(self.upstream, password=password)
+        self._tokens.clear()
+        return "changed"
+
     @asynccontextmanager
     async def request(
         self, method: str, path: str, *, scope: str, headers: dict[str, str] | None = None
@@ -483,6 +507,16 @@ class Upstreams:
 
     def client(self, prefix: str) -> RegistryClient:
         return self._clients[prefix]
+
+    def reload_passwords(self) -> list[str]:
+        """`RegistryClient.reload_password` of each upstream with a password, as
+        "<name> (<what happened>)"."""
+        reloaded = []
+        for client in self._clients.values():
+            state = client.reload_password()
+            if state is not None:
+                reloaded.append(f"{client.upstream.name} ({state})")
+        return reloaded
 
 
 def _origin(url: str) -> tuple[str, str]:
