@@ -76,6 +76,15 @@ class CatalogConfig:
     include_restricted: bool = False  # list repositories not open to anonymous pulls
 
 
+@dataclass(frozen=True, slots=True)
+class SecretSource:
+    """Where a secret is read from: `key` is `<secret>_env` (then `value` names the variable)
+    or `<secret>_file` (then `value` is the file's absolute path)."""
+
+    key: str
+    value: str
+
+
 class Access(enum.Enum):
     """Who may pull from an upstream, or from the repositories a rule matches."""
 
@@ -113,6 +122,7 @@ class LdapConfig:
     ca_file: Path | None
     timeout_seconds: float
     cache_seconds: float  # how long a verified login and its groups are reused
+    bind_password_source: SecretSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +152,7 @@ class UpstreamConfig:
     ca_file: Path | None = None  # PEM bundle trusted for this upstream besides the system's
     access: AccessRule = AccessRule()  # the upstream's own; `repositories` is empty
     rules: tuple[AccessRule, ...] = ()  # per repository: the first that matches wins
+    password_source: SecretSource | None = None
 
     @property
     def host(self) -> str:
@@ -470,7 +481,7 @@ class _Parser:
         if bool(group_base) != bool(group_filter):
             self.problems.append(f"{where}: group_base and group_filter go together")
         bind_dn = self._get(table, where, "bind_dn", str)
-        bind_password = self._password(table, where, "bind_password")
+        bind_password, bind_password_source = self._password(table, where, "bind_password")
         if bind_password and not bind_dn:
             self.problems.append(f"{where}.bind_dn: required when a bind password is configured")
         return LdapConfig(
@@ -489,6 +500,7 @@ class _Parser:
                 table, where, "timeout_seconds", minimum=0, inclusive=False
             ),
             cache_seconds=self._number(table, where, "cache_seconds", minimum=0),
+            bind_password_source=bind_password_source,
         )
 
     def _upstreams(self, auth: AuthConfig) -> tuple[UpstreamConfig, ...]:
@@ -535,7 +547,7 @@ class _Parser:
         if mode not in ("online", "offline"):
             self.problems.append(f'{where}.mode: must be "online" or "offline", got {mode!r}')
         username = self._get(entry, where, "username", str)
-        password = self._password(entry, where, "password")
+        password, password_source = self._password(entry, where, "password")
         if password and not username:
             self.problems.append(f"{where}.username: required when a password is configured")
         access = self._access_rule(entry, where, auth, rule=False)
@@ -560,6 +572,7 @@ class _Parser:
             ca_file=self._ca_file(entry, where),
             access=access,
             rules=tuple(parsed_rules),
+            password_source=password_source,
         )
 
     def _access_rule(
@@ -604,34 +617,37 @@ class _Parser:
             self.problems.append(f"{where}.{key}: must be a list of non-empty strings, got {bad!r}")
         return tuple(v for v in values if isinstance(v, str) and v)
 
-    def _password(self, entry: dict[str, Any], where: str, name: str) -> str:
-        """The secret `name` from `<name>_env` or `<name>_file`, never from the file."""
+    def _password(
+        self, entry: dict[str, Any], where: str, name: str
+    ) -> tuple[str, SecretSource | None]:
+        """The secret `name` from `<name>_env` or `<name>_file`, never from the file, and
+        where it was read from."""
         env_key, file_key = f"{name}_env", f"{name}_file"
         if env_key in entry and file_key in entry:
             self.problems.append(f"{where}: set {env_key} or {file_key}, not both")
-            return ""
+            return "", None
         if env_key in entry:
             var = self._get(entry, where, env_key, str)
             if not os.environ.get(var):
                 state = "is empty" if var in os.environ else "is not set"
                 self.problems.append(f"{where}.{env_key}: environment variable {var!r} {state}")
-                return ""
-            return os.environ[var]
+                return "", None
+            return os.environ[var], SecretSource(env_key, var)
         if file_key in entry:
             path = self._path(entry, where, file_key)
             if path is None:
-                return ""
+                return "", None
             try:
                 password = path.read_text().strip()
             except OSError as exc:
                 self.problems.append(f"{where}.{file_key}: cannot read {path}: {exc.strerror}")
-                return ""
+                return "", None
             if not password:
                 # An empty password would be accepted here and refused by the upstream on
                 # every request: a 403 for each pull instead of one error at start.
                 self.problems.append(f"{where}.{file_key}: {path} is empty")
-            return password
-        return ""
+            return password, SecretSource(file_key, str(path))
+        return "", None
 
     def _ca_file(self, entry: dict[str, Any], where: str) -> Path | None:
         """A readable PEM file holding at least one CA certificate, checked now so a typo
