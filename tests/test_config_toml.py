@@ -2,8 +2,6 @@
 secrets shown only as where they come from; `mirror --version`."""
 
 import dataclasses
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -11,24 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mirror
-from mirror import config
+from mirror import __version__, config
 from mirror.config_toml import to_toml
 from tests.support.tls import make_loopback_ca
+from tests.test_cli import mirror as mirror_cli
 
 HUB_TOKEN = "hub-s3cret-token"
 HARBOR_PASSWORD = "harbor-s3cret"
 BIND_PASSWORD = "bind-s3cret"
-
-
-def mirror_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mirror.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
 
 
 @pytest.fixture
@@ -182,7 +170,7 @@ def test_check_config_names_every_problem_and_exits_2(tmp_path):
 
 def test_version_is_the_package_version():
     result = mirror_cli("--version")
-    assert (result.returncode, result.stdout) == (0, f"hpc-mirror {mirror.__version__}\n")
+    assert (result.returncode, result.stdout) == (0, f"hpc-mirror {__version__}\n")
 
 
 PATH_TEXT = st.text(min_size=1).filter(lambda text: "\x00" not in text)
