@@ -38,12 +38,14 @@ def _table(header: str, section: Any) -> list[str]:
     subtables: list[str] = []
     for key, value in _entries(section):
         if isinstance(value, SecretSource):
-            lines.append(f"{value.key} = {_value(value.value)}  # {_secret_name(value)}: ***")
+            secret = value.key.rsplit("_", 1)[0]  # password_file -> password
+            lines.append(f"{value.key} = {_value(value.value)}  # {secret}: ***")
         elif is_dataclass(value):
             subtables += _table(f"{header}.{key}", value)
         elif key == "rules":
             for rule in value:
-                subtables += [f"[[{header}.rules]]", *_key_lines(_rule_entries(rule)), ""]
+                entries = [f"{name} = {_value(item)}" for name, item in _rule_entries(rule)]
+                subtables += [f"[[{header}.rules]]", *entries, ""]
         else:
             lines.append(f"{key} = {_value(value)}")
     return [*lines, "", *subtables]
@@ -61,10 +63,10 @@ def _entries(section: Any) -> Iterator[tuple[str, Any]]:
             if source is not None:
                 yield field.name, source
             continue
-        if field.name.endswith("_source") or (
-            value is None and _is_optional_part(hints[field.name])
-        ):
-            continue  # a source is written in place of its secret
+        if field.name.endswith("_source"):
+            continue  # written in place of its secret
+        if value is None and _is_optional_part(hints[field.name]):
+            continue
         if isinstance(section, UpstreamConfig) and field.name in ("name", "offline", "access"):
             yield from _upstream_entry(field.name, section)
         elif isinstance(section, CatalogConfig) and field.name == "https":
@@ -93,14 +95,6 @@ def _rule_entries(rule: AccessRule) -> Iterator[tuple[str, Any]]:
     yield "access", rule.access
     yield "users", rule.users
     yield "groups", rule.groups
-
-
-def _key_lines(entries: Iterator[tuple[str, Any]]) -> list[str]:
-    return [f"{key} = {_value(value)}" for key, value in entries]
-
-
-def _secret_name(source: SecretSource) -> str:
-    return source.key.rsplit("_", 1)[0]
 
 
 def _key(name: str) -> str:
