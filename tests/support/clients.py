@@ -1,11 +1,14 @@
-"""Real clients, pulling through a proxy as users do: skopeo and the oras Python SDK."""
+"""Real clients, pulling through a proxy as users do: skopeo, the oras Python SDK, and a
+plain HTTP GET that hashes what it receives."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
 import oras.client
+import requests
 
 from .proxy import UPSTREAM_PREFIX
 
@@ -65,3 +68,14 @@ def oras_login_pull(host: str, user: str, password: str, reference: str, outdir:
         username=user, password=password, hostname=host, config_path=str(outdir / "config.json")
     )
     return client.pull(target=f"{host}/{UPSTREAM_PREFIX}/{reference}", outdir=str(outdir))
+
+
+def fetch_sha256(url: str, timeout: float = 120) -> tuple[int, str, int]:
+    """GET `url`, streamed: (status, "sha256:<hex>" of the body, its length)."""
+    digest = hashlib.sha256()
+    size = 0
+    with requests.get(url, stream=True, timeout=timeout) as response:
+        for chunk in response.iter_content(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+        return response.status_code, f"sha256:{digest.hexdigest()}", size
