@@ -9,10 +9,12 @@ without logging in, and no series names a repository, tag or user.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client import Counter, Histogram
 
 from mirror.config import ServerConfig
 from mirror.metrics import series
@@ -85,5 +87,16 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         raise
     finally:
         route = _ROUTE_KINDS.get(request.match_info.handler, series.OTHER)
-        series.REQUESTS.labels(series.method_label(request.method), route, str(status)).inc()
-        series.REQUEST_SECONDS.labels(route).observe(time.monotonic() - started)
+        _requests(series.method_label(request.method), route, status).inc()
+        _request_seconds(route).observe(time.monotonic() - started)
+
+
+# Each request's series looked up once per label set: `labels()` costs more than `inc()`.
+@functools.cache
+def _requests(method: str, route: str, status: int) -> Counter:
+    return series.REQUESTS.labels(method, route, str(status))
+
+
+@functools.cache
+def _request_seconds(route: str) -> Histogram:
+    return series.REQUEST_SECONDS.labels(route)
