@@ -19,6 +19,7 @@ from mirror.metrics.exposition import (
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
 from tests.support import oci
 from tests.support.accounts import write_htpasswd
+from tests.support.clients import fetch_sha256
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.prometheus import parse_metrics, total
 from tests.support.proxy import ProxyProcess, proxy_config, run_mirror, toml_text
@@ -94,6 +95,24 @@ def test_a_pull_is_counted_by_route_and_cache_result_with_bounded_labels(proxy, 
     # No repository, tag or digest in any label: only bounded sets.
     assert "alpha" not in text and "sha256" not in text
     assert {name for (_, labels) in samples for name, _ in labels} <= LABELS
+
+
+def test_a_client_that_hangs_up_counts_the_bytes_it_was_sent(proxy, seeded):
+    """A cached blob goes out in one sendfile: what counts is what went out before the
+    client hung up, not nothing and not the whole blob."""
+    image, blob = seeded["big/blob:1.0"], seeded.big_blob
+    url = f"{proxy.url}/v2/{image.repository}/blobs/{blob.digest}"
+    assert fetch_sha256(url)[0] == 200
+    proxy.wait_stored(blob.digest)
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=30) as sock:
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode())
+        received = 0
+        while received < 1 << 20:
+            received += len(sock.recv(1 << 16))
+    hits = "hpc_mirror_blob_sent_bytes_total"
+    _wait_for(lambda: total(scrape(proxy.url)[1], hits, result="hit") > 0)
+    sent = total(scrape(proxy.url)[1], hits, result="hit")
+    assert received <= sent < blob.size
 
 
 def test_metrics_need_no_login_and_name_no_restricted_repository(
