@@ -38,6 +38,7 @@ class ServerConfig:
     port: int
     tls_cert: Path | None = None  # PEM, full chain: the listener speaks TLS 1.2+ only
     tls_key: Path | None = None
+    metrics_port: int = 0  # /metrics on a listener of its own; 0 = on the main port
 
     @property
     def tls(self) -> bool:
@@ -309,6 +310,15 @@ class _Parser:
         port = self._get(table, "server", "port", int)
         if not 0 < port < 65536:
             self.problems.append(f"server.port: must be 1-65535, got {port}")
+        metrics_port = self._get(table, "server", "metrics_port", int)
+        if not 0 <= metrics_port < 65536:
+            self.problems.append(
+                f"server.metrics_port: must be 1-65535, or 0 for the main port, got {metrics_port}"
+            )
+        elif metrics_port == port:
+            self.problems.append(
+                f"server.metrics_port: {metrics_port} is server.port; use 0 to serve /metrics there"
+            )
         if host not in ("localhost",) and not _is_ip(host) and not REGISTRY_HOST_RE.fullmatch(host):
             self.problems.append(f"server.host: not an address or host name: {host!r}")
         cert = self._path(table, "server", "tls_cert")
@@ -317,7 +327,7 @@ class _Parser:
             self.problems.append("server.tls_cert, server.tls_key: set both or neither")
         elif cert is not None and key is not None:
             self._check_key_pair(cert, key)
-        return ServerConfig(host, port, cert, key)
+        return ServerConfig(host, port, cert, key, metrics_port)
 
     def _check_key_pair(self, cert: Path, key: Path) -> None:
         """Loaded now, so a wrong path or a key of another certificate fails at start."""

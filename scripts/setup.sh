@@ -7,7 +7,8 @@
 # for the benchmarks, mount for the full-disk tests' own tmpfs, podman and containerd as
 # pulling clients, OpenLDAP's slapd with its tools for the site-directory tests, HAProxy
 # in front of several mirrors (contrib/haproxy.cfg, plain and terminating TLS), and systemd
-# for `systemd-analyze` of contrib/hpc-mirror.service;
+# for `systemd-analyze` of contrib/hpc-mirror.service, and Prometheus, which scrapes a
+# live mirror in the metrics tests;
 # prlimit comes with the essential util-linux).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ want_test=0
 if [[ $want_test == 1 ]]; then
   debs=(docker-registry skopeo squashfs-tools nginx-light wrk apache2-utils curl chromium
         glusterfs-server glusterfs-client mount podman containerd uidmap slapd ldap-utils umoci busybox-static
-        haproxy systemd)
+        haproxy systemd prometheus)
   missing=()
   for deb in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")

@@ -23,8 +23,10 @@ ROOMS: dict[str, set[str]] = {
     "manifests": {"errors", "reference"},
     "sif": set(),
     "access": {"config", "errors", "reference"},
-    "cache": {"config", "errors", "manifests", "reference", "units"},
-    "proxy": {"access", "cache", "config", "errors", "manifests", "reference", "units"},
+    # Every series, defined once; nothing of HTTP or the store.
+    "metrics": set(),
+    "cache": {"config", "errors", "manifests", "metrics", "reference", "units"},
+    "proxy": {"access", "cache", "config", "errors", "manifests", "metrics", "reference", "units"},
     "prefetch": {"config", "errors", "manifests", "proxy", "reference", "units"},
     # The catalog reads what is cached: never the proxy or an upstream.
     "catalog": {"access", "cache", "config", "errors", "manifests", "reference", "sif", "units"},
@@ -52,12 +54,13 @@ LAYERS: dict[str, list[set[str]]] = {
         {"blob_fills"},
         {"service"},
         {"handlers"},
+        {"metrics_http"},
         {"app"},
     ],
     "cache": [
         {"blob_writer", "refusals"},
         {"store"},
-        {"metadata", "pulls", "verify", "siftree"},
+        {"metadata", "pulls", "verify", "siftree", "usage"},
         {"open_cache", "gc", "bundle"},
     ],
     "catalog": [
@@ -74,6 +77,10 @@ LAYERS: dict[str, list[set[str]]] = {
         {"identity", "watched_file", "login_throttle"},
         {"policy", "htpasswd", "groups_file", "tokens", "ldap_directory"},
         {"authenticator"},
+    ],
+    "metrics": [
+        {"series"},
+        {"exposition"},
     ],
     "sif": [
         {"format", "dates"},

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from mirror.errors import (
     Unsupported,
     out_of_resources,
 )
+from mirror.metrics import series
 from mirror.proxy.access_gate import GATE
 from mirror.proxy.ranges import content_range, parse_range
 from mirror.proxy.service import ProxyService
@@ -237,8 +239,26 @@ async def _send_span(
         if request.secure or file is None:
             await _write_chunks(response, source, position, bound)
         else:
-            await loop.sendfile(transport, file, position, bound - position)
+            await _sendfile(loop, transport, file, source, position, bound)
         position = bound
+
+
+async def _sendfile(
+    loop: asyncio.AbstractEventLoop,
+    transport: asyncio.Transport,
+    file: IO[bytes],
+    source: BlobSource,
+    start: int,
+    end: int,
+) -> None:
+    """sendfile, counting the bytes that went out even when the client hangs up part-way:
+    asyncio leaves the file's position after the last byte sent."""
+    file.seek(start)
+    try:
+        await loop.sendfile(transport, file, start, end - start)
+    finally:
+        if not file.closed:
+            series.BLOB_BYTES_SENT.labels(source.cache_result).inc(file.tell() - start)
 
 
 async def _send_growing(
@@ -263,6 +283,7 @@ async def _write_chunks(
         if not chunk:
             return
         await response.write(chunk)
+        series.BLOB_BYTES_SENT.labels(source.cache_result).inc(len(chunk))
         position += len(chunk)
 
 

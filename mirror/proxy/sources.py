@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from mirror.errors import StoreRefused, UpstreamBadGateway
+from mirror.metrics import series
 from mirror.proxy.fill import BlobFill
 from mirror.proxy.passthrough import PassThroughBlob
 from mirror.reference import Digest
@@ -38,6 +39,12 @@ class BlobSource(Protocol):
     def file(self) -> IO[bytes] | None:
         """Where the bytes are read from, for sendfile (may change while another instance's
         fill is followed or taken over); None when they are not in a file (`read` them)."""
+        ...
+
+    @property
+    def cache_result(self) -> str:
+        """Where the bytes come from now, as `series.BLOB_BYTES_SENT` labels them: the
+        cache, a fill this request started or joined, or the upstream passed through."""
         ...
 
     async def sendable(self, position: int, end: int) -> int:
@@ -65,6 +72,8 @@ class _FileSource:
 class CachedBlob(_FileSource):
     """A verified blob already under its final path."""
 
+    cache_result = series.HIT
+
     def __init__(self, digest: Digest, file: IO[bytes], size: int) -> None:
         self.digest = digest
         self.file = file
@@ -81,11 +90,13 @@ class FillReader(_FileSource):
     """One client's share of this instance's fill: its own descriptor on the temp file
     (still valid once the file is renamed into place or unlinked), the fill's progress."""
 
-    def __init__(self, fill: BlobFill, executor: Executor) -> None:
+    def __init__(self, fill: BlobFill, executor: Executor, *, leader: bool = False) -> None:
         self._fill = fill
         self._executor = executor
         self.digest = fill.digest
         self.file = open(fill.writer.temp_path, "rb")
+        # Whether this request started the fill, or joined one running.
+        self.cache_result = series.FILL_LEADER if leader else series.FILL_FOLLOWER
 
     @property
     def size(self) -> int | None:
@@ -142,6 +153,8 @@ class PartialFollower(_FileSource):
     bytes arrive). If the filling instance dies (its heartbeat stops), this instance takes
     the fill over and the client's response goes on from where it was.
     """
+
+    cache_result = series.FILL_FOLLOWER
 
     def __init__(
         self,
@@ -256,6 +269,10 @@ class RefusalBypass:
     @property
     def file(self) -> IO[bytes] | None:
         return self._bypass.file if self._bypass is not None else self._inner.file
+
+    @property
+    def cache_result(self) -> str:
+        return (self._bypass or self._inner).cache_result
 
     async def sendable(self, position: int, end: int) -> int:
         if self._bypass is None:
