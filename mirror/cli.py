@@ -26,8 +26,23 @@ ConfigOption = Annotated[
 ]
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from mirror import __version__
+
+        typer.echo(f"hpc-mirror {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
     """hpc-mirror: a pull-through cache for OCI registries, for HPC sites."""
 
 
@@ -114,6 +129,14 @@ def serve(
         err=True,
     )
     serve_app(cfg, workers)
+
+
+@_command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Print the effective config (defaults and --config merged) as TOML, secrets as ***."""
+    from mirror.config_toml import to_toml
+
+    typer.echo(to_toml(_load(config)), nl=False)
 
 
 @_command()

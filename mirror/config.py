@@ -39,6 +39,7 @@ class ServerConfig:
     shutdown_grace_seconds: float  # on SIGTERM, how long responses in flight may take
     tls_cert: Path | None = None  # PEM, full chain: the listener speaks TLS 1.2+ only
     tls_key: Path | None = None
+    metrics_port: int = 0  # /metrics on a listener of its own; 0 = on the main port
 
     @property
     def tls(self) -> bool:
@@ -49,9 +50,12 @@ class ServerConfig:
 class LogConfig:
     """`[log]`: the access log, one line per request."""
 
-    access_stdout: bool  # access = "-"
-    access_file: Path | None  # access = a path; neither: off
-    access_format: str  # "text" or "json"
+    access: str  # "-": standard output; "": off; else the file's absolute path
+    format: str  # "text" or "json"
+
+    @property
+    def access_file(self) -> Path | None:
+        return Path(self.access) if self.access not in ("", "-") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,7 @@ class LdapConfig:
     ca_file: Path | None
     timeout_seconds: float
     cache_seconds: float  # how long a verified login and its groups are reused
+    bind_password_source: SecretSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,28 +150,28 @@ class SecretUnreadable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SecretSource:
-    """Where a secret is read from, `<name>_env` or `<name>_file`, kept so that SIGHUP can
-    read it again (a rotated password file)."""
+    """Where a secret is read from: `key` is `<secret>_env` (then `value` names the variable)
+    or `<secret>_file` (then `value` is the file's absolute path). Kept so that SIGHUP can
+    read a rotated password again."""
 
-    key: str  # the config key that names the source: "password_env", "password_file"
-    env: str = ""
-    file: Path | None = None
+    key: str
+    value: str
 
     def read(self) -> str:
         """The secret as it is now; `SecretUnreadable` when it is unset, empty or unreadable."""
-        if self.file is None:
-            if not os.environ.get(self.env):
-                state = "is empty" if self.env in os.environ else "is not set"
-                raise SecretUnreadable(f"environment variable {self.env!r} {state}")
-            return os.environ[self.env]
+        if self.key.endswith("_env"):
+            if not os.environ.get(self.value):
+                state = "is empty" if self.value in os.environ else "is not set"
+                raise SecretUnreadable(f"environment variable {self.value!r} {state}")
+            return os.environ[self.value]
         try:
-            secret = self.file.read_text().strip()
+            secret = Path(self.value).read_text().strip()
         except OSError as exc:
-            raise SecretUnreadable(f"cannot read {self.file}: {exc.strerror}") from None
+            raise SecretUnreadable(f"cannot read {self.value}: {exc.strerror}") from None
         if not secret:
             # An empty password would be accepted here and refused by the upstream on
             # every request: a 403 for each pull instead of one error.
-            raise SecretUnreadable(f"{self.file} is empty")
+            raise SecretUnreadable(f"{self.value} is empty")
         return secret
 
 
@@ -180,10 +185,10 @@ class UpstreamConfig:
     offline: bool  # mode = "offline": never connect, serve only what is cached
     username: str
     password: str = field(repr=False)
-    password_source: SecretSource | None = None  # read again on SIGHUP
     ca_file: Path | None = None  # PEM bundle trusted for this upstream besides the system's
     access: AccessRule = AccessRule()  # the upstream's own; `repositories` is empty
     rules: tuple[AccessRule, ...] = ()  # per repository: the first that matches wins
+    password_source: SecretSource | None = None  # where `password` came from; SIGHUP rereads it
 
     @property
     def host(self) -> str:
@@ -342,6 +347,15 @@ class _Parser:
         port = self._get(table, "server", "port", int)
         if not 0 < port < 65536:
             self.problems.append(f"server.port: must be 1-65535, got {port}")
+        metrics_port = self._get(table, "server", "metrics_port", int)
+        if not 0 <= metrics_port < 65536:
+            self.problems.append(
+                f"server.metrics_port: must be 1-65535, or 0 for the main port, got {metrics_port}"
+            )
+        elif metrics_port == port:
+            self.problems.append(
+                f"server.metrics_port: {metrics_port} is server.port; use 0 to serve /metrics there"
+            )
         if host not in ("localhost",) and not _is_ip(host) and not REGISTRY_HOST_RE.fullmatch(host):
             self.problems.append(f"server.host: not an address or host name: {host!r}")
         cert = self._path(table, "server", "tls_cert")
@@ -351,7 +365,7 @@ class _Parser:
         elif cert is not None and key is not None:
             self._check_key_pair(cert, key)
         grace = self._number(table, "server", "shutdown_grace_seconds", minimum=0)
-        return ServerConfig(host, port, grace, tls_cert=cert, tls_key=key)
+        return ServerConfig(host, port, grace, cert, key, metrics_port)
 
     def _check_key_pair(self, cert: Path, key: Path) -> None:
         """Loaded now, so a wrong path or a key of another certificate fails at start."""
@@ -474,12 +488,9 @@ class _Parser:
         access_format = self._get(table, "log", "format", str)
         if access_format not in ("text", "json"):
             self.problems.append(f'log.format: must be "text" or "json", got {access_format!r}')
-        stdout = access == "-"
-        return LogConfig(
-            access_stdout=stdout,
-            access_file=None if stdout else self._path(table, "log", "access"),
-            access_format=access_format,
-        )
+        if access not in ("", "-"):
+            access = str(self._path(table, "log", "access") or "")
+        return LogConfig(access, access_format)
 
     def _auth(self) -> AuthConfig:
         table = self._table("auth", "ldap")
@@ -528,7 +539,7 @@ class _Parser:
         if bool(group_base) != bool(group_filter):
             self.problems.append(f"{where}: group_base and group_filter go together")
         bind_dn = self._get(table, where, "bind_dn", str)
-        bind_password = self._password(table, where, "bind_password")
+        bind_password, bind_password_source = self._password(table, where, "bind_password")
         if bind_password and not bind_dn:
             self.problems.append(f"{where}.bind_dn: required when a bind password is configured")
         return LdapConfig(
@@ -547,6 +558,7 @@ class _Parser:
                 table, where, "timeout_seconds", minimum=0, inclusive=False
             ),
             cache_seconds=self._number(table, where, "cache_seconds", minimum=0),
+            bind_password_source=bind_password_source,
         )
 
     def _upstreams(self, auth: AuthConfig) -> tuple[UpstreamConfig, ...]:
@@ -593,7 +605,7 @@ class _Parser:
         if mode not in ("online", "offline"):
             self.problems.append(f'{where}.mode: must be "online" or "offline", got {mode!r}')
         username = self._get(entry, where, "username", str)
-        password, password_source = self._secret(entry, where, "password")
+        password, password_source = self._password(entry, where, "password")
         if password and not username:
             self.problems.append(f"{where}.username: required when a password is configured")
         access = self._access_rule(entry, where, auth, rule=False)
@@ -615,10 +627,10 @@ class _Parser:
             offline=mode == "offline",
             username=username,
             password=password,
-            password_source=password_source,
             ca_file=self._ca_file(entry, where),
             access=access,
             rules=tuple(parsed_rules),
+            password_source=password_source,
         )
 
     def _access_rule(
@@ -663,32 +675,29 @@ class _Parser:
             self.problems.append(f"{where}.{key}: must be a list of non-empty strings, got {bad!r}")
         return tuple(v for v in values if isinstance(v, str) and v)
 
-    def _password(self, entry: dict[str, Any], where: str, name: str) -> str:
-        """The secret `name` from `<name>_env` or `<name>_file`, never from the file."""
-        return self._secret(entry, where, name)[0]
-
-    def _secret(
+    def _password(
         self, entry: dict[str, Any], where: str, name: str
     ) -> tuple[str, SecretSource | None]:
-        """The secret `name` and where it came from (None when not configured)."""
+        """The secret `name` from `<name>_env` or `<name>_file`, never from the file, and
+        where it was read from."""
         env_key, file_key = f"{name}_env", f"{name}_file"
         if env_key in entry and file_key in entry:
             self.problems.append(f"{where}: set {env_key} or {file_key}, not both")
             return "", None
         if env_key in entry:
-            source = SecretSource(env_key, env=self._get(entry, where, env_key, str))
+            source = SecretSource(env_key, self._get(entry, where, env_key, str))
         elif file_key in entry:
             path = self._path(entry, where, file_key)
             if path is None:
                 return "", None
-            source = SecretSource(file_key, file=path)
+            source = SecretSource(file_key, str(path))
         else:
             return "", None
         try:
             return source.read(), source
         except SecretUnreadable as exc:
             self.problems.append(f"{where}.{source.key}: {exc}")
-            return "", source
+            return "", None
 
     def _ca_file(self, entry: dict[str, Any], where: str) -> Path | None:
         """A readable PEM file holding at least one CA certificate, checked now so a typo

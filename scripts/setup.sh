@@ -5,8 +5,10 @@
 # squashfs-tools for SIF fixtures, GlusterFS for the multi-instance tests, Chromium for the catalog's browser test (driven by
 # Playwright with executable_path=/usr/bin/chromium: no browser download), nginx and wrk
 # for the benchmarks, mount for the full-disk tests' own tmpfs, podman and containerd as
-# pulling clients, OpenLDAP's slapd with its tools for the site-directory tests, and HAProxy
-# terminating TLS in front of several mirrors;
+# pulling clients, OpenLDAP's slapd with its tools for the site-directory tests, HAProxy
+# in front of several mirrors (contrib/haproxy.cfg, plain and terminating TLS), and systemd
+# for `systemd-analyze` of contrib/hpc-mirror.service, and Prometheus, which scrapes a
+# live mirror in the metrics tests;
 # prlimit comes with the essential util-linux).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +18,8 @@ want_test=0
 
 if [[ $want_test == 1 ]]; then
   debs=(docker-registry skopeo squashfs-tools nginx-light wrk apache2-utils curl chromium
-        glusterfs-server glusterfs-client mount podman containerd uidmap slapd ldap-utils umoci busybox-static haproxy)
+        glusterfs-server glusterfs-client mount podman containerd uidmap slapd ldap-utils umoci busybox-static
+        haproxy systemd prometheus)
   missing=()
   for deb in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")

@@ -19,11 +19,14 @@ ROOMS: dict[str, set[str]] = {
     "units": {"errors"},
     "reference": {"errors"},
     "config": {"errors", "reference"},
+    "config_toml": {"config"},
     "manifests": {"errors", "reference"},
     "sif": set(),
     "access": {"config", "errors", "reference"},
-    "cache": {"config", "errors", "manifests", "reference", "units"},
-    "proxy": {"access", "cache", "config", "errors", "manifests", "reference", "units"},
+    # Every series, defined once; nothing of HTTP or the store.
+    "metrics": set(),
+    "cache": {"config", "errors", "manifests", "metrics", "reference", "units"},
+    "proxy": {"access", "cache", "config", "errors", "manifests", "metrics", "reference", "units"},
     "prefetch": {"config", "errors", "manifests", "proxy", "reference", "units"},
     # The catalog reads what is cached: never the proxy or an upstream.
     "catalog": {"access", "cache", "config", "errors", "manifests", "reference", "sif", "units"},
@@ -32,6 +35,7 @@ ROOMS: dict[str, set[str]] = {
         "cache",
         "catalog",
         "config",
+        "config_toml",
         "errors",
         "prefetch",
         "proxy",
@@ -59,13 +63,13 @@ LAYERS: dict[str, list[set[str]]] = {
         {"blob_fills"},
         {"service"},
         {"handlers"},
-        {"lifecycle"},
+        {"metrics_http", "lifecycle"},
         {"app"},
     ],
     "cache": [
         {"blob_writer", "refusals"},
         {"store"},
-        {"metadata", "pulls", "verify", "siftree"},
+        {"metadata", "pulls", "verify", "siftree", "usage"},
         {"open_cache", "gc", "bundle"},
     ],
     "catalog": [
@@ -82,6 +86,10 @@ LAYERS: dict[str, list[set[str]]] = {
         {"identity", "watched_file", "login_throttle"},
         {"policy", "htpasswd", "groups_file", "tokens", "ldap_directory"},
         {"authenticator"},
+    ],
+    "metrics": [
+        {"series"},
+        {"exposition"},
     ],
     "sif": [
         {"format", "dates"},

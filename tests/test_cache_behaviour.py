@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,19 +9,10 @@ import requests
 
 from tests.conftest import upstream_entry
 from tests.support import oci
+from tests.support.clients import fetch_sha256
 from tests.support.seed import RegistryClient, publish_image
 
 ACCEPT = {"Accept": oci.ACCEPT_ALL_MANIFESTS}
-
-
-def _fetch_sha256(url: str) -> tuple[int, str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with requests.get(url, stream=True, timeout=60) as response:
-        for chunk in response.iter_content(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-        return response.status_code, f"sha256:{digest.hexdigest()}", size
 
 
 def test_concurrent_misses_of_one_blob_cost_one_upstream_request(proxy, upstream, seeded):
@@ -35,7 +25,7 @@ def test_concurrent_misses_of_one_blob_cost_one_upstream_request(proxy, upstream
     since = upstream.mark()
     clients = 24
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda _: _fetch_sha256(url), range(clients)))
+        results = list(pool.map(lambda _: fetch_sha256(url), range(clients)))
     assert results == [(200, blob.digest, blob.size)] * clients
     blob_requests = [r.method for r in upstream.requests()[since:] if blob.digest in r.path]
     assert blob_requests == ["GET"]

@@ -315,3 +315,19 @@ def test_good_pins_load(tmp_path):
     ]
     site.write_text(f"[cache]\npins = {good!r}\n".replace("'", '"'))
     assert config.load(site).cache.pins == tuple(good)
+
+
+@pytest.mark.parametrize(
+    "metrics_port, problem",
+    [
+        (70000, "server.metrics_port: must be 1-65535, or 0 for the main port, got 70000"),
+        (6000, "server.metrics_port: 6000 is server.port; use 0 to serve /metrics there"),
+    ],
+)
+def test_metrics_port_is_another_port_or_0(tmp_path, metrics_port, problem):
+    site = tmp_path / "site.toml"
+    site.write_text(f"[server]\nport = 6000\nmetrics_port = {metrics_port}\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(site)
+    assert problem in str(caught.value)
+    assert config.load().server.metrics_port == 0  # the default: /metrics on the main port

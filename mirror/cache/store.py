@@ -154,17 +154,36 @@ class ContentStore:
     def blobs(self) -> Iterator[StoredBlob]:
         """Every blob under a final path, with its size, in digest order."""
         for shard in _subdirs(self._blobs_dir):
-            with os.scandir(shard.path) as scan:
+            yield from self._shard_blobs(shard.path)
+
+    # Blobs are spread over 256 directories by the first two hex digits of their digest: a
+    # scan of the store can go one such shard at a time.
+    BLOB_SHARDS = tuple(f"{n:02x}" for n in range(256))
+
+    @staticmethod
+    def blob_shard(digest: Digest) -> str:
+        """Which of `BLOB_SHARDS` holds the blob."""
+        return digest.hex[:2]
+
+    def shard_blobs(self, shard: str) -> list[StoredBlob]:
+        """The blobs of one of `BLOB_SHARDS`: a bounded piece of a scan of the store."""
+        return list(self._shard_blobs(self._blobs_dir / shard))
+
+    def _shard_blobs(self, path: Path | str) -> Iterator[StoredBlob]:
+        try:
+            with os.scandir(path) as scan:
                 entries = sorted(
                     (e for e in scan if len(e.name) == 64 and not e.name.startswith(".")),
                     key=lambda e: e.name,
                 )
-            for entry in entries:
-                try:
-                    size = entry.stat(follow_symlinks=False).st_size
-                except FileNotFoundError:
-                    continue  # deleted since the scan
-                yield StoredBlob(Digest(entry.name), size)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            try:
+                size = entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue  # deleted since the scan
+            yield StoredBlob(Digest(entry.name), size)
 
     def delete_blob(self, digest: Digest) -> None:
         """Remove a blob for good (gc); one already gone is fine."""

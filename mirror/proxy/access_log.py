@@ -44,7 +44,7 @@ class AccessLog:
 
     def __init__(self, config: LogConfig) -> None:
         self.path = config.access_file
-        self._json = config.access_format == "json"
+        self._json = config.format == "json"
         self._fd = _STDOUT if self.path is None else _open(self.path)
         self._failed = ThrottledWarning(log)
 
@@ -52,7 +52,7 @@ class AccessLog:
     def from_config(cls, config: LogConfig) -> AccessLog | None:
         """The access log of `config`, or None when it is off; `InvalidValue` when its file
         cannot be opened (one line at start, not a traceback)."""
-        if not config.access_stdout and config.access_file is None:
+        if not config.access:
             return None
         try:
             return cls(config)
@@ -99,7 +99,7 @@ class AccessLog:
             "status": status,
             "bytes": body_bytes,
             "duration": round(seconds, 3),
-            "cache": str(record.cache) if record.cache else None,
+            "cache": record.cache,
             "upstream": record.upstream,
         }
         line = json.dumps(fields) if self._json else _text_line(fields)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import functools
 import itertools
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import resource
 import signal
 import socket
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -24,6 +26,11 @@ from mirror.access.tokens import load_or_create_key
 from mirror.cache.store import ContentStore
 from mirror.config import Config
 from mirror.errors import InvalidValue, out_of_resources
+from mirror.metrics.exposition import (
+    create_workers_directory,
+    remove_workers_directory,
+    worker_ended,
+)
 from mirror.proxy.access_gate import GATE, AccessGate
 from mirror.proxy.access_log import AccessLog
 from mirror.proxy.blob_fills import remove_leftovers
@@ -37,6 +44,7 @@ from mirror.proxy.handlers import (
 from mirror.proxy.health import READINESS, Readiness, add_health_routes
 from mirror.proxy.lifecycle import serve_until_stopped
 from mirror.proxy.listener_tls import ListenerTLS
+from mirror.proxy.metrics_http import add_metrics, count_requests
 from mirror.proxy.service import ProxyService, running_service
 from mirror.proxy.throttled_log import ThrottledWarning
 from mirror.proxy.token_endpoint import add_token_routes
@@ -50,7 +58,7 @@ _CLEAN_EVERY = 120  # flushes: every ten minutes
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[count_requests, error_middleware])
     app[CONFIG] = config
     app[OUT_OF_RESOURCES] = ThrottledWarning(log)
     app.cleanup_ctx.append(_quiet_floods)
@@ -59,6 +67,7 @@ def create_app(config: Config) -> web.Application:
     add_routes(app)
     if config.auth.enabled:
         add_token_routes(app)
+    add_metrics(app, config.server)
     if config.catalog.serve:
         add_site_routes(app, config.catalog.out)
     return app
@@ -128,12 +137,13 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
                 config, service.store.token_key_path(), service.router
             )
         flusher = asyncio.ensure_future(_housekeeping(service))
+        measurer = asyncio.ensure_future(service.measure_store())  # for /metrics
         try:
             yield
         finally:
             flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            measurer.cancel()
+            await asyncio.gather(flusher, measurer, return_exceptions=True)
             if GATE in app:
                 app[GATE].close()
             app[READINESS].close()
@@ -167,6 +177,8 @@ def serve(config: Config, workers: int = 1) -> None:
         # Made or checked once here: a damaged key is one error line, not a traceback from
         # every worker's start.
         load_or_create_key(ContentStore(config.cache.root).token_key_path())
+    if config.server.metrics_port:
+        _check_address_free(config.server.host, config.server.metrics_port)
     opened = AccessLog.from_config(config.log)  # an unusable file: one error line, here
     if workers > 1 and opened is not None:
         opened.close()  # each worker opens its own
@@ -176,6 +188,7 @@ def serve(config: Config, workers: int = 1) -> None:
     if workers <= 1:
         _run(config, reuse_port=False, access_log=opened)
         return
+    metrics_dir = create_workers_directory(config.cache.index_dir)
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger().level
     processes = [
@@ -192,8 +205,18 @@ def serve(config: Config, workers: int = 1) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    for process in processes:
-        process.join()
+    _join_workers(processes, metrics_dir)
+    remove_workers_directory(metrics_dir)
+
+
+def _join_workers(processes: Sequence[BaseProcess], metrics_dir: Path) -> None:
+    """Wait for every worker to end; the gauges of each that ends leave /metrics at once."""
+    running = {process.sentinel: process for process in processes}
+    while running:
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            ended = running.pop(cast(int, sentinel))
+            ended.join()
+            worker_ended(metrics_dir, cast(int, ended.pid))
 
 
 def _check_address_free(host: str, port: int) -> None:

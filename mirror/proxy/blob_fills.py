@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -29,8 +30,10 @@ from mirror.cache.metadata import MetadataCache
 from mirror.cache.refusals import raising_store_refused
 from mirror.cache.siftree import SifTree
 from mirror.cache.store import BlobWriter, ContentStore
+from mirror.cache.usage import StoreUsage
 from mirror.config import CacheConfig, Config
 from mirror.errors import BlobUnknown, MirrorError, StoreRefused, UpstreamBadGateway
+from mirror.metrics import series
 from mirror.proxy.fill import BlobFill
 from mirror.proxy.memo import SingleFlight
 from mirror.proxy.passthrough import PassThroughBlob
@@ -77,12 +80,14 @@ class BlobFills:
         metadata: MetadataCache,
         upstreams: Upstreams,
         executor: Executor,
+        usage: StoreUsage,
         sif_tree: SifTree | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._metadata = metadata
         self._upstreams = upstreams
+        self._usage = usage  # what fills add to the store, for /metrics
         self._executor = executor  # hashing and file writes of fills
         self._sif_tree = sif_tree
         self._fills: dict[str, _Running] = {}  # by digest hex
@@ -140,6 +145,7 @@ class BlobFills:
                 if writer is None:  # another instance fills it: follow its partial file
                     follower = await self._follow(repo, digest)
                     if follower is not None:
+                        series.HERD_FOLLOWERS.inc()
                         return self._bypassable(repo, follower, uncached)
                     continue
                 fill = self._start(repo, writer)
@@ -155,6 +161,8 @@ class BlobFills:
                 if isinstance(fill.error, StoreRefused) and uncached:
                     return await self._pass_through(repo, digest)
                 raise fill.error
+            if running is not None:
+                series.HERD_FOLLOWERS.inc()
             return self._bypassable(repo, reader, uncached)
         raise UpstreamBadGateway(f"blob {digest} kept changing state; try again")
 
@@ -251,17 +259,21 @@ class BlobFills:
             lambda start: client.blob_from(repo.name, str(digest), unknown, start),
             self._executor,
             self._config.client.read_timeout_seconds,
+            client.count_received,
         )
 
     def _start(self, repo: Repository, writer: BlobWriter) -> BlobFill:
-        fill = BlobFill(writer, self._executor)
+        client = self._upstreams.client(repo.prefix)
+        fill = BlobFill(writer, self._executor, client.count_received)
         self._fills[writer.digest.hex] = _Running(repo, fill)
+        series.FILLS_IN_FLIGHT.inc()
         task = asyncio.ensure_future(self._run(repo, fill))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill
 
     async def _run(self, repo: Repository, fill: BlobFill) -> None:
+        started_at = time.monotonic()
         try:
             async with (
                 self._upstreams.client(repo.prefix).blob_from(
@@ -301,6 +313,7 @@ class BlobFills:
                     response.close()
             if fill.error is None:  # verified and in place
                 self._store.refusals.accepted()
+                self._usage.added(fill.digest, fill.written)
                 if self._sif_tree is not None:
                     self._sif_tree.blob_cached(fill.digest)
             else:
@@ -315,6 +328,9 @@ class BlobFills:
             raise
         finally:
             self._fills.pop(fill.digest.hex, None)
+            series.FILLS_IN_FLIGHT.dec()
+            outcome = "verified" if fill.verified and fill.error is None else "failed"
+            series.FILL_SECONDS.labels(outcome).observe(time.monotonic() - started_at)
 
     def _report_failure(self, repo: Repository, digest: Digest, error: MirrorError) -> None:
         if isinstance(error, StoreRefused):  # not the upstream's fault: say whose

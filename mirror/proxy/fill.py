@@ -18,7 +18,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 
 from mirror.cache.refusals import is_refusal
@@ -38,7 +38,13 @@ _PROGRESS_SECONDS = 0.05  # a slow upstream's bytes reach readers at least this 
 class BlobFill:
     """One upstream download of a blob into the store, shared by every waiting client."""
 
-    def __init__(self, writer: BlobWriter, executor: Executor) -> None:
+    def __init__(
+        self,
+        writer: BlobWriter,
+        executor: Executor,
+        received: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        """`received` counts the body bytes as they arrive from the upstream."""
         self.digest = writer.digest
         self.writer = writer
         self.size: int | None = None  # from the upstream's Content-Length, else once verified
@@ -48,6 +54,7 @@ class BlobFill:
         self.started = asyncio.Event()  # set once the size is known or the fill failed
         self._progress = asyncio.Event()
         self._executor = executor
+        self._count_received = received
         self._stop = False  # set to end a worker-thread receive early
         self._reported = 0  # `written` when readers were last woken
         self._reported_at = time.monotonic()
@@ -162,6 +169,7 @@ class BlobFill:
         """Count written bytes; wake readers once per `_PROGRESS_STEP` (each wake-up costs
         every reader a sendfile set-up), or `_PROGRESS_SECONDS` for a slow upstream."""
         self.written += count
+        self._count_received(count)
         now = time.monotonic()
         if (
             self.written - self._reported >= _PROGRESS_STEP
@@ -293,6 +301,7 @@ class BlobFill:
 
     def _advance(self, count: int) -> None:
         self.written += count
+        self._count_received(count)
         self._notify()
 
     def _notify(self) -> None:

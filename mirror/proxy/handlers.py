@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from mirror.errors import (
     Unsupported,
     out_of_resources,
 )
+from mirror.metrics import series
 from mirror.proxy.access_gate import GATE
 from mirror.proxy.ranges import content_range, parse_range
 from mirror.proxy.served import Served, served
@@ -39,8 +41,6 @@ _PULL_METHODS = ("GET", "HEAD")
 # 512 KiB was as fast as 1 MiB and faster than 128 KiB or 4 MiB, and a client that stops
 # reading holds about 2 MiB of the mirror's memory instead of 3.5 (README, "Performance").
 _WRITE_CHUNK = 512 * 1024
-# Most bytes one sendfile call sends: the access log counts a cut response's bytes in these.
-_SENDFILE_PIECE = 16 * 1024 * 1024
 
 
 def add_routes(app: web.Application) -> None:
@@ -238,7 +238,7 @@ async def _send_span(
     record = served(request)
     position = start
     while position < end:
-        bound = min(await source.sendable(position, end), position + _SENDFILE_PIECE)
+        bound = await source.sendable(position, end)
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client went away")  # handled by _send_blob
@@ -246,9 +246,27 @@ async def _send_span(
         if request.secure or file is None:
             await _write_chunks(response, source, position, bound, record)
         else:
-            await loop.sendfile(transport, file, position, bound - position)
-            _count_sent(record, bound - position)
+            await _sendfile(loop, transport, file, source, position, bound, record)
         position = bound
+
+
+async def _sendfile(
+    loop: asyncio.AbstractEventLoop,
+    transport: asyncio.Transport,
+    file: IO[bytes],
+    source: BlobSource,
+    start: int,
+    end: int,
+    record: Served,
+) -> None:
+    """sendfile, counting the bytes that went out even when the client hangs up part-way:
+    asyncio leaves the file's position after the last byte sent."""
+    file.seek(start)
+    try:
+        await loop.sendfile(transport, file, start, end - start)
+    finally:
+        if not file.closed:
+            _count_sent(record, source, file.tell() - start)
 
 
 async def _send_growing(
@@ -273,11 +291,13 @@ async def _write_chunks(
         if not chunk:
             return
         await response.write(chunk)
-        _count_sent(record, len(chunk))
+        _count_sent(record, source, len(chunk))
         position += len(chunk)
 
 
-def _count_sent(record: Served, count: int) -> None:
+def _count_sent(record: Served, source: BlobSource, count: int) -> None:
+    """Blob body bytes that went out: for /metrics and the access log."""
+    series.BLOB_BYTES_SENT.labels(source.cache_result).inc(count)
     record.body_bytes = (record.body_bytes or 0) + count
 
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 from aiohttp import ClientResponse
 
 from mirror.errors import DigestMismatch, MirrorError, UpstreamBadGateway, UpstreamTimeout
-from mirror.proxy.served import CacheResult
+from mirror.metrics import series
 from mirror.proxy.upstream import detach_body
 from mirror.reference import Digest
 
@@ -37,12 +37,19 @@ class PassThroughBlob:
     """One client's stream of a blob straight from the upstream; a `BlobSource` with no file."""
 
     file: IO[bytes] | None = None
-    cache_result = CacheResult.PASS_THROUGH
+    cache_result = series.PASS_THROUGH
 
     def __init__(
-        self, digest: Digest, open_body: OpenBody, executor: Executor, read_timeout: float
+        self,
+        digest: Digest,
+        open_body: OpenBody,
+        executor: Executor,
+        read_timeout: float,
+        received: Callable[[int], None] = lambda count: None,
     ) -> None:
+        """`received` counts the body bytes as they arrive from the upstream."""
         self.digest = digest
+        self._count_received = received
         self.size: int | None = None  # from Content-Length, else once verified
         self.verified = False
         self.error: MirrorError | None = None
@@ -135,6 +142,7 @@ class PassThroughBlob:
         """Hash one body chunk and keep the part the client still needs, once it has room."""
         offset = self._received
         self._received += len(chunk)
+        self._count_received(len(chunk))
         if self._received <= self._skip:
             return
         view = memoryview(chunk)[max(self._skip - offset, 0) :]

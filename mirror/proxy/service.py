@@ -26,6 +26,7 @@ from mirror.cache.open_cache import open_cache
 from mirror.cache.pulls import PullStats
 from mirror.cache.siftree import SifTree
 from mirror.cache.store import ContentStore, TagRecord
+from mirror.cache.usage import StoreUsage
 from mirror.config import Config
 from mirror.errors import (
     DigestMismatch,
@@ -37,12 +38,13 @@ from mirror.errors import (
 )
 from mirror.manifests import Kind
 from mirror.manifests import parse as parse_manifest
+from mirror.metrics import series
 from mirror.proxy.blob_fills import BlobFills, remove_leftovers
 from mirror.proxy.memo import ManifestMemory, SingleFlight
 from mirror.proxy.policy import tag_is_fresh
 from mirror.proxy.routing import Router
-from mirror.proxy.served import CacheResult
 from mirror.proxy.sources import BlobSource
+from mirror.proxy.throttled_log import ThrottledWarning
 from mirror.proxy.upstream import RegistryClient, Upstreams
 from mirror.reference import (
     MANIFEST_MEDIA_TYPES,
@@ -58,6 +60,10 @@ log = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 UPSTREAM_ACCEPT = ",".join(MANIFEST_MEDIA_TYPES)
 STALE_WARNING = '111 hpc-mirror "Revalidation Failed"'
+# The store's size is rescanned a bounded piece at a time: at least this many blobs (or one
+# whole shard) every few seconds, so what other instances add and gc removes shows up.
+_USAGE_RESCAN_SECONDS = 5.0
+_USAGE_RESCAN_BLOBS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +72,7 @@ class Manifest:
     media_type: str
     body: bytes
     warning: str | None = None  # set when served stale because the upstream failed
-    cache: CacheResult = CacheResult.HIT  # where it came from, for the access log
+    cache: str = series.HIT  # where it came from (`series.HIT`, ...), for the access log
 
 
 @asynccontextmanager
@@ -112,11 +118,32 @@ class ProxyService:
         # Hashing and file writes of fills and manifests; sha256 releases the GIL, so two
         # threads use both cores of a small node while the event loop moves bytes.
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mirror-io")
-        self._blobs = BlobFills(config, store, metadata, upstreams, self._executor, self._sif_tree)
+        self.usage = StoreUsage(store)
+        self._blobs = BlobFills(
+            config, store, metadata, upstreams, self._executor, self.usage, self._sif_tree
+        )
 
     async def close(self) -> None:
         await self._blobs.close()
         self._executor.shutdown(wait=True)
+
+    async def measure_store(self) -> None:
+        """Keep the store's size for /metrics until cancelled: read whole once (in a worker
+        thread, one shard per call, so the proxy serves meanwhile and a stop waits for one
+        shard at most), then a bounded piece every few seconds."""
+        loop = asyncio.get_running_loop()
+        failing = ThrottledWarning(log)
+        while True:
+            first_round = self.usage.totals() is None
+            try:
+                await loop.run_in_executor(
+                    None, self.usage.rescan, 0 if first_round else _USAGE_RESCAN_BLOBS
+                )
+            except OSError as exc:  # a failing filesystem: the figures stay as they were
+                failing("cannot read the store to measure its size: %s", exc)
+                first_round = False
+            if not first_round:
+                await asyncio.sleep(_USAGE_RESCAN_SECONDS)
 
     # -- routing ---------------------------------------------------------------------------
     def route(self, path_name: str, ns: str | None = None) -> Repository:
@@ -171,12 +198,12 @@ class ProxyService:
         """`work` once for concurrent callers; those that joined it are fetch followers."""
         joined = self._flights.running(key)
         manifest: Manifest = await self._flights.run(key, work)
-        if joined and manifest.cache is CacheResult.MISS_LEADER:
-            return replace(manifest, cache=CacheResult.MISS_FOLLOWER)
+        if joined and manifest.cache == series.FILL_LEADER:
+            return replace(manifest, cache=series.FILL_FOLLOWER)
         return manifest
 
     def _manifest_from_record(
-        self, record: TagRecord, warning: str | None = None, cache: CacheResult = CacheResult.HIT
+        self, record: TagRecord, warning: str | None = None, cache: str = series.HIT
     ) -> Manifest | None:
         body = self._cached_manifest_body(record.digest)
         if body is None:
@@ -194,34 +221,57 @@ class ProxyService:
     async def _revalidate_tag(
         self, repo: Repository, tag: str, record: TagRecord | None
     ) -> Manifest:
-        """Ask upstream about a tag: HEAD when we hold an answer (no pull-limit cost on
-        Docker Hub), GET only when the digest moved. Upstream failure serves stale."""
+        """Ask upstream about a tag (`_ask_about_tag`); when it fails, serve stale."""
         try:
-            if record is not None and self.store.blob_size(record.digest) is not None:
-                upstream_digest = await self._head_manifest_digest(repo, tag)
-                if upstream_digest == record.digest:
-                    confirmed = TagRecord(record.digest, record.media_type, self.clock())
-                    with self.store.refusals.tolerated(f"the tag {repo}:{tag}"):
-                        self.metadata.put_tag(repo, tag, confirmed)
-                    cached = self._manifest_from_record(confirmed, cache=CacheResult.REVALIDATED)
-                    if cached is not None:
-                        return cached
-            return await self._fetch_manifest(repo, tag, None)
+            manifest = await self._ask_about_tag(repo, tag, record)
         except UpstreamFailed as exc:
-            age = self.clock() - record.confirmed_at if record is not None else 0.0
-            if record is None or age > self.config.cache.max_stale_seconds:
-                raise
-            stale = self._manifest_from_record(record, STALE_WARNING, CacheResult.STALE)
-            if stale is None:
-                raise
-            log.warning(
-                "serving %s:%s stale (confirmed %.0fs ago): %s",
-                repo,
-                tag,
-                self.clock() - record.confirmed_at,
-                exc.message,
-            )
-            return stale
+            self._count_revalidation(repo, record, series.FAILED)
+            return self._stale(repo, tag, record, exc)
+        except MirrorError:
+            self._count_revalidation(repo, record, series.FAILED)
+            raise
+        moved = record is not None and manifest.digest != record.digest
+        self._count_revalidation(repo, record, series.MOVED if moved else series.UNCHANGED)
+        return manifest
+
+    async def _ask_about_tag(
+        self, repo: Repository, tag: str, record: TagRecord | None
+    ) -> Manifest:
+        """HEAD when we hold an answer (no pull-limit cost on Docker Hub), GET only when
+        the digest moved."""
+        if record is not None and self.store.blob_size(record.digest) is not None:
+            upstream_digest = await self._head_manifest_digest(repo, tag)
+            if upstream_digest == record.digest:
+                confirmed = TagRecord(record.digest, record.media_type, self.clock())
+                with self.store.refusals.tolerated(f"the tag {repo}:{tag}"):
+                    self.metadata.put_tag(repo, tag, confirmed)
+                cached = self._manifest_from_record(confirmed, cache=series.REVALIDATED)
+                if cached is not None:
+                    return cached
+        return await self._fetch_manifest(repo, tag, None)
+
+    def _stale(
+        self, repo: Repository, tag: str, record: TagRecord | None, failure: UpstreamFailed
+    ) -> Manifest:
+        """The cached answer for a tag the upstream failed to confirm, with a warning, if it
+        is not too old; else `failure`."""
+        age = self.clock() - record.confirmed_at if record is not None else 0.0
+        if record is None or age > self.config.cache.max_stale_seconds:
+            raise failure
+        stale = self._manifest_from_record(record, STALE_WARNING, series.STALE)
+        if stale is None:
+            raise failure
+        log.warning(
+            "serving %s:%s stale (confirmed %.0fs ago): %s", repo, tag, age, failure.message
+        )
+        series.STALE_ANSWERS.labels(self._by_prefix[repo.prefix].name).inc()
+        return stale
+
+    def _count_revalidation(self, repo: Repository, record: TagRecord | None, outcome: str) -> None:
+        """A tag's first fetch is no revalidation: only one held before counts."""
+        if record is not None:
+            upstream = self._by_prefix[repo.prefix].name
+            series.TAG_REVALIDATIONS.labels(upstream, outcome).inc()
 
     async def _head_manifest_digest(self, repo: Repository, tag: str) -> Digest | None:
         unknown = ManifestUnknown(f"manifest {tag!r} of {repo} is unknown upstream")
@@ -245,6 +295,7 @@ class ProxyService:
             if (response.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise UpstreamBadGateway("upstream manifest is larger than the mirror accepts")
             body = await _read_limited(response, MAX_MANIFEST_BYTES)
+            self._client(repo).count_received(len(body))
             media_type = response.headers.get("Content-Type", "").strip()
             header_digest = response.headers.get("Docker-Content-Digest", "")
         digest = Digest(hashlib.sha256(body).hexdigest())
@@ -262,6 +313,7 @@ class ProxyService:
         with self.store.refusals.tolerated(f"manifest {digest}"):
             if await self._run_io(self.store.put_bytes, digest, body):
                 self.store.refusals.accepted()
+                self.usage.added(digest, len(body))
             self.metadata.link_manifest(repo, digest, media_type, parsed)
             if expected is None:
                 self.metadata.put_tag(repo, reference, TagRecord(digest, media_type, self.clock()))
@@ -269,7 +321,7 @@ class ProxyService:
                 if self._sif_tree is not None and parsed.kind is Kind.SIF:
                     self._sif_tree.tag_fetched(repo, reference, parsed.layers[0].digest)
         self._memory.put(digest, body)
-        return Manifest(digest, media_type, body, cache=CacheResult.MISS_LEADER)
+        return Manifest(digest, media_type, body, cache=series.FILL_LEADER)
 
     # -- blobs -----------------------------------------------------------------------------
     async def blob_size(self, repo: Repository, digest: Digest) -> int:
@@ -291,7 +343,9 @@ class ProxyService:
             async with self._client(repo).request_ok(
                 "GET", repo.name, "tags/list", unknown
             ) as response:
-                body = await response.json(content_type=None)
+                raw = await response.read()
+            self._client(repo).count_received(len(raw))
+            body = json.loads(raw)
             tags = body.get("tags") if isinstance(body, dict) else None
             return sorted(t for t in tags or [] if isinstance(t, str))
         except (UpstreamFailed, ValueError):

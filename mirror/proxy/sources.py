@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from mirror.errors import StoreRefused, UpstreamBadGateway
+from mirror.metrics import series
 from mirror.proxy.fill import BlobFill
 from mirror.proxy.passthrough import PassThroughBlob
-from mirror.proxy.served import CacheResult
 from mirror.reference import Digest
 
 _FOLLOW_POLL = 0.05
@@ -42,8 +42,9 @@ class BlobSource(Protocol):
         ...
 
     @property
-    def cache_result(self) -> CacheResult:
-        """Where the bytes come from, for the access log."""
+    def cache_result(self) -> str:
+        """Where the bytes come from now, as `series.BLOB_BYTES_SENT` labels them: the
+        cache, a fill this request started or joined, or the upstream passed through."""
         ...
 
     async def sendable(self, position: int, end: int) -> int:
@@ -71,7 +72,7 @@ class _FileSource:
 class CachedBlob(_FileSource):
     """A verified blob already under its final path."""
 
-    cache_result = CacheResult.HIT
+    cache_result = series.HIT
 
     def __init__(self, digest: Digest, file: IO[bytes], size: int) -> None:
         self.digest = digest
@@ -90,12 +91,12 @@ class FillReader(_FileSource):
     (still valid once the file is renamed into place or unlinked), the fill's progress."""
 
     def __init__(self, fill: BlobFill, executor: Executor, *, leader: bool = False) -> None:
-        """`leader`: the fill was started for this reader's request."""
         self._fill = fill
         self._executor = executor
         self.digest = fill.digest
         self.file = open(fill.writer.temp_path, "rb")
-        self.cache_result = CacheResult.MISS_LEADER if leader else CacheResult.MISS_FOLLOWER
+        # Whether this request started the fill, or joined one running.
+        self.cache_result = series.FILL_LEADER if leader else series.FILL_FOLLOWER
 
     @property
     def size(self) -> int | None:
@@ -153,7 +154,7 @@ class PartialFollower(_FileSource):
     the fill over and the client's response goes on from where it was.
     """
 
-    cache_result = CacheResult.MISS_FOLLOWER
+    cache_result = series.FILL_FOLLOWER
 
     def __init__(
         self,
@@ -270,8 +271,8 @@ class RefusalBypass:
         return self._bypass.file if self._bypass is not None else self._inner.file
 
     @property
-    def cache_result(self) -> CacheResult:
-        return self._bypass.cache_result if self._bypass is not None else self._inner.cache_result
+    def cache_result(self) -> str:
+        return (self._bypass or self._inner).cache_result
 
     async def sendable(self, position: int, end: int) -> int:
         if self._bypass is None:

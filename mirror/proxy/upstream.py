@@ -27,7 +27,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -45,6 +45,7 @@ from mirror.errors import (
     UpstreamUnavailable,
     out_of_resources,
 )
+from mirror.metrics import series
 from mirror.proxy import policy
 from mirror.proxy.ranges import parse_content_range
 
@@ -105,6 +106,13 @@ class RegistryClient:
         self._challenge: Challenge | None = None
         self._tokens: dict[tuple[str, str, str], tuple[str, float, float]] = {}
         self._token_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._received_bytes = series.UPSTREAM_BYTES.labels(upstream.name)
+        self._breaker_open = series.BREAKER_OPEN.labels(upstream.name)
+        self._breaker_open.set(0)
+
+    def count_received(self, count: int) -> None:
+        """Count body bytes received from this upstream (for /metrics)."""
+        self._received_bytes.inc(count)
 
     # -- public API ------------------------------------------------------------------------
     def reload_password(self) -> str | None:
@@ -232,6 +240,7 @@ class RegistryClient:
             was_open = self._breaker.is_open
             self._breaker.failed(time.monotonic())
             if self._breaker.is_open and not was_open:
+                self._breaker_open.set(1)
                 log.warning(
                     "%s: circuit breaker opened after %d failed requests (last: %s); requests "
                     "fail at once for %.0fs, then one request tries again",
@@ -248,6 +257,7 @@ class RegistryClient:
             log.warning(
                 "%s: circuit breaker closed: the upstream answers again", self.upstream.name
             )
+            self._breaker_open.set(0)
         self._breaker.succeeded()
         return response
 
@@ -291,6 +301,7 @@ class RegistryClient:
         delay = policy.retry_delay(
             attempt, retry_after, time.time(), self._settings.max_retry_wait_seconds
         )
+        series.UPSTREAM_RETRIES.labels(self.upstream.name).inc()
         log.warning(
             "%s: %s %s %s; retry %d in %.1fs",
             self.upstream.name,
@@ -372,7 +383,10 @@ class RegistryClient:
             headers["Authorization"] = basic
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         # Connection failures and timeouts go up to the retry loop, like the request's own.
-        async with self._session.get(url, headers=headers, ssl=self._ssl) as response:
+        response = await self._counted(
+            "GET", series.TOKEN, self._session.get(url, headers=headers, ssl=self._ssl)
+        )
+        async with response:
             if response.status in (401, 403):
                 raise Denied(
                     f"token endpoint of upstream {self.upstream.name} refused "
@@ -405,12 +419,17 @@ class RegistryClient:
     async def _send_following_redirects(
         self, method: str, url: str, headers: dict[str, str], authorization: str | None
     ) -> aiohttp.ClientResponse:
+        route = _route_of(urlsplit(url).path)  # a redirect's target is still this route's
         for _ in range(_MAX_REDIRECTS + 1):
             request_headers = {"User-Agent": USER_AGENT, **headers}
             if authorization and _origin(url) == self._origin:
                 request_headers["Authorization"] = authorization
-            response = await self._session.request(
-                method, url, headers=request_headers, allow_redirects=False, ssl=self._ssl
+            response = await self._counted(
+                method,
+                route,
+                self._session.request(
+                    method, url, headers=request_headers, allow_redirects=False, ssl=self._ssl
+                ),
             )
             if response.status not in _REDIRECTS or "Location" not in response.headers:
                 return response
@@ -422,6 +441,23 @@ class RegistryClient:
                 )
             url = target
         raise UpstreamBadGateway(f"upstream {self.upstream.name} redirected too many times")
+
+    async def _counted(
+        self, method: str, route: str, sending: Awaitable[aiohttp.ClientResponse]
+    ) -> aiohttp.ClientResponse:
+        """Await one HTTP exchange with this upstream, counted by its status, or as `error`
+        when no answer came (refused, reset, timed out)."""
+        try:
+            response = await sending
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            series.UPSTREAM_REQUESTS.labels(
+                self.upstream.name, method, route, series.NO_ANSWER
+            ).inc()
+            raise
+        series.UPSTREAM_REQUESTS.labels(
+            self.upstream.name, method, route, str(response.status)
+        ).inc()
+        return response
 
 
 @dataclass
@@ -572,6 +608,15 @@ def _cause(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the upstream closed the connection"
     return str(exc) or type(exc).__name__
+
+
+def _route_of(path: str) -> str:
+    """The route kind of an upstream path: `/v2/<name>/manifests/<reference>`,
+    `/v2/<name>/blobs/<digest>`, `/v2/<name>/tags/list`."""
+    kind = path.rsplit("/", 2)[-2:]
+    if kind == ["tags", "list"]:
+        return series.TAGS
+    return {"manifests": series.MANIFEST, "blobs": series.BLOB}.get(kind[0], series.OTHER)
 
 
 def _resumed_size(response: aiohttp.ClientResponse, start: int) -> int | None:

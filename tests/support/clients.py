@@ -1,10 +1,12 @@
 """Real clients, pulling through a proxy as users do: skopeo, podman, containerd's ctr, the
-oras Python SDK. Each takes what a site gives its users: a CA to trust for a mirror that
-serves HTTPS (no insecure flag then), and credentials for a mirror that asks for them.
-Failures show the client's stderr, never its command line (it may hold a password)."""
+oras Python SDK, and a plain HTTP GET that hashes what it receives. Each takes what a site
+gives its users: a CA to trust for a mirror that serves HTTPS (no insecure flag then), and
+credentials for a mirror that asks for them. Failures show the client's stderr, never its
+command line (it may hold a password)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import oras.client
+import requests
 
 from .containerd import ContainerdDaemon
 from .proxy import UPSTREAM_PREFIX
@@ -240,3 +243,14 @@ def ctr_pull(
     assert "complete" in check, check
     info = daemon.ctr("images", "ls", f"name=={reference}").stdout.splitlines()[1].split()
     return info[2]  # REF TYPE DIGEST SIZE PLATFORMS LABELS
+
+
+def fetch_sha256(url: str, timeout: float = 120) -> tuple[int, str, int]:
+    """GET `url`, streamed: (status, "sha256:<hex>" of the body, its length)."""
+    digest = hashlib.sha256()
+    size = 0
+    with requests.get(url, stream=True, timeout=timeout) as response:
+        for chunk in response.iter_content(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+        return response.status_code, f"sha256:{digest.hexdigest()}", size

@@ -1,62 +1,78 @@
-"""HAProxy terminating TLS in front of several `mirror serve` instances, configured as the
-README's "Behind HAProxy" section shows it; in the foreground, stopped by its PID."""
+"""HAProxy running contrib/haproxy.cfg on loopback in front of `mirror serve` instances:
+a copy of the file with the frontend on a free port and one server line per instance, every
+other line as shipped. In the foreground, stopped by its PID."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import time
 from pathlib import Path
 
 from .processes import LOOPBACK, ServerProcess, free_port, spawn_logged
 from .tls import LoopbackCA
 
 HAPROXY = "/usr/sbin/haproxy"
+CONTRIB_CONFIG = Path(__file__).parents[2] / "contrib" / "haproxy.cfg"
+
+
+def contrib_config(port: int, backends: list[str], tls_pem: Path | None = None) -> str:
+    """contrib/haproxy.cfg on 127.0.0.1:`port` (with `tls_pem`: its commented TLS bind, with
+    that certificate, in place of the plain one), its servers `node1 <backends[0]>` ...;
+    its health check (`GET /readyz`) as shipped."""
+    text = CONTRIB_CONFIG.read_text()
+    plain = re.compile(r"(?m)^([ \t]+)bind :\d+\n")
+    tls = re.compile(r"(?m)^([ \t]+)# bind :\d+ ssl crt \S+ (.*)$")
+    servers = re.findall(r"(?m)^[ \t]+server .*\n", text)
+    assert all(len(p.findall(text)) == 1 for p in (plain, tls)) and servers, (
+        "contrib/haproxy.cfg changed its shape: update tests/support/haproxy.py"
+    )
+    if tls_pem is None:
+        text = plain.sub(rf"\g<1>bind {LOOPBACK}:{port}\n", text)
+    else:
+        text = tls.sub(rf"\g<1>bind {LOOPBACK}:{port} ssl crt {tls_pem} \g<2>", plain.sub("", text))
+    indent = servers[0][: len(servers[0]) - len(servers[0].lstrip())]
+    ours = "".join(f"{indent}server node{n} {b}\n" for n, b in enumerate(backends, 1))
+    return text.replace(servers[0], ours).replace("".join(servers[1:]), "", 1)
 
 
 class HAProxyProcess(ServerProcess):
-    """`haproxy -db -f <workdir>/haproxy.cfg`: HTTPS on a free loopback port with `ca`'s
-    server certificate, `balance leastconn` over `backends` (host:port, plain HTTP)."""
+    """`haproxy -db -f <workdir>/haproxy.cfg`, contrib/haproxy.cfg sending to `backends`
+    (host:port, plain HTTP); with `ca`, terminating TLS with that CA's server certificate.
+    `log()` is what HAProxy wrote, e.g. a server going DOWN."""
 
     name = "haproxy"
 
-    def __init__(self, workdir: Path, ca: LoopbackCA, backends: list[str]) -> None:
+    def __init__(self, workdir: Path, backends: list[str], ca: LoopbackCA | None = None) -> None:
         super().__init__(start_timeout=20.0)
         self.workdir = workdir
-        self.ca = ca
         self.backends = backends
+        self.ca = ca
         self.port = free_port()
-        self.tls = ca.client_context()
+        self.tls = ca.client_context() if ca else None
+        self.config_path = workdir / "haproxy.cfg"
         self.log_path = workdir / "haproxy.log"
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        pem = self.workdir / "mirror.pem"  # HAProxy wants the chain and the key in one file
-        pem.write_bytes(self.ca.cert_file.read_bytes() + self.ca.key_file.read_bytes())
-        pem.chmod(0o600)
-        servers = "\n".join(
-            f"    server node{n} {backend} check" for n, backend in enumerate(self.backends, 1)
-        )
-        config = self.workdir / "haproxy.cfg"
-        config.write_text(
-            f"""global
-    maxconn 4096
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 5m
-    timeout server 5m
-
-frontend mirror
-    bind {LOOPBACK}:{self.port} ssl crt {pem} alpn http/1.1 ssl-min-ver TLSv1.2
-    default_backend mirrors
-
-backend mirrors
-    balance leastconn
-    option httpchk GET /v2/
-{servers}
-"""
-        )
-        return spawn_logged([HAPROXY, "-db", "-f", str(config)], self.log_path)
+        pem = None
+        if self.ca is not None:
+            pem = self.workdir / "mirror.pem"  # HAProxy wants the chain and the key in one file
+            pem.write_bytes(self.ca.cert_file.read_bytes() + self.ca.key_file.read_bytes())
+            pem.chmod(0o600)
+        self.config_path.write_text(contrib_config(self.port, self.backends, pem))
+        return spawn_logged([HAPROXY, "-db", "-f", str(self.config_path)], self.log_path)
 
     def _failure_log(self) -> str:
+        return self.log()
+
+    def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 60.0) -> None:
+        """Until HAProxy has written `text`."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in HAProxy's log:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
