@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from mirror.errors import ConfigError, MirrorError
 from mirror.reference import (
@@ -516,8 +516,9 @@ class _Parser:
             return None
         self._unknown_keys(table, where, _LDAP_KEYS)
         url = self._get(table, where, "url", str)
-        scheme = urlsplit(url).scheme if url else ""
-        if url and (scheme not in ("ldap", "ldaps") or not urlsplit(url).hostname):
+        parts = _split_url(url)
+        scheme = parts.scheme if parts is not None else ""
+        if url and (scheme not in ("ldap", "ldaps") or parts is None or not parts.hostname):
             self.problems.append(f"{where}.url: must be ldap://host[:port] or ldaps://host[:port]")
         start_tls = self._get(table, where, "start_tls", bool)
         if start_tls and scheme == "ldaps":
@@ -753,8 +754,16 @@ def _optional_keys(where: str) -> dict[str, Any]:
 
 
 def _is_http_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
+    parts = _split_url(url)
+    return parts is not None and parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _split_url(url: str) -> SplitResult | None:
+    """`urlsplit`, or None for what it cannot split (an unclosed `[` of an IPv6 address)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
 
 
 def _empty(kind: type | tuple[type, ...]) -> Any:

@@ -93,6 +93,7 @@ def test_text_and_json_lines_hold_the_same_fields(tmp_path):
                 "duration": 0.012,
                 "cache": None,
                 "upstream": "hub",
+                "pid": os.getpid(),  # JSON only: which worker served
             }
             assert fields["time"].endswith("Z") and "T" in fields["time"]
         else:

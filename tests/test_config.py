@@ -204,6 +204,17 @@ def test_ca_file_is_a_pem_bundle_relative_to_the_config_file(tmp_path):
     ]
 
 
+def test_urls_that_cannot_be_split_are_problems_not_tracebacks():
+    """Found by the property test below: an unclosed IPv6 bracket made urlsplit raise."""
+    with pytest.raises(ConfigError) as caught:
+        config.load(None, {"auth": {"realm": "http://[", "ldap": {"url": "ldap://[::1"}}})
+    assert caught.value.problems == [
+        "auth.realm: must be an http(s):// URL, got 'http://['",
+        "auth.ldap.url: must be ldap://host[:port] or ldaps://host[:port]",
+        "auth.ldap: set user_dn_template, or search_base and search_filter (one way)",
+    ]
+
+
 TEXTS = (
     st.text(max_size=20)
     | st.text(st.sampled_from("ab:/[]\x00.1-~"), max_size=12)

@@ -3,6 +3,7 @@ second while real pulls run, and the test asks Prometheus' HTTP API for the seri
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,7 @@ def test_workers_report_one_coherent_set_on_the_metrics_port(upstream, seeded, t
     requests counted are every request made, whichever worker served it."""
     config = proxy_config(tmp_path / "mirror", {"up": upstream_entry(upstream.url)})
     metrics_port = config["server"]["metrics_port"] = free_port()
+    config["log"] = {"format": "json"}  # whose lines name the worker that served
     image, blob = seeded["big/blob:1.0"], seeded.big_blob
     clients = 8
     with (
@@ -99,16 +101,17 @@ def test_workers_report_one_coherent_set_on_the_metrics_port(upstream, seeded, t
 
 
 def _until_both_workers_served(proxy: ProxyProcess) -> int:
-    """List the catalog, each time on a new connection, until both workers' access log
-    lines show they answered some; how many listings that took."""
+    """List the catalog, each time on a new connection, until the access log (JSON, on
+    standard output) shows both workers answered some; how many listings that took."""
+    assert proxy.pid is not None
+    workers = {
+        int(pid) for pid in open(f"/proc/{proxy.pid}/task/{proxy.pid}/children").read().split()
+    }
     for listings in range(1, 500):
         assert requests.get(f"{proxy.url}/v2/_catalog", timeout=10).status_code == 200
-        served = {
-            line.split()[3]
-            for line in proxy.log().splitlines()
-            if "aiohttp.access" in line and "/v2/_catalog" in line
-        }
-        if {"mirror-worker-0", "mirror-worker-1"} <= served:
+        lines = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
+        served = {line["pid"] for line in lines if line["path"] == "/v2/_catalog"}
+        if len(served & workers) == 2:
             return listings
     raise AssertionError(f"one worker served every listing:\n{proxy.log()[-2000:]}")
 

@@ -47,6 +47,7 @@ class AccessLog:
         self._json = config.format == "json"
         self._fd = _STDOUT if self.path is None else _open(self.path)
         self._failed = ThrottledWarning(log)
+        self._pid = os.getpid()  # in JSON: which worker of `--workers N` served
 
     @classmethod
     def from_config(cls, config: LogConfig) -> AccessLog | None:
@@ -102,7 +103,7 @@ class AccessLog:
             "cache": record.cache,
             "upstream": record.upstream,
         }
-        line = json.dumps(fields) if self._json else _text_line(fields)
+        line = json.dumps({**fields, "pid": self._pid}) if self._json else _text_line(fields)
         self._write((line + "\n").encode())
 
     def write_cut(self, request: web.BaseRequest, seconds: float) -> None:

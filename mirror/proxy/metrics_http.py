@@ -20,6 +20,7 @@ from mirror.config import ServerConfig
 from mirror.metrics import series
 from mirror.metrics.exposition import CONTENT_TYPE, metrics_text, shared_directory
 from mirror.proxy import handlers, token_endpoint
+from mirror.proxy.served import served
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,6 +46,7 @@ def add_metrics(app: web.Application, server: ServerConfig) -> None:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    served(request).logged = False  # a scrape every few seconds is no request to log
     # The workers' files are read off the event loop.
     text = await asyncio.get_running_loop().run_in_executor(None, metrics_text)
     return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
