@@ -114,18 +114,7 @@ async def _serve(
     in_flight: InFlight,
     reuse_port: bool,
 ) -> None:
-    if access_log is not None:
-        runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            shutdown_timeout=_FINISH_SECONDS,
-            access_log_class=logger_class(access_log),
-            access_log=log,  # not written to: aiohttp calls the class only when one is given
-        )
-    else:
-        runner = web.AppRunner(
-            app, handle_signals=False, shutdown_timeout=_FINISH_SECONDS, access_log=None
-        )
+    runner = _runner(app, access_log)
     await runner.setup()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -156,6 +145,21 @@ async def _serve(
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not the default, which ends the process
         await runner.cleanup()
     await _flushed(sockets, max(deadline, loop.time() + _FINISH_SECONDS))
+
+
+def _runner(app: web.Application, access_log: AccessLog | None) -> web.AppRunner:
+    """aiohttp's runner, without signal handlers of its own, writing `access_log`."""
+    if access_log is None:
+        return web.AppRunner(
+            app, handle_signals=False, shutdown_timeout=_FINISH_SECONDS, access_log=None
+        )
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=_FINISH_SECONDS,
+        access_log_class=logger_class(access_log),
+        access_log=log,  # never written to; aiohttp calls the class only when one is given
+    )
 
 
 async def _drain(
