@@ -160,6 +160,19 @@ class ProxyProcess(ServerProcess):
         ]
         return spawn_logged(command, self.log_path, env={**os.environ, **self.env})
 
+    def _answers(self) -> bool:
+        """Ready once the port answers and, with `--workers N`, every worker said it
+        listens: a worker still starting has not bound the port (nor set its signals)."""
+        if not super()._answers():
+            return False
+        workers = self._workers()
+        return workers == 1 or self.log().count("listening on ") >= workers
+
+    def _workers(self) -> int:
+        if "--workers" in self.args:
+            return int(self.args[self.args.index("--workers") + 1])
+        return 1
+
     def _failure_log(self) -> str:
         return self.log()
 
