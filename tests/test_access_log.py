@@ -127,9 +127,9 @@ def test_each_request_is_one_line_with_its_cache_result_and_upstream(make_proxy,
     summary = [(f[3], f[4], f[5], f[6], f[8], f[9]) for f in fields]
     assert summary == [
         ('"GET', '/v2/"', "200", "2", "-", "-"),  # the probe that found it started
-        ('"GET', f'{manifest}"', "200", str(len(image.manifest)), "fill_leader", "hub"),
+        ('"GET', f'{manifest}"', "200", str(len(image.manifest)), "miss-leader", "hub"),
         ('"GET', f'{manifest}"', "200", str(len(image.manifest)), "hit", "hub"),
-        ('"GET', f'{blob}"', "200", str(layer["size"]), "fill_leader", "hub"),
+        ('"GET', f'{blob}"', "200", str(layer["size"]), "miss-leader", "hub"),
         ('"GET', f'{blob}"', "200", str(layer["size"]), "hit", "hub"),
         ('"HEAD', f'{blob}"', "200", "0", "-", "hub"),
         ('"GET', f'{tags.split("&")[0]}"', "200", summary[6][3], "-", "hub"),
@@ -156,7 +156,7 @@ def test_a_fill_has_one_leader_and_its_followers(make_proxy):
     lines = [f for f in _json_lines(proxy.workdir / "access.log", 4) if "/blobs/" in f["path"]]
     # one GET started the download, the two others joined it (which first, the log's order
     # of responses does not say)
-    assert sorted(f["cache"] for f in lines) == ["fill_follower", "fill_follower", "fill_leader"]
+    assert sorted(f["cache"] for f in lines) == ["miss-follower", "miss-follower", "miss-leader"]
     assert {f["bytes"] for f in lines} == {server.layer_size}
 
 
@@ -182,7 +182,7 @@ def test_revalidated_and_stale_tags_say_so(make_proxy, private_upstream):
     assert requests.get(url, headers=ACCEPT, timeout=30).ok
     lines = _json_lines(proxy.workdir / "access.log", 4)
     assert [f["cache"] for f in lines if "/manifests/" in f["path"]] == [
-        "fill_leader",
+        "miss-leader",
         "revalidated",
         "stale",
     ]

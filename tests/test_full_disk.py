@@ -105,7 +105,7 @@ def test_blob_larger_than_free_space_is_served_verified_and_not_cached(disk_prox
     # the access log says where the bytes came from
     log = disk_proxy.wait_log(f'{blob.digest}" 200 ')  # written once the response is sent
     [logged] = [line for line in log.splitlines() if f'{blob.digest}" 200 ' in line]
-    assert logged.endswith(f" 200 {blob.size} {logged.split()[-3]} pass_through test")
+    assert logged.endswith(f" 200 {blob.size} {logged.split()[-3]} pass-through test")
 
 
 def test_concurrent_clients_of_a_blob_the_store_refuses_all_get_it(disk_proxy, seeded):

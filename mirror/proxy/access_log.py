@@ -26,6 +26,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from mirror.config import LogConfig
 from mirror.errors import InvalidValue
+from mirror.metrics import series
 from mirror.proxy.served import SERVED, Served
 from mirror.proxy.throttled_log import ThrottledWarning
 
@@ -100,7 +101,7 @@ class AccessLog:
             "status": status,
             "bytes": body_bytes,
             "duration": round(seconds, 3),
-            "cache": record.cache,
+            "cache": _CACHE_WORDS.get(record.cache or "", record.cache),
             "upstream": record.upstream,
         }
         line = json.dumps({**fields, "pid": self._pid}) if self._json else _text_line(fields)
@@ -120,6 +121,16 @@ class AccessLog:
                 data = data[os.write(self._fd, data) :]
         except OSError as exc:
             self._failed("access log: cannot write to %s: %s", self.path or "stdout", exc.strerror)
+
+
+# Where a response came from, in the access log's documented words (hit, miss-leader,
+# miss-follower, stale, revalidated, pass-through), which sites grep and parse; /metrics
+# keeps its own label values.
+_CACHE_WORDS = {
+    series.FILL_LEADER: "miss-leader",
+    series.FILL_FOLLOWER: "miss-follower",
+    series.PASS_THROUGH: "pass-through",
+}
 
 
 def _open(path: Path) -> int:
