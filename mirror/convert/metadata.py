@@ -34,8 +34,8 @@ def runscript(image: SourceImage) -> str:
     lines = [
         "#!/bin/sh",
         "# The image's Entrypoint and Cmd, as `docker run` runs them: arguments replace Cmd.",
-        f"OCI_ENTRYPOINT={shlex.quote(shlex.join(image.entrypoint))}",
-        f"OCI_CMD={shlex.quote(shlex.join(image.cmd))}",
+        f"# Entrypoint: {json.dumps(list(image.entrypoint))}",
+        f"# Cmd: {json.dumps(list(image.cmd))}",
     ]
     if image.cmd:
         lines += ["if [ $# -eq 0 ]; then", f"    set -- {shlex.join(image.cmd)}", "fi"]

@@ -13,7 +13,7 @@ from mirror.config import SifConfig
 from mirror.convert.converter import ConvertedSif, convert
 from mirror.reference import Digest
 
-from .layers import TestImage, put_in_store
+from .layers import BuiltImage, put_in_store
 from .rootfs import Item, Listing, directory_listing, squashfs_listing
 
 REFERENCE = "registry.test/convert/image:1"
@@ -35,7 +35,7 @@ def sif_config(**overrides: object) -> SifConfig:
 
 
 def convert_image(
-    workdir: Path, test_image: TestImage, *, reference: str = REFERENCE, **overrides: object
+    workdir: Path, test_image: BuiltImage, *, reference: str = REFERENCE, **overrides: object
 ) -> tuple[ContentStore, ConvertedSif]:
     """Put the image into a fresh store under `workdir` and convert it there."""
     store = ContentStore(workdir / "cache")

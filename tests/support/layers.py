@@ -98,7 +98,7 @@ def layer(entries: list[Entry], how: str = "gzip") -> LayerBlob:
 
 
 @dataclass(frozen=True)
-class TestImage:
+class BuiltImage:
     """An OCI image: manifest, config and layer blobs."""
 
     manifest: bytes
@@ -119,7 +119,7 @@ class TestImage:
 
 def image(
     layers: list[LayerBlob], container: dict[str, Any] | None = None, **config: Any
-) -> TestImage:
+) -> BuiltImage:
     """An amd64 Linux image of `layers` whose config holds `container` (Entrypoint, Cmd,
     Env, Labels...) and any other top-level `config` fields."""
     document = {
@@ -142,7 +142,7 @@ def image(
             "layers": [oci.descriptor_for(blob.media_type, blob.data) for blob in layers],
         }
     ).encode()
-    return TestImage(manifest, config_bytes, tuple(layers))
+    return BuiltImage(manifest, config_bytes, tuple(layers))
 
 
 def _diff_id(blob: LayerBlob) -> str:
@@ -161,14 +161,14 @@ def _diff_id(blob: LayerBlob) -> str:
     return oci.sha256_digest(blob.data)
 
 
-def put_in_store(store: ContentStore, test_image: TestImage) -> Digest:
+def put_in_store(store: ContentStore, test_image: BuiltImage) -> Digest:
     """Store the image's manifest, config and layers; return the manifest digest."""
     for data in (test_image.manifest, test_image.config, *(b.data for b in test_image.layers)):
         store.put_bytes(Digest.parse(oci.sha256_digest(data)), data)
     return test_image.digest
 
 
-def write_oci_layout(path: Path, test_image: TestImage, tag: str = "latest") -> str:
+def write_oci_layout(path: Path, test_image: BuiltImage, tag: str = "latest") -> str:
     """An OCI image layout holding the image under `tag`; returns `<path>:<tag>`."""
     blobs = path / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
