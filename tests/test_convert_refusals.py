@@ -15,7 +15,16 @@ from mirror.errors import ConversionCancelled, ConversionRefused
 from mirror.reference import Digest
 from tests.support import oci
 from tests.support.conversion import REFERENCE, convert_stored, sif_config
-from tests.support.layers import Entry, LayerBlob, BuiltImage, image, layer, put_in_store, tar_bytes
+from tests.support.layers import (
+    LAYER_TYPES,
+    BuiltImage,
+    Entry,
+    LayerBlob,
+    image,
+    layer,
+    put_in_store,
+    tar_bytes,
+)
 
 
 def _refusal(tmp_path: Path, test_image: BuiltImage, **overrides: object) -> str:
@@ -78,31 +87,30 @@ def test_entry_below_a_file(tmp_path: Path):
     assert _layer_named(message, bad, 2) and "not a directory" in message
 
 
-def _damaged(data: bytes, media_type: str = "application/vnd.oci.image.layer.v1.tar+gzip"):
+GZIP, ZSTD, TAR = (LAYER_TYPES[how] for how in ("gzip", "zstd", "plain"))
+GOOD_TAR = tar_bytes([Entry("file", data=os.urandom(200_000))])
+GOOD_GZIP = gzip.compress(GOOD_TAR)
+GOOD_ZSTD = layer([Entry("file", data=os.urandom(200_000))], "zstd").data
+
+
+def _damaged(data: bytes, media_type: str = GZIP) -> LayerBlob:
     return LayerBlob(data, media_type)
 
 
-GOOD_TAR = tar_bytes([Entry("file", data=os.urandom(200_000))])
+def _flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
 
 
 @pytest.mark.parametrize(
     "blob, reason",
     [
-        (_damaged(gzip.compress(GOOD_TAR)[:-2000]), "gzip stream is truncated"),
-        (
-            _damaged(bytes(b ^ 0xFF if i == 3000 else b for i, b in enumerate(gzip.compress(GOOD_TAR)))),
-            "corrupt gzip data",
-        ),
-        (_damaged(gzip.compress(GOOD_TAR) + b"trailing garbage"), "garbage after the gzip stream"),
-        (
-            _damaged(layer([Entry("file", data=os.urandom(200_000))], "zstd").data[:-5000],
-                     "application/vnd.oci.image.layer.v1.tar+zstd"),
-            "not a whole zstd stream",
-        ),
-        (_damaged(b"\x28\xb5\x2f\xfd" + os.urandom(5000), "application/vnd.oci.image.layer.v1.tar+zstd"),
-         "not a whole zstd stream"),
-        (_damaged(os.urandom(4096), "application/vnd.oci.image.layer.v1.tar"), "not a valid tar"),
-        (_damaged(GOOD_TAR[:-20000], "application/vnd.oci.image.layer.v1.tar"), "not a valid tar"),
+        (_damaged(GOOD_GZIP[:-2000]), "gzip stream is truncated"),
+        (_damaged(_flipped(GOOD_GZIP, 3000)), "corrupt gzip data"),
+        (_damaged(GOOD_GZIP + b"trailing garbage"), "garbage after the gzip stream"),
+        (_damaged(GOOD_ZSTD[:-5000], ZSTD), "not a whole zstd stream"),
+        (_damaged(_flipped(GOOD_ZSTD, 3000), ZSTD), "not a whole zstd stream"),
+        (_damaged(os.urandom(4096), TAR), "not a valid tar"),
+        (_damaged(GOOD_TAR[:-20000], TAR), "not a valid tar"),
     ],
     ids=["truncated-gzip", "corrupt-gzip", "garbage-after-gzip", "truncated-zstd",
          "corrupt-zstd", "not-tar", "truncated-tar"],

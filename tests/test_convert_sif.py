@@ -5,15 +5,18 @@ prints what `docker run` prints; two conversions are byte-identical."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
 from mirror.cache.store import ContentStore
+from mirror.convert.converter import _ID_NAMESPACE
 from mirror.convert.sif_file import put_in_front
 from mirror.reference import Digest
 from mirror.sif.reader import read_sif
@@ -115,10 +118,6 @@ def test_two_conversions_are_byte_identical(tmp_path: Path):
 
 
 def _expected_id(sif) -> str:
-    import uuid
-
-    from mirror.convert.converter import _ID_NAMESPACE
-
     return str(uuid.uuid5(_ID_NAMESPACE, f"{sif.converter_version} {sif.source_digest}"))
 
 
@@ -136,8 +135,6 @@ def test_putting_the_header_in_front_by_copy_gives_the_same_bytes(tmp_path: Path
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
