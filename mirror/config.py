@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import math
 import os
+import re
 import ssl
 import tomllib
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mirror.errors import ConfigError, MirrorError
+from mirror.errors import ConfigError, InvalidValue, MirrorError, NameInvalid
 from mirror.reference import (
     REGISTRY_HOST_RE,
     Digest,
@@ -30,6 +31,9 @@ from mirror.reference import (
     check_tag,
     is_digest,
 )
+from mirror.units import parse_size
+
+_PLATFORM_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,21 @@ class UpstreamConfig:
         return urlsplit(self.url).netloc
 
 
+SIF_COMPRESSIONS = ("gzip", "zstd", "xz")
+
+
+@dataclass(frozen=True, slots=True)
+class SifConfig:
+    """`[sif]`: OCI images converted to SIF files on the mirror."""
+
+    namespace: str  # first path component of the SIF route: /v2/<namespace>/<image>
+    platform: str  # os/architecture[/variant] converted from a multi-platform image
+    compression: str  # of the squashfs: one of SIF_COMPRESSIONS
+    max_wait_seconds: float  # a pull waits this long for a conversion, then gets 503
+    max_parallel: int  # conversions at once on one instance
+    max_rootfs_bytes: int  # most uncompressed layer bytes one conversion reads
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str
@@ -169,6 +188,7 @@ class Config:
     client: ClientConfig
     upstreams: tuple[UpstreamConfig, ...]
     catalog: CatalogConfig
+    sif: SifConfig
     auth: AuthConfig = AuthConfig()
 
     @property
@@ -244,7 +264,7 @@ _LDAP_OPTIONAL: dict[str, Any] = {
     "cache_seconds": 60,
 }
 _LDAP_KEYS = {"url", "bind_password_env", "bind_password_file", *_LDAP_OPTIONAL}
-_FIXED_TABLES = ("server", "cache", "client", "catalog", "auth")
+_FIXED_TABLES = ("server", "cache", "client", "catalog", "auth", "sif")
 
 
 class _Parser:
@@ -267,9 +287,10 @@ class _Parser:
         auth = self._auth()
         upstreams = self._upstreams(auth)
         catalog = self._catalog(server)
+        sif = self._sif()
         if self.problems:
             raise ConfigError(self.source, self.problems)
-        return Config(self.source, server, cache, client, upstreams, catalog, auth)
+        return Config(self.source, server, cache, client, upstreams, catalog, sif, auth)
 
     def _table(self, name: str, *subtables: str) -> dict[str, Any]:
         """A fixed table, its unknown keys reported; every known key is present, because
@@ -443,6 +464,51 @@ class _Parser:
             https=tls == "on" or (tls == "auto" and server.tls),
             include_restricted=self._get(table, "catalog", "include_restricted", bool),
         )
+
+    def _sif(self) -> SifConfig:
+        table = self._table("sif")
+        namespace = self._get(table, "sif", "namespace", str)
+        try:
+            check_name(namespace)
+            if "/" in namespace:
+                raise NameInvalid("one path component")
+        except MirrorError as exc:
+            self.problems.append(
+                f"sif.namespace: {namespace!r} is not a repository name component ({exc.message})"
+            )
+        platform = self._get(table, "sif", "platform", str)
+        if not _PLATFORM_RE.fullmatch(platform):
+            self.problems.append(
+                "sif.platform: must be os/architecture[/variant] like linux/amd64, "
+                f"got {platform!r}"
+            )
+        compression = self._get(table, "sif", "compression", str)
+        if compression not in SIF_COMPRESSIONS:
+            choices = ", ".join(f'"{c}"' for c in SIF_COMPRESSIONS)
+            self.problems.append(f"sif.compression: must be one of {choices}, got {compression!r}")
+        max_parallel = self._get(table, "sif", "max_parallel", int)
+        if max_parallel < 1:
+            self.problems.append("sif.max_parallel: must be >= 1")
+        return SifConfig(
+            namespace=namespace,
+            platform=platform,
+            compression=compression,
+            max_wait_seconds=self._number(table, "sif", "max_wait_seconds", minimum=0),
+            max_parallel=max_parallel,
+            max_rootfs_bytes=self._size(table, "sif", "max_rootfs_bytes"),
+        )
+
+    def _size(self, table: dict[str, Any], where: str, key: str) -> int:
+        """A byte count written as a number or as a size text ("64G", "1.5TiB")."""
+        value = self._get(table, where, key, (int, str))
+        try:
+            size = parse_size(value) if isinstance(value, str) else value
+        except InvalidValue as exc:
+            self.problems.append(f"{where}.{key}: {exc}")
+            return 1
+        if size < 1:
+            self.problems.append(f"{where}.{key}: must be at least 1 byte")
+        return size
 
     def _auth(self) -> AuthConfig:
         table = self._table("auth", "ldap")

@@ -18,7 +18,7 @@ ROOMS: dict[str, set[str]] = {
     "errors": set(),
     "units": {"errors"},
     "reference": {"errors"},
-    "config": {"errors", "reference"},
+    "config": {"errors", "reference", "units"},
     "config_toml": {"config"},
     "manifests": {"errors", "reference"},
     "sif": set(),
@@ -30,6 +30,8 @@ ROOMS: dict[str, set[str]] = {
     "prefetch": {"config", "errors", "manifests", "proxy", "reference", "units"},
     # The catalog reads what is cached: never the proxy or an upstream.
     "catalog": {"access", "cache", "config", "errors", "manifests", "reference", "sif", "units"},
+    # OCI image -> SIF: reads the store, never the proxy; the proxy calls it.
+    "convert": {"cache", "config", "errors", "manifests", "reference", "sif", "units"},
     "cli": {
         "access",
         "cache",
@@ -84,8 +86,17 @@ LAYERS: dict[str, list[set[str]]] = {
     ],
     "sif": [
         {"format", "dates"},
-        {"model"},
+        {"model", "writer"},
         {"reader"},
+    ],
+    "convert": [
+        {"layers", "scripts", "sif_file"},
+        {"tree", "image"},
+        {"metadata"},
+        {"runtime"},
+        {"stream"},
+        {"worker"},
+        {"converter"},
     ],
 }
 

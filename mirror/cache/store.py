@@ -83,6 +83,11 @@ class ContentStore:
             directory.mkdir(parents=True, exist_ok=True)
 
     # -- paths: the one place that maps names to files -------------------------------------
+    @property
+    def root(self) -> Path:
+        """The store's directory (a child process opens the same store from it)."""
+        return self._root
+
     def blob_path(self, digest: Digest) -> Path:
         return self._blobs_dir / digest.hex[:2] / digest.hex
 

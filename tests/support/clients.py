@@ -129,6 +129,15 @@ class Podman:
             self.cert_dir.mkdir(exist_ok=True)
             (self.cert_dir / "ca.crt").write_bytes(ca_file.read_bytes())
 
+    program = "podman"
+
+    def _global_flags(self) -> list[str]:
+        w = self.workdir
+        return [
+            "--root", str(w / "root"), "--runroot", str(self.runroot), "--tmpdir", str(w / "tmp"),
+            "--storage-driver", "vfs", "--events-backend", "none",
+        ]  # fmt: skip
+
     def run(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
@@ -142,17 +151,8 @@ class Podman:
             "-c",
             _PRIVATE_VAR_LIB,
             str(w / "var-lib"),
-            "podman",
-            "--root",
-            str(w / "root"),
-            "--runroot",
-            str(self.runroot),
-            "--tmpdir",
-            str(w / "tmp"),
-            "--storage-driver",
-            "vfs",
-            "--events-backend",
-            "none",
+            self.program,
+            *self._global_flags(),
             *args,
         ]
         env = {
@@ -167,7 +167,7 @@ class Podman:
             command, input=stdin, capture_output=True, text=True, timeout=300, env=env
         )
         if check:
-            assert result.returncode == 0, f"podman {args[0]} failed: {result.stderr}"
+            assert result.returncode == 0, f"{self.program} {args[0]} failed: {result.stderr}"
         return result
 
     def close(self) -> None:
@@ -200,6 +200,24 @@ class Podman:
     def digest(self, reference: str) -> str:
         result = self.run("image", "inspect", "--format", "{{.Digest}}", reference)
         return result.stdout.strip()
+
+
+class Buildah(Podman):
+    """buildah as root in the same kind of throw-away store as `Podman` (vfs, its own
+    root, runroot, config files and /var/lib/containers), for building test images."""
+
+    program = "buildah"
+
+    def _global_flags(self) -> list[str]:
+        w = self.workdir
+        return [
+            "--root",
+            str(w / "root"),
+            "--runroot",
+            str(self.runroot),
+            "--storage-driver",
+            "vfs",
+        ]
 
 
 def containerd_hosts_dir(
