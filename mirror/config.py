@@ -12,7 +12,6 @@ import hashlib
 import ipaddress
 import math
 import os
-import re
 import ssl
 import tomllib
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 
 from mirror.errors import ConfigError, InvalidValue, MirrorError, NameInvalid
 from mirror.reference import (
+    PLATFORM_RE,
     REGISTRY_HOST_RE,
     Digest,
     ImageRef,
@@ -31,9 +31,8 @@ from mirror.reference import (
     check_tag,
     is_digest,
 )
+from mirror.sif_names import SifNames
 from mirror.units import parse_size
-
-_PLATFORM_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +178,11 @@ class SifConfig:
     max_parallel: int  # conversions at once on one instance
     max_rootfs_bytes: int  # most uncompressed layer bytes one conversion reads
 
+    @property
+    def names(self) -> SifNames:
+        """How the repositories of converted images are named."""
+        return SifNames(self.namespace, self.platform)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -288,6 +292,7 @@ class _Parser:
         upstreams = self._upstreams(auth)
         catalog = self._catalog(server)
         sif = self._sif()
+        self._check_sif_names(sif, upstreams)
         if self.problems:
             raise ConfigError(self.source, self.problems)
         return Config(self.source, server, cache, client, upstreams, catalog, sif, auth)
@@ -477,7 +482,7 @@ class _Parser:
                 f"sif.namespace: {namespace!r} is not a repository name component ({exc.message})"
             )
         platform = self._get(table, "sif", "platform", str)
-        if not _PLATFORM_RE.fullmatch(platform):
+        if not PLATFORM_RE.fullmatch(platform):
             self.problems.append(
                 "sif.platform: must be os/architecture[/variant] like linux/amd64, "
                 f"got {platform!r}"
@@ -497,6 +502,16 @@ class _Parser:
             max_parallel=max_parallel,
             max_rootfs_bytes=self._size(table, "sif", "max_rootfs_bytes"),
         )
+
+    def _check_sif_names(self, sif: SifConfig, upstreams: tuple[UpstreamConfig, ...]) -> None:
+        """An upstream prefix must not be a name of the SIF namespace (README, "Pulling
+        converted images"), or one path would name two repositories."""
+        for upstream in upstreams:
+            if sif.names.platform_of(upstream.prefix) is not None:
+                self.problems.append(
+                    f"upstreams.{upstream.name}.prefix: {upstream.prefix!r} is a name of the "
+                    f"SIF namespace (sif.namespace = {sif.namespace!r}); choose another"
+                )
 
     def _size(self, table: dict[str, Any], where: str, key: str) -> int:
         """A byte count written as a number or as a size text ("64G", "1.5TiB")."""
