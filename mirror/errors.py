@@ -196,3 +196,14 @@ class ConversionCancelled(MirrorError):
     """A conversion was stopped before it finished; it left nothing behind."""
 
     code, status = "UNAVAILABLE", 503
+
+
+class ConversionPending(MirrorError):
+    """A pull waited `[sif] max_wait_seconds` for a conversion that goes on: retry later."""
+
+    code, status = "UNAVAILABLE", 503
+    RETRY_AFTER_SECONDS = 30
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(self.RETRY_AFTER_SECONDS)

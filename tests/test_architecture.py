@@ -18,7 +18,8 @@ ROOMS: dict[str, set[str]] = {
     "errors": set(),
     "units": {"errors"},
     "reference": {"errors"},
-    "config": {"errors", "reference", "units"},
+    "sif_names": {"reference"},
+    "config": {"errors", "reference", "sif_names", "units"},
     "config_toml": {"config"},
     "manifests": {"errors", "reference"},
     "sif": set(),
@@ -26,10 +27,32 @@ ROOMS: dict[str, set[str]] = {
     # Every series, defined once; nothing of HTTP or the store.
     "metrics": set(),
     "cache": {"config", "errors", "manifests", "metrics", "reference", "units"},
-    "proxy": {"access", "cache", "config", "errors", "manifests", "metrics", "reference", "units"},
+    # The proxy serves converted images: it calls the converter (never the other way).
+    "proxy": {
+        "access",
+        "cache",
+        "config",
+        "convert",
+        "errors",
+        "manifests",
+        "metrics",
+        "reference",
+        "sif_names",
+        "units",
+    },
     "prefetch": {"config", "errors", "manifests", "proxy", "reference", "units"},
     # The catalog reads what is cached: never the proxy or an upstream.
-    "catalog": {"access", "cache", "config", "errors", "manifests", "reference", "sif", "units"},
+    "catalog": {
+        "access",
+        "cache",
+        "config",
+        "errors",
+        "manifests",
+        "reference",
+        "sif",
+        "sif_names",
+        "units",
+    },
     # OCI image -> SIF: reads the store, never the proxy; the proxy calls it.
     "convert": {"cache", "config", "errors", "manifests", "reference", "sif", "units"},
     "cli": {
@@ -49,12 +72,24 @@ ROOMS: dict[str, set[str]] = {
 # Inside a room, a module may import only modules of earlier layers.
 LAYERS: dict[str, list[set[str]]] = {
     "proxy": [
-        {"policy", "memo", "routing", "ranges", "throttled_log", "body_receiver", "listener_tls"},
+        {
+            "policy",
+            "memo",
+            "routing",
+            "ranges",
+            "throttled_log",
+            "body_receiver",
+            "listener_tls",
+            "sif_artifact",
+        },
         {"upstream", "fill", "access_gate"},
         {"passthrough", "token_endpoint"},
         {"sources"},
         {"blob_fills"},
         {"service"},
+        {"image_walk"},
+        {"conversions"},
+        {"converted"},
         {"handlers"},
         {"metrics_http"},
         {"app"},

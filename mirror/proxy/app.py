@@ -33,7 +33,9 @@ from mirror.metrics.exposition import (
 )
 from mirror.proxy.access_gate import GATE, AccessGate
 from mirror.proxy.blob_fills import remove_leftovers
+from mirror.proxy.converted import ConvertedImages
 from mirror.proxy.handlers import (
+    CONVERTED,
     OUT_OF_RESOURCES,
     SERVICE,
     add_routes,
@@ -127,6 +129,7 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     async with running_service(config) as service:
         app[SERVICE] = service
+        app[CONVERTED] = ConvertedImages(service)
         if config.auth.enabled:
             app[GATE] = AccessGate.from_config(
                 config, service.store.token_key_path(), service.router
@@ -139,6 +142,7 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
             flusher.cancel()
             measurer.cancel()
             await asyncio.gather(flusher, measurer, return_exceptions=True)
+            await app[CONVERTED].close()
             if GATE in app:
                 app[GATE].close()
 
