@@ -112,7 +112,9 @@ def test_v2_root_asks_for_credentials_and_accepts_any_valid(gated):
         ("/v2/sif/tool/manifests/1.0", {"ns": UPSTREAM_PREFIX}),  # containerd's mirror path
     ],
 )
-def test_a_protected_repository_is_challenged_by_its_canonical_name(gated, path, query):
+def test_a_protected_repository_is_challenged_by_its_canonical_name(make_gated, path, query):
+    # With the default [sif] namespace, /v2/sif/... would be the SIF of up.test/tool.
+    gated = make_gated(sif={"namespace": "converted"})
     response = get(gated, path, **query)
     assert response.status_code == 401
     assert error_code(response) == "UNAUTHORIZED"

@@ -51,16 +51,18 @@ def oras_pull(
     ca_file: Path | None = None,
     user: str | None = None,
     password: str | None = None,
+    under: str = UPSTREAM_PREFIX,
 ) -> list[str]:
-    """Pull an artifact with the oras SDK; returns the files it wrote. With `ca_file`, over
-    HTTPS trusting that CA; without it, plain HTTP. With `user`, it logs in first."""
+    """Pull an artifact `<host>/<under>/<reference>` with the oras SDK; returns the files it
+    wrote. With `ca_file`, over HTTPS trusting that CA; without it, plain HTTP. With
+    `user`, it logs in first."""
     if ca_file is None:
         client = oras.client.OrasClient(hostname=host, insecure=True)
     else:
         client = oras.client.OrasClient(hostname=host, tls_verify=str(ca_file))
     if user is not None:
         client.login(username=user, password=password or "", hostname=host)
-    return client.pull(target=f"{host}/{UPSTREAM_PREFIX}/{reference}", outdir=str(outdir))
+    return client.pull(target=f"{host}/{under}/{reference}", outdir=str(outdir))
 
 
 def skopeo_login(
@@ -86,13 +88,21 @@ def skopeo_login(
     )
 
 
-def oras_login_pull(host: str, user: str, password: str, reference: str, outdir: Path) -> list[str]:
-    """Log in with the oras SDK (its docker config kept under `outdir`), then pull."""
+def oras_login_pull(
+    host: str,
+    user: str,
+    password: str,
+    reference: str,
+    outdir: Path,
+    under: str = UPSTREAM_PREFIX,
+) -> list[str]:
+    """Log in with the oras SDK (its docker config kept under `outdir`), then pull
+    `<host>/<under>/<reference>`."""
     client = oras.client.OrasClient(hostname=host, insecure=True)
     client.login(
         username=user, password=password, hostname=host, config_path=str(outdir / "config.json")
     )
-    return client.pull(target=f"{host}/{UPSTREAM_PREFIX}/{reference}", outdir=str(outdir))
+    return client.pull(target=f"{host}/{under}/{reference}", outdir=str(outdir))
 
 
 # podman as root keeps its blob-info cache in /var/lib/containers/cache whatever `--root`
