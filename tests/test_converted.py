@@ -20,6 +20,7 @@ from tests.support.accounts import write_groups, write_htpasswd
 from tests.support.clients import oras_login_pull, oras_pull
 from tests.support.conversion import siftool
 from tests.support.layers import Entry, image, layer
+from tests.support.proxy import run_mirror
 from tests.support.sif_pulls import (
     converted_directly,
     push_image,
@@ -273,3 +274,31 @@ def test_the_namespace_is_configurable(make_proxy, upstream, tmp_path: Path, nam
     pulled = _pull(proxy, "served/renamed", "1", tmp_path, namespace)
     assert "FS (Squashfs/*System/amd64)" in siftool("list", pulled)
     assert _manifest(proxy, sif_name("served/renamed"), "1").status_code == 404
+
+
+def test_gc_evicts_converted_images_but_not_pinned_ones(make_proxy, upstream, tmp_path: Path):
+    for repository in ("gc/pinned", "gc/evicted"):
+        push_image(upstream.url, repository, "1", small_image(repository))
+    pin = f"sif/{UPSTREAM_PREFIX}/gc/pinned:1"
+    proxy = make_proxy({"u": upstream_entry(upstream.url)}, pins=[pin])
+    pinned = _pull(proxy, "gc/pinned", "1", tmp_path / "pinned")
+    _pull(proxy, "gc/evicted", "1", tmp_path / "evicted")
+
+    collected = run_mirror(proxy.config_path, "gc", "--max-size", "0")
+
+    assert collected.returncode == 0, collected.stderr
+    assert f"evicted sif/{UPSTREAM_PREFIX}/gc/evicted:1" in collected.stdout
+    assert f"evicted {pin}" not in collected.stdout
+    stored = proxy.stored_blobs()
+    assert hashlib.sha256(pinned.read_bytes()).hexdigest() in stored
+    verified = run_mirror(proxy.config_path, "verify")
+    assert verified.returncode == 0 and "corrupt" not in verified.stdout
+    # The pinned SIF is served as it is; the evicted one is converted again.
+    assert _pull(proxy, "gc/pinned", "1", tmp_path / "again").read_bytes() == pinned.read_bytes()
+    assert _conversions(proxy) == 2
+    again = _pull(proxy, "gc/evicted", "1", tmp_path / "reconverted")
+    assert _conversions(proxy) == 3
+    assert hashlib.sha256(again.read_bytes()).hexdigest() in proxy.stored_blobs()
+    # ... and tagged in the store again, so gc and the catalog see it
+    dry_run = run_mirror(proxy.config_path, "gc", "--max-size", "0", "--dry-run")
+    assert f"would evict sif/{UPSTREAM_PREFIX}/gc/evicted:1" in dry_run.stdout

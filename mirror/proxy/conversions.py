@@ -104,7 +104,10 @@ class Conversions:
     async def _produce(self, source: Repository, image: Digest) -> Digest:
         """Cache the source image, then convert it once for every instance: claim it, or
         wait for the instance that did, taking over should it stop."""
-        await cache_image(self._service, source, str(image), count_pull=False)
+        manifest = await cache_image(self._service, source, str(image), count_pull=False)
+        if self._store.blob_size(image) is None:  # served from memory, evicted from the store
+            with self._store.refusals.raising(f"the manifest {image}"):
+                self._store.put_bytes(image, manifest.body)
         while True:
             async with self._slots:
                 done = self.converted(image)

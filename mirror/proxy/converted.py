@@ -118,10 +118,13 @@ class ConvertedImages:
         if body is None:  # evicted this very moment
             raise ManifestUnknown(f"the SIF manifest {digest} of {repo}:{tag} was just evicted")
         with self._store.refusals.tolerated(f"the tag {repo}:{tag}"):
-            if self._metadata.manifest_media_type(repo, digest) is None:
-                self._metadata.link_manifest(repo, digest, OCI_MANIFEST, parse(body, OCI_MANIFEST))
-            record = self._metadata.tag(repo, tag)
+            # The store's tag, not this node's memory of it: gc may have evicted it.
+            record = self._metadata.tag(repo, tag, from_store=True)
             if record is None or record.digest != digest:
+                parsed = parse(body, OCI_MANIFEST)
+                for blob in parsed.blob_digests:  # links gc removed, whatever the index says
+                    self._store.link_blob(repo, blob)
+                self._metadata.link_manifest(repo, digest, OCI_MANIFEST, parsed)
                 record = TagRecord(digest, OCI_MANIFEST, self._service.clock())
                 self._metadata.put_tag(repo, tag, record)
                 self._metadata.forget_repositories()
