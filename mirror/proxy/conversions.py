@@ -21,7 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mirror.convert.converter import convert
 from mirror.convert.metadata import CONVERTER_VERSION
-from mirror.errors import ConversionPending, ConversionRefused, StoreRefused
+from mirror.errors import (
+    ConversionCancelled,
+    ConversionPending,
+    ConversionRefused,
+    MirrorError,
+    StoreRefused,
+)
 from mirror.manifests import parse
 from mirror.proxy.blob_fills import heartbeat
 from mirror.proxy.image_walk import cache_image
@@ -87,14 +93,25 @@ class Conversions:
         if task is None:
             task = asyncio.ensure_future(self._produce(source, image))
             self._running[image.hex] = task
-            task.add_done_callback(lambda _: self._running.pop(image.hex, None))
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(lambda done: self._finished(source, image, done))
         try:
             return await asyncio.wait_for(asyncio.shield(task), wait)
         except asyncio.TimeoutError:
             raise ConversionPending(
                 f"{describe} is being converted to a SIF; retry in a while"
             ) from None
+
+    def _finished(self, source: Repository, image: Digest, task: asyncio.Task) -> None:
+        """Forget a conversion that ended; say why one failed (no client may be waiting
+        for it any more: each got 503 after `max_wait_seconds`)."""
+        self._running.pop(image.hex, None)
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, MirrorError):
+            # A refusal, a cancellation or a full store is logged where it happens.
+            if not isinstance(error, (ConversionRefused, ConversionCancelled, StoreRefused)):
+                log.warning("the conversion of %s@%s failed: %s", source, image, error.message)
+        elif error is not None:
+            log.error("the conversion of %s@%s failed", source, image, exc_info=error)
 
     def _raise_if_refused(self, image: Digest) -> None:
         refusal = self._store.read_conversion_refusal(CONVERTER_VERSION, image)
@@ -183,10 +200,3 @@ class Conversions:
             time.monotonic() - started,
         )
         return manifest
-
-
-def _retrieve(task: asyncio.Task) -> None:
-    """A conversion no one waits for any more may fail: its error is logged where it
-    happened, not as "never retrieved"."""
-    if not task.cancelled():
-        task.exception()
