@@ -127,7 +127,7 @@ def test_a_protected_repository_is_challenged_by_its_canonical_name(make_gated, 
 
 def test_the_token_flow_pulls_a_private_artifact(gated, seeded):
     # A client may spell the scope as it routes: without the prefix, or several at once.
-    token = fetch_token(gated, "repository:sif/tool:pull repository:tools/alpha:pull", auth=ALICE)
+    token = fetch_token(gated, f"repository:{SIF}:pull repository:tools/alpha:pull", auth=ALICE)
     assert get(gated, manifest_path("sif/tool", "1.0"), token=token).content == (
         seeded["sif/tool:1.0"].manifest
     )
