@@ -181,6 +181,13 @@ def prefetch(
         ),
     ] = None,
     parallel: Annotated[int, typer.Option(help="Blob downloads at once.")] = 4,
+    sif: Annotated[
+        bool,
+        typer.Option(
+            "--sif",
+            help="Then convert each image to a SIF, for --platform or else [sif] platform.",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Fill the cache with images, without a client; a rerun fetches only what is missing."""
@@ -193,7 +200,7 @@ def prefetch(
     wanted = _image_list(images, file)
     cfg = _load(config)
     check_request(Router(cfg), wanted, platform)
-    failed = asyncio.run(run_prefetch(cfg, wanted, platform, parallel))
+    failed = asyncio.run(run_prefetch(cfg, wanted, platform, parallel, sif))
     raise typer.Exit(1 if failed else 0)
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from mirror.errors import ConfigError, MirrorError
+from mirror.errors import ConfigError, InvalidValue, MirrorError, NameInvalid
 from mirror.reference import (
+    PLATFORM_RE,
     REGISTRY_HOST_RE,
     Digest,
     ImageRef,
@@ -30,6 +31,8 @@ from mirror.reference import (
     check_tag,
     is_digest,
 )
+from mirror.sif_names import SifNames
+from mirror.units import parse_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +199,26 @@ class UpstreamConfig:
         return urlsplit(self.url).netloc
 
 
+SIF_COMPRESSIONS = ("gzip", "zstd", "xz")
+
+
+@dataclass(frozen=True, slots=True)
+class SifConfig:
+    """`[sif]`: OCI images converted to SIF files on the mirror."""
+
+    namespace: str  # first path component of the SIF route: /v2/<namespace>/<image>
+    platform: str  # os/architecture[/variant] converted from a multi-platform image
+    compression: str  # of the squashfs: one of SIF_COMPRESSIONS
+    max_wait_seconds: float  # a pull waits this long for a conversion, then gets 503
+    max_parallel: int  # conversions at once on one instance
+    max_rootfs_bytes: int  # most uncompressed layer bytes one conversion reads
+
+    @property
+    def names(self) -> SifNames:
+        """How the repositories of converted images are named."""
+        return SifNames(self.namespace, self.platform)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str
@@ -205,6 +228,7 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...]
     catalog: CatalogConfig
     log: LogConfig
+    sif: SifConfig
     auth: AuthConfig = AuthConfig()
 
     @property
@@ -280,7 +304,7 @@ _LDAP_OPTIONAL: dict[str, Any] = {
     "cache_seconds": 60,
 }
 _LDAP_KEYS = {"url", "bind_password_env", "bind_password_file", *_LDAP_OPTIONAL}
-_FIXED_TABLES = ("server", "cache", "client", "catalog", "log", "auth")
+_FIXED_TABLES = ("server", "cache", "client", "catalog", "log", "auth", "sif")
 
 
 class _Parser:
@@ -304,9 +328,11 @@ class _Parser:
         upstreams = self._upstreams(auth)
         catalog = self._catalog(server)
         log = self._log()
+        sif = self._sif()
+        self._check_sif_names(sif, upstreams)
         if self.problems:
             raise ConfigError(self.source, self.problems)
-        return Config(self.source, server, cache, client, upstreams, catalog, log, auth)
+        return Config(self.source, server, cache, client, upstreams, catalog, log, sif, auth)
 
     def _table(self, name: str, *subtables: str) -> dict[str, Any]:
         """A fixed table, its unknown keys reported; every known key is present, because
@@ -491,6 +517,61 @@ class _Parser:
         if access not in ("", "-"):
             access = str(self._path(table, "log", "access") or "")
         return LogConfig(access, access_format)
+
+    def _sif(self) -> SifConfig:
+        table = self._table("sif")
+        namespace = self._get(table, "sif", "namespace", str)
+        try:
+            check_name(namespace)
+            if "/" in namespace:
+                raise NameInvalid("one path component")
+        except MirrorError as exc:
+            self.problems.append(
+                f"sif.namespace: {namespace!r} is not a repository name component ({exc.message})"
+            )
+        platform = self._get(table, "sif", "platform", str)
+        if not PLATFORM_RE.fullmatch(platform):
+            self.problems.append(
+                "sif.platform: must be os/architecture[/variant] like linux/amd64, "
+                f"got {platform!r}"
+            )
+        compression = self._get(table, "sif", "compression", str)
+        if compression not in SIF_COMPRESSIONS:
+            choices = ", ".join(f'"{c}"' for c in SIF_COMPRESSIONS)
+            self.problems.append(f"sif.compression: must be one of {choices}, got {compression!r}")
+        max_parallel = self._get(table, "sif", "max_parallel", int)
+        if max_parallel < 1:
+            self.problems.append("sif.max_parallel: must be >= 1")
+        return SifConfig(
+            namespace=namespace,
+            platform=platform,
+            compression=compression,
+            max_wait_seconds=self._number(table, "sif", "max_wait_seconds", minimum=0),
+            max_parallel=max_parallel,
+            max_rootfs_bytes=self._size(table, "sif", "max_rootfs_bytes"),
+        )
+
+    def _check_sif_names(self, sif: SifConfig, upstreams: tuple[UpstreamConfig, ...]) -> None:
+        """An upstream prefix must not be a name of the SIF namespace (README, "Pulling
+        converted images"), or one path would name two repositories."""
+        for upstream in upstreams:
+            if sif.names.platform_of(upstream.prefix) is not None:
+                self.problems.append(
+                    f"upstreams.{upstream.name}.prefix: {upstream.prefix!r} is a name of the "
+                    f"SIF namespace (sif.namespace = {sif.namespace!r}); choose another"
+                )
+
+    def _size(self, table: dict[str, Any], where: str, key: str) -> int:
+        """A byte count written as a number or as a size text ("64G", "1.5TiB")."""
+        value = self._get(table, where, key, (int, str))
+        try:
+            size = parse_size(value) if isinstance(value, str) else value
+        except InvalidValue as exc:
+            self.problems.append(f"{where}.{key}: {exc}")
+            return 1
+        if size < 1:
+            self.problems.append(f"{where}.{key}: must be at least 1 byte")
+        return size
 
     def _auth(self) -> AuthConfig:
         table = self._table("auth", "ldap")

@@ -177,3 +177,33 @@ class ConfigError(Exception):
         self.path = path
         self.problems = problems
         super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+class ConversionRefused(MirrorError):
+    """An image that cannot become a SIF (bad names, damaged or unsupported layers, too
+    big): the message names the image and the layer; nothing was cached."""
+
+    code, status = "MANIFEST_INVALID", 422
+
+
+class ConversionFailed(MirrorError):
+    """The mirror could not finish a conversion for its own reasons (a tool failed)."""
+
+    code, status = "UNKNOWN", 500
+
+
+class ConversionCancelled(MirrorError):
+    """A conversion was stopped before it finished; it left nothing behind."""
+
+    code, status = "UNAVAILABLE", 503
+
+
+class ConversionPending(MirrorError):
+    """A pull waited `[sif] max_wait_seconds` for a conversion that goes on: retry later."""
+
+    code, status = "UNAVAILABLE", 503
+    RETRY_AFTER_SECONDS = 30
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(self.RETRY_AFTER_SECONDS)

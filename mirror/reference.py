@@ -20,6 +20,8 @@ _ANY_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 # A registry host[:port] (lowercase DNS labels): what an upstream prefix and a host name
 # of the mirror look like.
 REGISTRY_HOST_RE = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?")
+# os/architecture[/variant], as image indexes name platforms: linux/amd64, linux/arm/v7.
+PLATFORM_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?")
 MAX_NAME_LENGTH = 255  # of a repository name, and of host[:port] + "/" + name as clients parse it
 DEFAULT_TAG = "latest"  # what an image reference without tag or digest means
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.support.catalog_cache import filled, site  # noqa: F401 (session fixtures)
+from tests.support.gluster import GlusterVolume
 from tests.support.proxy import UPSTREAM_PREFIX, ProxyProcess, proxy_config, upstream_entry
 from tests.support.registry import RegistryProcess
 from tests.support.seed import RegistryClient, Seeded, seed_all
@@ -44,6 +45,22 @@ def seeded(upstream: RegistryProcess) -> Seeded:
         client.close()
 
 
+@pytest.fixture(scope="session")
+def gluster_mounts(tmp_path_factory):
+    with GlusterVolume(tmp_path_factory.mktemp("gluster")) as mounts:
+        yield mounts
+
+
+@pytest.fixture(params=["local", "glusterfs"])
+def cache_roots(request, tmp_path):
+    """Where two instances find the one cache: the same local directory, or the same
+    directory seen through two GlusterFS mounts (like two nodes)."""
+    if request.param == "local":
+        return tmp_path / "shared", tmp_path / "shared"
+    node_a, node_b = request.getfixturevalue("gluster_mounts")
+    return node_a / tmp_path.name, node_b / tmp_path.name
+
+
 @pytest.fixture
 def make_proxy(tmp_path: Path):
     """Build and start proxies; each is stopped (by its own PID) after the test."""
@@ -62,6 +79,7 @@ def make_proxy(tmp_path: Path):
         server: dict | None = None,
         log: dict | None = None,
         args: tuple[str, ...] = (),
+        sif: dict | None = None,
         **cache,
     ) -> ProxyProcess:
         workdir = tmp_path / f"{name}-{len(started)}"
@@ -72,6 +90,8 @@ def make_proxy(tmp_path: Path):
             config["log"] = log
         if auth is not None:
             config["auth"] = auth
+        if sif is not None:
+            config["sif"] = sif
         proxy = ProxyProcess(
             workdir,
             config,

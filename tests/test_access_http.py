@@ -112,7 +112,9 @@ def test_v2_root_asks_for_credentials_and_accepts_any_valid(gated):
         ("/v2/sif/tool/manifests/1.0", {"ns": UPSTREAM_PREFIX}),  # containerd's mirror path
     ],
 )
-def test_a_protected_repository_is_challenged_by_its_canonical_name(gated, path, query):
+def test_a_protected_repository_is_challenged_by_its_canonical_name(make_gated, path, query):
+    # With the default [sif] namespace, /v2/sif/... would be the SIF of up.test/tool.
+    gated = make_gated(sif={"namespace": "converted"})
     response = get(gated, path, **query)
     assert response.status_code == 401
     assert error_code(response) == "UNAUTHORIZED"
@@ -125,7 +127,7 @@ def test_a_protected_repository_is_challenged_by_its_canonical_name(gated, path,
 
 def test_the_token_flow_pulls_a_private_artifact(gated, seeded):
     # A client may spell the scope as it routes: without the prefix, or several at once.
-    token = fetch_token(gated, "repository:sif/tool:pull repository:tools/alpha:pull", auth=ALICE)
+    token = fetch_token(gated, f"repository:{SIF}:pull repository:tools/alpha:pull", auth=ALICE)
     assert get(gated, manifest_path("sif/tool", "1.0"), token=token).content == (
         seeded["sif/tool:1.0"].manifest
     )

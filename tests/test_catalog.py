@@ -15,8 +15,11 @@ import requests
 from mirror import config as config_module
 from mirror.catalog.render import render
 from tests.conftest import UPSTREAM_PREFIX
+from tests.support.accounts import write_htpasswd
 from tests.support.catalog_cache import XSS
-from tests.support.proxy import ProxyProcess, proxy_config, toml_text
+from tests.support.clients import oras_pull
+from tests.support.proxy import ProxyProcess, proxy_config, toml_text, upstream_entry
+from tests.support.sif_pulls import push_image, small_image
 
 
 def _page(site: Path, repository: str, digest: str, *, raw: bool = False) -> str:
@@ -366,3 +369,42 @@ def test_restricted_repositories_are_left_out_unless_included(filled, tmp_path):
 
 def filled_config_path(cfg) -> Path:
     return Path(cfg.source)
+
+
+def test_converted_sifs_are_listed_with_their_command_tree_path_and_source(
+    make_proxy, upstream, tmp_path: Path
+):
+    push_image(upstream.url, "catalog/converted", "1", small_image("catalog"))
+    push_image(upstream.url, "catalog/secret", "1", small_image("secret"))
+    rules = [{"repositories": ["catalog/secret"], "access": "restricted", "users": ["alice"]}]
+    accounts = {"htpasswd": str(write_htpasswd(tmp_path / "htpasswd", {"alice": "pw"}))}
+    tree = tmp_path / "tree"
+    proxy = make_proxy(
+        {"u": upstream_entry(upstream.url, rules=rules)}, sif_tree=str(tree), auth=accounts
+    )
+    under = f"sif/{UPSTREAM_PREFIX}"
+    oras_pull(proxy.host, "catalog/converted:1", tmp_path / "a", under=under)
+    oras_pull(
+        proxy.host, "catalog/secret:1", tmp_path / "b", under=under, user="alice", password="pw"
+    )
+    cfg = config_module.load(proxy.config_path, {"catalog": {"mirror_url": "mirror.site:5000"}})
+    out = tmp_path / "site"
+
+    render(cfg, out)
+
+    sif = f"sif/{UPSTREAM_PREFIX}/catalog/converted"
+    page = html.unescape((out / "r" / sif / "index.html").read_text())
+    assert f"apptainer pull --no-https oras://mirror.site:5000/{sif}:1" in page
+    assert str(tree / UPSTREAM_PREFIX / "catalog" / "converted" / "1.sif") in page
+    assert f'href="../../../../../r/{UPSTREAM_PREFIX}/catalog/converted/index.html"' in page
+    source = (out / "r" / UPSTREAM_PREFIX / "catalog" / "converted" / "index.html").read_text()
+    assert f'href="../../../../r/{sif}/index.html"' in source
+    index = (out / "index.html").read_text()
+    assert f'href="r/{sif}/index.html"' in index
+    digest = requests.get(f"{proxy.url}/v2/{sif}/manifests/1", timeout=60).headers[
+        "Docker-Content-Digest"
+    ]
+    manifest_page = html.unescape((out / "r" / sif / f"sha256-{digest[7:]}.html").read_text())
+    assert "Built from an OCI image" in manifest_page  # Apptainer's oci-config.json shape
+    assert '["/bin/echo"]' in manifest_page
+    assert "catalog/secret" not in index  # restricted: as its source, not listed

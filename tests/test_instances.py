@@ -15,7 +15,6 @@ import pytest
 import requests
 
 from tests.support.faulty import FaultyUpstream
-from tests.support.gluster import GlusterVolume
 
 
 @pytest.fixture
@@ -24,22 +23,6 @@ def slow_upstream():
     server = FaultyUpstream("slow", slow_chunk=256 * 1024, slow_interval=0.25).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="session")
-def gluster_mounts(tmp_path_factory):
-    with GlusterVolume(tmp_path_factory.mktemp("gluster")) as mounts:
-        yield mounts
-
-
-@pytest.fixture(params=["local", "glusterfs"])
-def cache_roots(request, tmp_path):
-    """Where the two instances find the one cache: the same local directory, or the
-    same directory seen through two GlusterFS mounts."""
-    if request.param == "local":
-        return tmp_path / "shared", tmp_path / "shared"
-    node_a, node_b = request.getfixturevalue("gluster_mounts")
-    return node_a / tmp_path.name, node_b / tmp_path.name
 
 
 def _pair(make_proxy, server, cache_roots):

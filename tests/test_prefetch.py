@@ -8,9 +8,11 @@ import requests
 
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
 from tests.support.clients import oras_pull, skopeo_copy
+from tests.support.conversion import siftool
 from tests.support.proxy import ProxyProcess, proxy_config, run_mirror, toml_text
 from tests.support.registry import RegistryProcess, free_port
 from tests.support.seed import RegistryClient, seed_all
+from tests.support.sif_pulls import push_index, small_image
 
 IMAGES = ["tools/alpha:1.0", "multi/app:1.0", "legacy/dockerimg:v2", "sif/tool:1.0", "big/blob:1.0"]
 
@@ -100,3 +102,40 @@ def test_a_platform_no_index_holds_is_reported(upstream, seeded, tmp_path):
     assert "MANIFEST_UNKNOWN: no manifest for platform plan9/mips" in " ".join(
         result.stderr.split()
     )
+
+
+def test_prefetch_sif_converts_after_caching(upstream, tmp_path):
+    push_index(
+        upstream.url,
+        "prefetched/multi",
+        "1",
+        {
+            "linux/amd64": small_image("amd64"),
+            "linux/arm64": small_image("arm", architecture="arm64"),
+        },
+    )
+    config, path = _config(tmp_path, upstream.url)
+    result = _prefetch(
+        path,
+        "--sif",
+        f"{UPSTREAM_PREFIX}/prefetched/multi:1",
+        f"sif-linux-arm64/{UPSTREAM_PREFIX}/prefetched/multi:1",  # a SIF name converts too
+    )
+    assert result.returncode == 0, result.stderr
+    for image, sif in [
+        (f"{UPSTREAM_PREFIX}/prefetched/multi:1", f"sif/{UPSTREAM_PREFIX}/prefetched/multi:1"),
+        (f"sif-linux-arm64/{UPSTREAM_PREFIX}/prefetched/multi:1",) * 2,
+    ]:
+        assert f"converted {image} to the SIF {sif}\n" in result.stderr
+    records = [p for p in (tmp_path / "cache" / "conversions").rglob("*") if p.is_file()]
+    assert len(records) == 2
+    # Served as prefetched: nothing is converted when it is pulled.
+    config["server"]["port"] = free_port()
+    with ProxyProcess(tmp_path / "serve", config) as proxy:
+        for namespace, arch in (("sif", "amd64"), ("sif-linux-arm64", "arm64")):
+            outdir = tmp_path / namespace
+            [pulled] = oras_pull(
+                proxy.host, "prefetched/multi:1", outdir, under=f"{namespace}/{UPSTREAM_PREFIX}"
+            )
+            assert f"Primary Architecture: {arch}" in siftool("header", pulled)
+        assert "converting" not in proxy.log()

@@ -36,7 +36,9 @@ def test_every_manifest_kind_passes_byte_exact(proxy, seeded):
     kinds = set()
     for image in seeded.all_manifests():
         reference = image.tag or image.digest
-        response = _get(proxy, f"/v2/{image.repository}/manifests/{reference}", headers=ACCEPT)
+        # By the prefix: on the default route, `sif/...` would be the SIF namespace.
+        path = f"/v2/{UPSTREAM_PREFIX}/{image.repository}/manifests/{reference}"
+        response = _get(proxy, path, headers=ACCEPT)
         assert response.status_code == 200, image.reference
         assert response.content == image.manifest, image.reference
         assert response.headers["Content-Type"] == image.media_type, image.reference
@@ -147,7 +149,8 @@ def test_empty_and_two_byte_configs(proxy, seeded):
     for reference in ("sif/zeroconfig:3.7", "sif/tool:1.0"):
         image = seeded[reference]
         config = image.config
-        response = _get(proxy, f"/v2/{image.repository}/blobs/{config['digest']}")
+        path = f"/v2/{UPSTREAM_PREFIX}/{image.repository}/blobs/{config['digest']}"
+        response = _get(proxy, path)
         assert response.status_code == 200
         assert response.content == image.blob_data[config["digest"]]
         assert int(response.headers["Content-Length"]) == config["size"]
@@ -183,7 +186,8 @@ def test_catalog_lists_cached_repositories(proxy, seeded):
     assert _get(proxy, "/v2/_catalog").json() == {"repositories": []}
     for reference in ("tools/beta:2.0", "sif/tool:1.0"):
         repository, tag = reference.split(":")
-        assert _get(proxy, f"/v2/{repository}/manifests/{tag}", headers=ACCEPT).ok
+        path = f"/v2/{UPSTREAM_PREFIX}/{repository}/manifests/{tag}"
+        assert _get(proxy, path, headers=ACCEPT).ok
     listed = _get(proxy, "/v2/_catalog").json()["repositories"]
     assert listed == [f"{UPSTREAM_PREFIX}/sif/tool", f"{UPSTREAM_PREFIX}/tools/beta"]
     page = _get(proxy, "/v2/_catalog?n=1").json()["repositories"]

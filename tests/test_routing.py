@@ -45,7 +45,9 @@ def test_names_too_long_for_their_upstream_are_invalid(path):
         ROUTER.route(path)
 
 
-NAMEISH = st.text(st.sampled_from("abc019._-/:"), max_size=300)
+NAMEISH = st.text(st.sampled_from("abc019._-/:"), max_size=300) | st.builds(
+    "{}{}".format, st.sampled_from(["sif/", "sif-linux-arm64/", "sif-a/"]), st.text("abc/.-")
+)
 NS = st.none() | st.sampled_from([*HOSTS, *HOSTS.values(), "", "DOCKER.IO"]) | st.text()
 
 
@@ -55,6 +57,7 @@ def test_any_path_and_ns_give_a_repository_or_a_name_error(path, ns):
         repo = ROUTER.route(path, ns)
     except (NameUnknown, NameInvalid):
         return
+    repo = ROUTER.source_of(repo)  # a SIF name's source is checked like any name
     assert repo.prefix in HOSTS
     assert check_name(repo.name) == repo.name
     assert len(HOSTS[repo.prefix]) + 1 + len(repo.name) <= MAX_NAME_LENGTH

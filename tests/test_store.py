@@ -1,6 +1,7 @@
 """The content store: verified, atomic, content-addressed writes on a plain filesystem."""
 
 import hashlib
+import os
 import time
 
 import pytest
@@ -196,3 +197,53 @@ def test_a_taken_over_fill_whose_bytes_are_wrong_does_not_verify(tmp_path):
         resumed.commit()
     assert store.blob_size(digest) is None
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_one_instance_claims_a_conversion_and_a_stale_claim_is_broken(tmp_path):
+    store = ContentStore(tmp_path)
+    source = _digest(b"image manifest")
+    leftover = store.conversion_output_path("1", source)
+    leftover.write_bytes(b"half a SIF a dead converter wrote")
+
+    claim = store.claim_conversion("1", source)
+
+    assert claim is not None and store.conversion_claimed("1", source)
+    assert not leftover.exists()  # whoever holds the claim starts clean
+    assert store.claim_conversion("1", source) is None  # exclusive
+    assert store.claim_conversion("2", source) is not None  # another converter version
+    assert not store.break_stale_conversion_claim("1", source, stale_seconds=60)
+    old = time.time() - 120
+    os.utime(claim, (old, old))
+    assert store.break_stale_conversion_claim("1", source, stale_seconds=60)
+    assert not store.conversion_claimed("1", source)
+    assert store.claim_conversion("1", source) is not None
+    store.release_conversion("1", source)
+    assert not store.conversion_claimed("1", source)
+
+
+def test_conversion_records_and_refusals(tmp_path):
+    store = ContentStore(tmp_path)
+    source, sif = _digest(b"image"), _digest(b"sif manifest")
+    assert store.read_conversion("1", source) is None
+    store.write_conversion_refusal("1", source, "image x: layer 1 of 1: bad")
+    message, at = store.read_conversion_refusal("1", source) or ("", 0.0)
+    assert message == "image x: layer 1 of 1: bad" and abs(at - time.time()) < 60
+    store.write_conversion("1", source, sif)
+    assert store.read_conversion("1", source) == sif
+    assert store.read_conversion("2", source) is None
+    assert store.read_conversion_refusal("1", source) is None  # converted since
+    (tmp_path / "conversions" / "1" / source.hex).write_text('{"manifest": "sha256:zz"}')
+    assert store.read_conversion("1", source) is None  # torn or foreign: converted again
+
+
+def test_put_file_moves_a_finished_file_into_place_read_only(tmp_path):
+    store = ContentStore(tmp_path)
+    data = b"a SIF"
+    path = store.temp_path("sif")
+    path.write_bytes(data)
+    assert store.put_file(_digest(data), path)
+    assert store.read_blob(_digest(data)) == data and not path.exists()
+    assert store.blob_path(_digest(data)).stat().st_mode & 0o777 == 0o444
+    again = store.temp_path("sif")
+    again.write_bytes(data)
+    assert not store.put_file(_digest(data), again) and not again.exists()

@@ -2,7 +2,8 @@
 
 `<sif_tree>/<prefix>/<repository>/<tag>.sif` is a hard link to the SIF layer's blob in the
 store (a symlink where the tree is on another filesystem), so a job runs
-`apptainer exec /path/to/tool/1.0.sif` on any node with no pull at all. Blobs are
+`apptainer exec /path/to/tool/1.0.sif` on any node with no pull at all; an image converted
+to a SIF appears under its source image's name. Blobs are
 read-only, and so is every link to them. When a tag moves, its path is switched to the
 new blob in one rename: a running job keeps the file it opened.
 """
@@ -37,13 +38,16 @@ class SifTree:
         for repo, tag in self._waiting.pop(digest.hex, ()):
             self.publish(repo, tag, digest)
 
-    def path(self, repo: Repository, tag: str) -> Path:
-        return self.root / repo.prefix / repo.name / f"{tag}.sif"
+    def path(self, repo: Repository, tag: str, platform: str = "") -> Path:
+        """`<prefix>/<repository>/<tag>.sif`; an image converted for a `platform` other than
+        `[sif] platform` is `<tag>+<os>-<arch>[-<variant>].sif` (no tag holds a `+`)."""
+        return self.root / sif_tree_path(repo, tag, platform)
 
-    def publish(self, repo: Repository, tag: str, layer: Digest) -> None:
-        """Point `repo:tag` at the cached SIF blob `layer` (which must be in the store)."""
+    def publish(self, repo: Repository, tag: str, layer: Digest, platform: str = "") -> None:
+        """Point `repo:tag` (converted for `platform`, if given) at the cached SIF blob
+        `layer` (which must be in the store)."""
         blob = self._store.blob_path(layer)
-        target = self.path(repo, tag)
+        target = self.path(repo, tag, platform)
         try:
             if _same_file(target, blob):
                 return
@@ -57,6 +61,12 @@ class SifTree:
             os.rename(temp, target)
         except OSError as exc:  # the tree is a convenience; never fail a pull over it
             log.warning("could not publish %s:%s in the SIF tree: %s", repo, tag, exc)
+
+
+def sif_tree_path(repo: Repository, tag: str, platform: str = "") -> str:
+    """Where `repo:tag` is in any SIF tree, relative to its root (see `SifTree.path`)."""
+    label = f"+{platform.replace('/', '-')}" if platform else ""
+    return f"{repo.prefix}/{repo.name}/{tag}{label}.sif"
 
 
 def _same_file(path: Path, blob: Path) -> bool:

@@ -12,6 +12,13 @@ below was validated by `reference` first)::
     repositories/<prefix>/<name>/_tags/<tag>   JSON {"digest", "media_type", "confirmed_at"}
     tmp/                                       in-progress writes, renamed into place when done
     tmp/<hex>.partial, tmp/<hex>.size          the one shared fill of a blob, and its size
+    tmp/conversion-<version>-<hex>.claim       the one conversion of image manifest <hex> (by
+                                               converter <version>), touched while it runs
+    tmp/conversion-<version>-<hex>.sif         that conversion's output until it is stored
+    conversions/<version>/<hex>                the SIF manifest converted from image manifest
+                                               <hex> by converter <version>: JSON {"manifest"}
+    conversions/<version>/<hex>.refused        the converter refused that image: JSON
+                                               {"message", "at"}
     quarantine/sha256/<hex>                    blobs `verify` found corrupt, kept for inspection
     stats/<node>.json                          each node's published pull counts
     auth/token-signing.key                     the key every instance signs client tokens
@@ -35,7 +42,7 @@ from pathlib import Path
 
 from mirror.cache.blob_writer import BlobWriter
 from mirror.cache.refusals import StoreRefusals
-from mirror.errors import CacheMissing
+from mirror.errors import CacheMissing, MirrorError
 from mirror.reference import Digest, Repository
 
 _TEMP_FILE_MAX_AGE = 86400.0  # seconds; only a dead instance leaves a temp file this old
@@ -71,6 +78,7 @@ class ContentStore:
         self._repos_dir = root / "repositories"
         self._tmp_dir = root / "tmp"
         self._stats_dir = root / "stats"
+        self._conversions_dir = root / "conversions"
         self.refusals = StoreRefusals(root)  # whether its filesystem refuses writes now
         if not create:
             if not self._blobs_dir.is_dir():
@@ -83,6 +91,11 @@ class ContentStore:
             directory.mkdir(parents=True, exist_ok=True)
 
     # -- paths: the one place that maps names to files -------------------------------------
+    @property
+    def root(self) -> Path:
+        """The store's directory (a child process opens the same store from it)."""
+        return self._root
+
     def blob_path(self, digest: Digest) -> Path:
         return self._blobs_dir / digest.hex[:2] / digest.hex
 
@@ -149,6 +162,19 @@ class ContentStore:
         except BaseException:
             writer.abort()
             raise
+        return True
+
+    def put_file(self, digest: Digest, path: Path) -> bool:
+        """Move a finished, fsync'd file of `tmp/` whose sha256 its writer computed into
+        place as the blob `digest`, read-only; False if it was stored already (the file is
+        then deleted)."""
+        if self.blob_size(digest) is not None:
+            _unlink(path)
+            return False
+        target = self.blob_path(digest)
+        os.chmod(path, 0o444)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, target)
         return True
 
     def blobs(self) -> Iterator[StoredBlob]:
@@ -226,17 +252,9 @@ class ContentStore:
         return int(text) if text and text.isdigit() else None
 
     def break_stale_claim(self, digest: Digest, stale_seconds: float) -> bool:
-        """Remove a partial file nobody has touched for `stale_seconds` (its instance died).
-        Renaming it aside first means only one instance wins the takeover."""
-        partial = self.partial_path(digest)
-        try:
-            if time.time() - os.stat(partial).st_mtime < stale_seconds:
-                return False
-            dead = partial.with_name(f"{partial.name}.dead-{os.getpid()}-{secrets.token_hex(4)}")
-            os.rename(partial, dead)
-        except FileNotFoundError:
-            return True  # gone already: the owner finished or someone else broke it
-        os.unlink(dead)
+        """Remove a partial file nobody has touched for `stale_seconds` (its instance died)."""
+        if not _break_stale(self.partial_path(digest), stale_seconds):
+            return False
         _unlink(self._partial_size_path(digest))
         return True
 
@@ -279,7 +297,9 @@ class ContentStore:
         for entry in os.scandir(self._tmp_dir):
             limit = (
                 stale_seconds
-                if entry.name.endswith((".partial", ".size")) or ".partial.dead-" in entry.name
+                if entry.name.endswith((".partial", ".size", ".claim"))
+                or ".partial.dead-" in entry.name
+                or ".claim.dead-" in entry.name
                 else _TEMP_FILE_MAX_AGE
             )
             try:
@@ -289,6 +309,70 @@ class ContentStore:
             except FileNotFoundError:
                 continue
         return removed
+
+    # -- conversions of images into SIFs, one per image across every instance ---------------
+    def claim_conversion(self, version: str, source: Digest) -> Path | None:
+        """Claim the one conversion of image manifest `source` by converter `version`
+        (created exclusively, like a fill's partial file): the claim file, to touch while
+        converting; None if another instance holds it. Output a dead holder left is removed."""
+        claim = self._conversion_tmp(version, source, "claim")
+        try:
+            os.close(os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return None
+        output = self.conversion_output_path(version, source)
+        for leftover in output.parent.glob(f"{output.name}*"):
+            _unlink(leftover)
+        return claim
+
+    def conversion_output_path(self, version: str, source: Digest) -> Path:
+        """Where the holder of the claim writes the SIF (on the store's filesystem)."""
+        return self._conversion_tmp(version, source, "sif")
+
+    def conversion_claimed(self, version: str, source: Digest) -> bool:
+        return self._conversion_tmp(version, source, "claim").exists()
+
+    def break_stale_conversion_claim(
+        self, version: str, source: Digest, stale_seconds: float
+    ) -> bool:
+        """Remove a conversion claim nobody has touched for `stale_seconds` (its instance
+        died); True when there is none now."""
+        return _break_stale(self._conversion_tmp(version, source, "claim"), stale_seconds)
+
+    def release_conversion(self, version: str, source: Digest) -> None:
+        _unlink(self._conversion_tmp(version, source, "claim"))
+
+    def write_conversion(self, version: str, source: Digest, manifest: Digest) -> None:
+        """Record that image manifest `source` became the SIF manifest `manifest`."""
+        body = json.dumps({"manifest": str(manifest)}).encode()
+        self._write_small(self._conversion_record(version, source), body)
+        _unlink(self._conversion_record(version, source, ".refused"))
+
+    def read_conversion(self, version: str, source: Digest) -> Digest | None:
+        text = _read_small(self._conversion_record(version, source))
+        try:
+            return Digest.parse(json.loads(text)["manifest"]) if text else None
+        except (ValueError, KeyError, TypeError, MirrorError):
+            return None  # torn or foreign: converted again, to the same bytes
+
+    def write_conversion_refusal(self, version: str, source: Digest, message: str) -> None:
+        body = json.dumps({"message": message, "at": time.time()}).encode()
+        self._write_small(self._conversion_record(version, source, ".refused"), body)
+
+    def read_conversion_refusal(self, version: str, source: Digest) -> tuple[str, float] | None:
+        """Why the converter refused image manifest `source`, and when (Unix seconds)."""
+        text = _read_small(self._conversion_record(version, source, ".refused"))
+        try:
+            body = json.loads(text) if text else None
+            return (str(body["message"]), float(body["at"])) if body else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _conversion_tmp(self, version: str, source: Digest, suffix: str) -> Path:
+        return self._tmp_dir / f"conversion-{version}-{source.hex}.{suffix}"
+
+    def _conversion_record(self, version: str, source: Digest, suffix: str = "") -> Path:
+        return self._conversions_dir / version / f"{source.hex}{suffix}"
 
     # -- repository links --------------------------------------------------------------------
     def link_manifest(self, repo: Repository, digest: Digest, media_type: str) -> None:
@@ -427,6 +511,20 @@ class ContentStore:
         except BaseException:  # a full disk must not leave the temp file behind
             _unlink(temp)
             raise
+
+
+def _break_stale(claim: Path, stale_seconds: float) -> bool:
+    """Remove a claim file nobody has touched for `stale_seconds`; True when it is gone.
+    Renaming it aside first means only one instance wins the takeover."""
+    try:
+        if time.time() - os.stat(claim).st_mtime < stale_seconds:
+            return False
+        dead = claim.with_name(f"{claim.name}.dead-{os.getpid()}-{secrets.token_hex(4)}")
+        os.rename(claim, dead)
+    except FileNotFoundError:
+        return True  # gone already: the owner finished or someone else broke it
+    os.unlink(dead)
+    return True
 
 
 def _read_small(path: Path) -> str | None:

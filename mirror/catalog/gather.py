@@ -3,9 +3,13 @@ every manifest they reach, a summary per tag, and the row the index lists it by.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 from mirror.cache.pulls import NEVER_PULLED, PullCount
+from mirror.cache.siftree import sif_tree_path
 from mirror.cache.store import ContentStore
 from mirror.catalog.facts import OCI_KEY_PREFIX, manifest_facts
 from mirror.catalog.model import (
@@ -14,10 +18,13 @@ from mirror.catalog.model import (
     ManifestSummary,
     RepoRow,
     RepoView,
+    SifLink,
     TagView,
     iso_text,
+    pages_dir,
 )
 from mirror.reference import Digest, Repository
+from mirror.sif_names import SifNames, source_digest_tag
 
 # Per tag or digest of a repository, over every node.
 PullCounts = dict[str, PullCount]
@@ -41,8 +48,48 @@ class FactsCache:
         return facts
 
 
-def gather(store: ContentStore, facts: FactsCache, repo: Repository, pulls: PullCounts) -> RepoView:
-    """Everything the pages of `repo` show; `pulls` are its pull counts."""
+@dataclass(frozen=True)
+class Conversions:
+    """How converted images relate to their sources: the SIF namespace's names, and the
+    SIF tree's directory (None when `cache.sif_tree` is off)."""
+
+    names: SifNames
+    tree: Path | None = None
+
+    def links(
+        self, store: ContentStore, repo: Repository, related: tuple[Repository, ...]
+    ) -> dict[str, Any]:
+        """The `RepoView` fields linking `repo` to the `related` repositories: the SIFs
+        converted from it, or the image it was converted from (with its SIF-tree files)."""
+        if not self.names.is_sif(repo):
+            return {"converted_to": tuple(self._link(store, sif) for sif in related)}
+        source = self.names.source_of(repo)
+        platform = self.names.platform_of(repo.prefix) or ""
+        label = "" if platform == self.names.default_platform else platform
+        files = {
+            tag: str(self.tree / sif_tree_path(source, tag, label))
+            for tag in store.list_tags(repo)
+            if self.tree is not None and source_digest_tag(tag) is None
+        }
+        page = f"{pages_dir(source)}/index.html" if source in related else ""  # else unlisted
+        return {"converted_from": SifLink(str(source), page, platform), "sif_files": files}
+
+    def _link(self, store: ContentStore, sif: Repository) -> SifLink:
+        tags = tuple(store.list_tags(sif))
+        platform = self.names.platform_of(sif.prefix) or ""
+        return SifLink(str(sif), f"{pages_dir(sif)}/index.html", platform, tags)
+
+
+def gather(
+    store: ContentStore,
+    facts: FactsCache,
+    repo: Repository,
+    pulls: PullCounts,
+    conversions: Conversions | None = None,
+    related: tuple[Repository, ...] = (),
+) -> RepoView:
+    """Everything the pages of `repo` show; `pulls` are its pull counts, `related` the
+    repositories converted from it, or the one it was converted from."""
     manifests: dict[str, ManifestFacts] = {}
     tagged = store.tag_records(repo)
     for record in tagged.values():
@@ -62,7 +109,8 @@ def gather(store: ContentStore, facts: FactsCache, repo: Repository, pulls: Pull
                 summarize(manifests, digest),
             )
         )
-    return RepoView(repo, tuple(tags), manifests)
+    links = conversions.links(store, repo, related) if conversions is not None else {}
+    return RepoView(repo, tuple(tags), manifests, **links)
 
 
 def _add_facts(

@@ -173,6 +173,17 @@ class TagView:
 
 
 @dataclass(frozen=True)
+class SifLink:
+    """A repository of the SIF namespace converted from the one shown, or the image
+    repository the one shown was converted from."""
+
+    path: str  # its canonical name
+    page: str  # its page, relative to the site root; "" when it has none (not listed)
+    platform: str  # what the SIF was converted for
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RepoView:
     """Everything the pages of one repository show."""
 
@@ -180,6 +191,9 @@ class RepoView:
     tags: tuple[TagView, ...]
     manifests: dict[str, ManifestFacts]  # by digest: every tagged manifest, and the
     # children of every tagged index
+    converted_from: SifLink | None = None  # a converted image's source
+    converted_to: tuple[SifLink, ...] = ()  # an image's converted SIFs
+    sif_files: dict[str, str] = field(default_factory=dict)  # tag -> its SIF-tree file
 
     @property
     def prefix(self) -> str:
@@ -199,13 +213,20 @@ class RepoView:
 
     def to_json(self) -> dict[str, Any]:
         """repo.json."""
-        return {
+        data: dict[str, Any] = {
             "repository": self.path,
             "tags": [tag.to_json() for tag in self.tags],
             "manifests": {
                 digest: facts.to_json() for digest, facts in sorted(self.manifests.items())
             },
         }
+        if self.converted_from is not None:
+            data["converted_from"] = self.converted_from
+        if self.converted_to:
+            data["converted_to"] = self.converted_to
+        if self.sif_files:
+            data["sif_files"] = self.sif_files
+        return data
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from mirror.units import human_size
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
 # Bump when the model changes shape, so every page and the state are rebuilt.
-_MODEL_VERSION = 3
+_MODEL_VERSION = 4
 
 
 def _templates_digest() -> str:
@@ -152,7 +152,16 @@ class Pages:
             "repository.html",
             {"repo": view, "tags": view.tags},
             depth,
-            fingerprint("repository.html", view.path, view.tags, self.site_key, depth),
+            fingerprint(
+                "repository.html",
+                view.path,
+                view.tags,
+                view.converted_from,
+                view.converted_to,
+                view.sif_files,
+                self.site_key,
+                depth,
+            ),
         )
         return files + [f"{view.directory}/repo.json", index]
 

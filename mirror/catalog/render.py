@@ -23,7 +23,7 @@ from mirror.access.policy import AccessPolicy
 from mirror.cache.open_cache import open_cache
 from mirror.cache.pulls import PullStats
 from mirror.cache.store import ContentStore
-from mirror.catalog.gather import FactsCache, PullCounts, gather, repo_row
+from mirror.catalog.gather import Conversions, FactsCache, PullCounts, gather, repo_row
 from mirror.catalog.model import RepoRow, SiteInfo, pages_dir
 from mirror.catalog.pages import Pages, fingerprint
 from mirror.catalog.site_writer import SiteWriter
@@ -65,6 +65,7 @@ class _Changed:
     repo: Repository
     signature: tuple[Any, ...]
     pulls: PullCounts
+    related: tuple[Repository, ...]  # converted from it, or what it was converted from
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class _Renderer:
         self.pages = Pages(_site_info(config), writer)
         self.facts = FactsCache(store)
         self.policy = AccessPolicy(config.upstreams)
+        self.conversions = Conversions(config.sif.names, config.cache.sif_tree)
         previous = writer.previous if writer.previous.get("site_key") == self.pages.site_key else {}
         self._previous_repos: dict[str, dict] = previous.get("repos", {})
         self.repo_state: dict[str, RepoState] = {}
@@ -130,18 +132,19 @@ class _Renderer:
         """Render each changed repository's pages; keep unchanged ones as they are. Many
         changed repositories (a first render) are shared out to one process per core."""
         order, changed = [], []
-        for repo in self.store.list_repositories():
-            if not self._listed(repo):
-                continue
+        listed = [repo for repo in self.store.list_repositories() if self._listed(repo)]
+        related = self._related(listed)
+        for repo in listed:
             slug = pages_dir(repo)
             pulls = pull_stats.counts(repo)
-            signature = (*self.store.repo_signature(repo), fingerprint(pulls))
+            links = [(str(r), self.store.repo_signature(r)) for r in related.get(repo, ())]
+            signature = (*self.store.repo_signature(repo), fingerprint(pulls, links))
             order.append(slug)
             old = self._previous(slug)
             if old and old.signature == signature and all(map(self.writer.keep, old.files)):
                 self.repo_state[slug] = old
             else:
-                changed.append(_Changed(repo, signature, pulls))
+                changed.append(_Changed(repo, signature, pulls, related.get(repo, ())))
         workers = min(os.cpu_count() or 1, len(changed) // _REPOS_PER_WORKER)
         if workers > 1:
             self._render_in_processes(changed, workers)
@@ -151,18 +154,34 @@ class _Renderer:
 
     def _listed(self, repo: Repository) -> bool:
         """A page for everything while no repository is protected; once the policy closes
-        some to anonymous pulls, only the public ones, unless the site says otherwise. (A
-        repository of an upstream no longer configured then counts as closed.)"""
+        some to anonymous pulls, only the public ones (a converted image as its source),
+        unless the site says otherwise. (A repository of an upstream no longer configured
+        then counts as closed.)"""
         return (
             self.config.catalog.include_restricted
             or not self.policy.protects_anything
-            or self.policy.is_public(repo)
+            or self.policy.is_public(self.conversions.names.source_of(repo))
         )
+
+    def _related(self, listed: list[Repository]) -> dict[Repository, tuple[Repository, ...]]:
+        """Each listed image's converted SIFs, and each converted SIF's listed source
+        (one with tags: the others have no page)."""
+        names = self.conversions.names
+        present = set(listed)
+        found: dict[Repository, list[Repository]] = {}
+        for repo in listed:
+            source = names.source_of(repo)
+            if source != repo and source in present and self.store.list_tags(source):
+                found.setdefault(source, []).append(repo)
+                found[repo] = [source]
+        return {repo: tuple(others) for repo, others in found.items()}
 
     def render_changed(self, changed: list[_Changed]) -> dict[str, RepoState]:
         state = {}
         for item in changed:
-            view = gather(self.store, self.facts, item.repo, item.pulls)
+            view = gather(
+                self.store, self.facts, item.repo, item.pulls, self.conversions, item.related
+            )
             if view.tags:
                 files = self.pages.repository(view)
                 state[view.directory] = RepoState(item.signature, repo_row(view), tuple(files))

@@ -22,10 +22,11 @@ from mirror.units import human_size
 
 
 async def run_prefetch(
-    config: Config, images: list[str], platform: str | None, parallel: int
+    config: Config, images: list[str], platform: str | None, parallel: int, sif: bool = False
 ) -> list[ImageResult]:
-    """Prefetch with progress bars (bytes, rate, ETA per image and overall); print a
-    summary and every failure with its reason. Returns the failed results."""
+    """Prefetch with progress bars (bytes, rate, ETA per image and overall), converting
+    to SIFs with `sif`; print a summary and every failure with its reason. Returns the
+    failed results."""
     # No emoji codes: ":smile:" in a tag followed by ": reason" is the user's text.
     console = Console(stderr=True, emoji=False, highlight=False)
     columns = (
@@ -49,11 +50,26 @@ async def run_prefetch(
                 if done:
                     bars.advance(task, done)
 
+        def stage(image: str, text: str) -> None:
+            bars.update(tasks[image], description=f"{escape(image)} ({text})")
+
         async with running_service(config) as service:
             results = await prefetch(
-                service, images, platform=platform, parallel=parallel, progress=report
+                service,
+                images,
+                platform=platform,
+                parallel=parallel,
+                progress=report,
+                sif=sif,
+                stage=stage,
             )
     console.print(_summary(results))
+    for result in results:
+        if result.sif:
+            console.print(
+                f"converted {escape(result.reference)} to the SIF {escape(result.sif)}",
+                soft_wrap=True,
+            )
     failed = [r for r in results if not r.ok]
     for result in failed:
         console.print(
@@ -73,7 +89,7 @@ def _summary(results: list[ImageResult]) -> Table:
     for r in results:
         table.add_row(
             escape(r.reference),
-            "ok" if r.ok else "[red]failed[/red]",
+            ("ok, converted" if r.sif else "ok") if r.ok else "[red]failed[/red]",
             str(r.manifests),
             str(r.blobs),
             human_size(r.fetched_bytes),

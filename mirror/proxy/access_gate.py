@@ -106,15 +106,20 @@ class AccessGate:
 
     async def check_pull(self, request: web.Request, repo: Repository) -> None:
         caller = await self.caller(request, repo)
-        if self.policy.is_public(repo):
+        if self.policy.is_public(self._router.source_of(repo)):
             return
-        allowed = self.policy.may_pull(caller.identity, repo)
+        allowed = self.may_pull(caller.identity, repo)
         if allowed and (caller.pullable is None or str(repo) in caller.pullable):
             return
         if allowed or caller.identity.anonymous:
             # No credentials, or a token for other repositories: fetch one for this one.
             raise Unauthorized("authentication required", self.challenge(request, repo))
         raise PullDenied(f"{caller.identity} may not pull {repo}")
+
+    def may_pull(self, identity: Identity, repo: Repository) -> bool:
+        """The policy's answer for `repo`; for a converted image, its source's (so what is
+        restricted stays restricted as a SIF)."""
+        return self.policy.may_pull(identity, self._router.source_of(repo))
 
     async def caller(self, request: web.Request, repo: Repository | None = None) -> Caller:
         """Who sent `request`, from its Basic credentials or bearer token; a `401` for any
@@ -157,7 +162,7 @@ class AccessGate:
                 repo = self._router.route(name)
             except MirrorError:
                 continue
-            if self.policy.may_pull(identity, repo):
+            if self.may_pull(identity, repo):
                 pullable.append(str(repo))
         log.info(
             "issued a token to %s for %d of %d repositories asked",

@@ -34,7 +34,9 @@ from mirror.metrics.exposition import (
 from mirror.proxy.access_gate import GATE, AccessGate
 from mirror.proxy.access_log import AccessLog
 from mirror.proxy.blob_fills import remove_leftovers
+from mirror.proxy.converted import ConvertedImages
 from mirror.proxy.handlers import (
+    CONVERTED,
     OUT_OF_RESOURCES,
     SERVICE,
     add_routes,
@@ -132,6 +134,7 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
     async with running_service(config) as service:
         app[SERVICE] = service
         app[READINESS] = Readiness(service.store, service.metadata)
+        app[CONVERTED] = ConvertedImages(service)
         if config.auth.enabled:
             app[GATE] = AccessGate.from_config(
                 config, service.store.token_key_path(), service.router
@@ -144,6 +147,7 @@ async def _proxy_service(app: web.Application) -> AsyncIterator[None]:
             flusher.cancel()
             measurer.cancel()
             await asyncio.gather(flusher, measurer, return_exceptions=True)
+            await app[CONVERTED].close()
             if GATE in app:
                 app[GATE].close()
             app[READINESS].close()

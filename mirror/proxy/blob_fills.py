@@ -19,9 +19,10 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import NamedTuple
 
 from aiohttp import ClientResponse
@@ -338,26 +339,33 @@ class BlobFills:
         else:
             log.warning("fill of %s for %s failed: %s", digest, repo, error.message)
 
-    @asynccontextmanager
-    async def _heartbeat(self, fill: BlobFill) -> AsyncIterator[None]:
+    def _heartbeat(self, fill: BlobFill) -> AbstractAsyncContextManager[None]:
         """Touch the shared partial file while this instance fills it, so instances that
         follow it can tell a slow upstream from a dead filler."""
+        paths = [fill.writer.temp_path, fill.writer.size_path]
+        return heartbeat(paths, self._config.cache)
 
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self._config.cache.fill_stale_seconds / 4)
-                for path in (fill.writer.temp_path, fill.writer.size_path):
-                    try:
-                        if path is not None:
-                            os.utime(path)
-                    except OSError:  # gone, or a failing filesystem the fill will hit too
-                        pass
 
-        task = asyncio.ensure_future(beat())
-        try:
-            yield
-        finally:
-            task.cancel()
+@asynccontextmanager
+async def heartbeat(paths: Sequence[Path | None], cache: CacheConfig) -> AsyncIterator[None]:
+    """Touch the claim files `paths` every `fill_stale_seconds / 4` while the block runs:
+    other instances take a claim over once it is untouched for `fill_stale_seconds`."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(cache.fill_stale_seconds / 4)
+            for path in paths:
+                try:
+                    if path is not None:
+                        os.utime(path)
+                except OSError:  # gone, or a failing filesystem the work will hit too
+                    pass
+
+    task = asyncio.ensure_future(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 async def _skip(chunks: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:

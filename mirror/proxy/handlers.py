@@ -23,6 +23,7 @@ from mirror.errors import (
 )
 from mirror.metrics import series
 from mirror.proxy.access_gate import GATE
+from mirror.proxy.converted import ConvertedImages
 from mirror.proxy.ranges import content_range, parse_range
 from mirror.proxy.served import Served, served
 from mirror.proxy.service import ProxyService
@@ -33,6 +34,7 @@ from mirror.reference import Digest, Repository
 log = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("service", ProxyService)
+CONVERTED = web.AppKey("converted", ConvertedImages)
 # The warning for every failure for want of descriptors or memory: a flood of them is one.
 OUT_OF_RESOURCES = web.AppKey("out_of_resources", ThrottledWarning)
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -101,6 +103,13 @@ def _service(request: web.Request) -> ProxyService:
     return request.app[SERVICE]
 
 
+def _images(request: web.Request, repo: Repository) -> ProxyService | ConvertedImages:
+    """What serves `repo`: the SIF namespace's repositories are converted images."""
+    if _service(request).router.sif_names.is_sif(repo):
+        return request.app[CONVERTED]
+    return _service(request)
+
+
 def _check_pull(request: web.Request) -> None:
     if request.method not in _PULL_METHODS:
         raise Unsupported(f"{request.method} is not supported: this mirror is read-only")
@@ -132,7 +141,7 @@ async def unsupported(request: web.Request) -> web.Response:
 
 async def manifest(request: web.Request) -> web.Response:
     repo = await _route_pullable(request)
-    service = _service(request)
+    service = _images(request, repo)
     reference = request.match_info["reference"]
     found = await service.get_manifest(repo, reference)
     served(request).cache = found.cache
@@ -171,7 +180,7 @@ def _acceptable(accept: str, media_type: str) -> bool:
 
 async def blob(request: web.Request) -> web.StreamResponse:
     repo = await _route_pullable(request)
-    service = _service(request)
+    service = _images(request, repo)
     digest = Digest.parse(request.match_info["digest"])
     headers = {
         "Docker-Content-Digest": str(digest),
@@ -339,7 +348,7 @@ def _extra(request: web.Request, key: str) -> dict:
 
 async def tags_list(request: web.Request) -> web.Response:
     repo = await _route_pullable(request)
-    service = _service(request)
+    service = _images(request, repo)
     tags = await service.list_tags(repo)
     return _page(sorted(tags), request, "tags")
 
@@ -352,5 +361,5 @@ async def repository_list(request: web.Request) -> web.Response:
     if gate is None:
         return _page(_service(request).repositories(), request, "repositories")
     identity = (await gate.check_signed_in(request)).identity
-    visible = _service(request).repositories(lambda repo: gate.policy.may_pull(identity, repo))
+    visible = _service(request).repositories(lambda repo: gate.may_pull(identity, repo))
     return _page(visible, request, "repositories")

@@ -12,19 +12,33 @@ class Router:
         self.by_prefix = {u.prefix: u for u in config.upstreams}
         self._by_host = {u.host: u for u in config.upstreams}
         self._default = config.default_upstream
+        self.sif_names = config.sif.names
 
     def route(self, path_name: str, ns: str | None = None) -> Repository:
         """Map a client's repository path to (upstream, upstream repository name).
 
-        Order: containerd's ?ns=, then a first component naming a configured prefix, then
-        the default upstream. The name is checked against the grammar before it is used, and
-        its upstream form (after the library rule) against the length limit.
+        Order: containerd's ?ns=, then a first component naming the SIF namespace (the
+        rest is routed as the source image), then one naming a configured prefix, then
+        the default upstream. The name is checked against the grammar before it is used,
+        and its upstream form (after the library rule) against the length limit.
         """
         if ns:
             upstream = self.by_prefix.get(ns) or self._by_host.get(ns)
             if upstream is None:
                 raise NameUnknown(f"no upstream is configured for registry {ns[:100]!r}")
             return self._repository(upstream, path_name)
+        first, slash, rest = path_name.partition("/")
+        platform = self.sif_names.platform_of(first) if slash else None
+        if platform is not None:
+            return self.sif_names.converted(self._upstream_route(rest), platform)
+        return self._upstream_route(path_name)
+
+    def source_of(self, repo: Repository) -> Repository:
+        """The repository whose access policy applies to `repo`: the image a SIF repository
+        is converted from, else `repo` itself."""
+        return self.sif_names.source_of(repo)
+
+    def _upstream_route(self, path_name: str) -> Repository:
         first, slash, rest = path_name.partition("/")
         if slash and first in self.by_prefix:
             return self._repository(self.by_prefix[first], rest)

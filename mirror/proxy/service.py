@@ -157,12 +157,17 @@ class ProxyService:
         return self.upstreams.client(repo.prefix)
 
     # -- manifests -------------------------------------------------------------------------
-    async def get_manifest(self, repo: Repository, reference: str) -> Manifest:
+    async def get_manifest(
+        self, repo: Repository, reference: str, *, count_pull: bool = True
+    ) -> Manifest:
+        """`repo`'s manifest by tag or digest; `count_pull=False` when no client pulls it
+        (a conversion reading its source image)."""
         if is_digest(reference):
             manifest = await self._manifest_by_digest(repo, Digest.parse(reference))
         else:
             manifest = await self._manifest_by_tag(repo, check_tag(reference))
-        self.pulls.record(repo, reference)
+        if count_pull:
+            self.pulls.record(repo, reference)
         return manifest
 
     async def _manifest_by_digest(self, repo: Repository, digest: Digest) -> Manifest:

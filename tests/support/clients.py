@@ -51,16 +51,18 @@ def oras_pull(
     ca_file: Path | None = None,
     user: str | None = None,
     password: str | None = None,
+    under: str = UPSTREAM_PREFIX,
 ) -> list[str]:
-    """Pull an artifact with the oras SDK; returns the files it wrote. With `ca_file`, over
-    HTTPS trusting that CA; without it, plain HTTP. With `user`, it logs in first."""
+    """Pull an artifact `<host>/<under>/<reference>` with the oras SDK; returns the files it
+    wrote. With `ca_file`, over HTTPS trusting that CA; without it, plain HTTP. With
+    `user`, it logs in first."""
     if ca_file is None:
         client = oras.client.OrasClient(hostname=host, insecure=True)
     else:
         client = oras.client.OrasClient(hostname=host, tls_verify=str(ca_file))
     if user is not None:
         client.login(username=user, password=password or "", hostname=host)
-    return client.pull(target=f"{host}/{UPSTREAM_PREFIX}/{reference}", outdir=str(outdir))
+    return client.pull(target=f"{host}/{under}/{reference}", outdir=str(outdir))
 
 
 def skopeo_login(
@@ -86,13 +88,21 @@ def skopeo_login(
     )
 
 
-def oras_login_pull(host: str, user: str, password: str, reference: str, outdir: Path) -> list[str]:
-    """Log in with the oras SDK (its docker config kept under `outdir`), then pull."""
+def oras_login_pull(
+    host: str,
+    user: str,
+    password: str,
+    reference: str,
+    outdir: Path,
+    under: str = UPSTREAM_PREFIX,
+) -> list[str]:
+    """Log in with the oras SDK (its docker config kept under `outdir`), then pull
+    `<host>/<under>/<reference>`."""
     client = oras.client.OrasClient(hostname=host, insecure=True)
     client.login(
         username=user, password=password, hostname=host, config_path=str(outdir / "config.json")
     )
-    return client.pull(target=f"{host}/{UPSTREAM_PREFIX}/{reference}", outdir=str(outdir))
+    return client.pull(target=f"{host}/{under}/{reference}", outdir=str(outdir))
 
 
 # podman as root keeps its blob-info cache in /var/lib/containers/cache whatever `--root`
@@ -129,6 +139,15 @@ class Podman:
             self.cert_dir.mkdir(exist_ok=True)
             (self.cert_dir / "ca.crt").write_bytes(ca_file.read_bytes())
 
+    program = "podman"
+
+    def _global_flags(self) -> list[str]:
+        w = self.workdir
+        return [
+            "--root", str(w / "root"), "--runroot", str(self.runroot), "--tmpdir", str(w / "tmp"),
+            "--storage-driver", "vfs", "--events-backend", "none",
+        ]  # fmt: skip
+
     def run(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
@@ -142,17 +161,8 @@ class Podman:
             "-c",
             _PRIVATE_VAR_LIB,
             str(w / "var-lib"),
-            "podman",
-            "--root",
-            str(w / "root"),
-            "--runroot",
-            str(self.runroot),
-            "--tmpdir",
-            str(w / "tmp"),
-            "--storage-driver",
-            "vfs",
-            "--events-backend",
-            "none",
+            self.program,
+            *self._global_flags(),
             *args,
         ]
         env = {
@@ -167,7 +177,7 @@ class Podman:
             command, input=stdin, capture_output=True, text=True, timeout=300, env=env
         )
         if check:
-            assert result.returncode == 0, f"podman {args[0]} failed: {result.stderr}"
+            assert result.returncode == 0, f"{self.program} {args[0]} failed: {result.stderr}"
         return result
 
     def close(self) -> None:
@@ -200,6 +210,24 @@ class Podman:
     def digest(self, reference: str) -> str:
         result = self.run("image", "inspect", "--format", "{{.Digest}}", reference)
         return result.stdout.strip()
+
+
+class Buildah(Podman):
+    """buildah as root in the same kind of throw-away store as `Podman` (vfs, its own
+    root, runroot, config files and /var/lib/containers), for building test images."""
+
+    program = "buildah"
+
+    def _global_flags(self) -> list[str]:
+        w = self.workdir
+        return [
+            "--root",
+            str(w / "root"),
+            "--runroot",
+            str(self.runroot),
+            "--storage-driver",
+            "vfs",
+        ]
 
 
 def containerd_hosts_dir(
