@@ -89,6 +89,13 @@ def test_oras_pulls_the_sif_of_an_image(make_proxy, upstream, tmp_path: Path):
         timeout=60,
     )
     assert config.content == b"{}"
+    # The access log names the source's upstream for a converted image.
+    logged = [
+        line
+        for line in proxy.log().splitlines()
+        if f'"GET /v2/{sif_name("served/small")}/manifests/1" 200 ' in line
+    ]
+    assert logged and all(line.endswith(" u") for line in logged)
     # A second pull is served from the store: nothing is converted again.
     _pull(proxy, "served/small", "1", tmp_path / "again")
     assert _conversions(proxy) == 1

@@ -150,8 +150,9 @@ class ProxyService:
         return self.router.route(path_name, ns)
 
     def upstream_name(self, repo: Repository) -> str:
-        """The name of the upstream `repo` routes to (its `[upstreams.<name>]`)."""
-        return self._by_prefix[repo.prefix].name
+        """The name of the upstream `repo` routes to (its `[upstreams.<name>]`); for a
+        converted SIF, its source's upstream."""
+        return self._by_prefix[self.router.source_of(repo).prefix].name
 
     def _client(self, repo: Repository) -> RegistryClient:
         return self.upstreams.client(repo.prefix)
