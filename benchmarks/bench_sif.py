@@ -41,6 +41,7 @@ from mirror.convert.converter import NICENESS, convert  # noqa: E402
 from mirror.reference import Digest  # noqa: E402
 
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+_LARGEST_HOST_FILE = 1 << 20  # larger host files are left out: the image gets more files
 TARGETS = {"wall": 2.0, "temp_disk_fraction": 0.10, "rss_mib": 300}
 
 
@@ -70,7 +71,7 @@ def _host_files(top: Path, budget: int) -> Iterator[tuple[Path, str]]:
                 info = path.lstat()
             except OSError:
                 continue
-            if path.is_symlink() or path.is_file():
+            if path.is_symlink() or (path.is_file() and info.st_size <= _LARGEST_HOST_FILE):
                 if used + info.st_size > budget:
                     return
                 used += info.st_size if path.is_file() else 0
@@ -123,8 +124,8 @@ def build_image(store: ContentStore, workdir: Path, size: int) -> Digest:
             tar.addfile(info, _Concatenated(sources[number:], info.size))
 
     layers = [
-        _write_layer(store, workdir, add_tree(Path("/usr/share"), size * 55 // 100)),
-        _write_layer(store, workdir, add_tree(Path("/usr/lib"), size * 20 // 100)),
+        _write_layer(store, workdir, add_tree(Path("/usr/share"), size * 50 // 100)),
+        _write_layer(store, workdir, add_tree(Path("/usr/lib"), size * 25 // 100)),
         _write_layer(store, workdir, add_large),
     ]
     image_config = json.dumps(

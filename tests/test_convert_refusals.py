@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tarfile
 import threading
 from pathlib import Path
 
@@ -90,6 +91,10 @@ def test_entry_below_a_file(tmp_path: Path):
 GZIP, ZSTD, TAR = (LAYER_TYPES[how] for how in ("gzip", "zstd", "plain"))
 GOOD_TAR = tar_bytes([Entry("file", data=os.urandom(200_000))])
 GOOD_GZIP = gzip.compress(GOOD_TAR)
+# a header, 40 blocks of content, then the second entry's header at byte 512 * 41
+TWO_FILES = tar_bytes(
+    [Entry("one", data=bytes(20480)), Entry("two", data=b"2")], tarfile.USTAR_FORMAT
+)
 GOOD_ZSTD = layer([Entry("file", data=os.urandom(200_000))], "zstd").data
 
 
@@ -111,9 +116,11 @@ def _flipped(data: bytes, at: int) -> bytes:
         (_damaged(_flipped(GOOD_ZSTD, 3000), ZSTD), "not a whole zstd stream"),
         (_damaged(os.urandom(4096), TAR), "not a valid tar"),
         (_damaged(GOOD_TAR[:-20000], TAR), "not a valid tar"),
+        (_damaged(_flipped(TWO_FILES, 512 * 41 + 100), TAR), "invalid header at byte 20992"),
+        (_damaged(GOOD_TAR + b"garbage" + bytes(505), TAR), "data after the end of the archive"),
     ],
     ids=["truncated-gzip", "corrupt-gzip", "garbage-after-gzip", "truncated-zstd",
-         "corrupt-zstd", "not-tar", "truncated-tar"],
+         "corrupt-zstd", "not-tar", "truncated-tar", "damaged-second-header", "garbage-after-tar"],
 )  # fmt: skip
 def test_damaged_layers(tmp_path: Path, blob: LayerBlob, reason: str):
     bad = image([layer([Entry("fine", data=b"1")]), blob])
