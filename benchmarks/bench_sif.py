@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import MIB, log, run_directory  # noqa: E402
+from benchmarks.load.footprint import memory_mib  # noqa: E402
 from mirror import config  # noqa: E402
 from mirror.cache.store import ContentStore  # noqa: E402
 from mirror.convert.converter import NICENESS, convert  # noqa: E402
@@ -234,7 +235,8 @@ class _Watch:
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            self.peak_rss = max(self.peak_rss, sum(_rss(pid) for pid in _descendants(os.getpid())))
+            rss = sum((memory_mib(pid) or (0.0, 0.0))[0] for pid in _descendants(os.getpid()))
+            self.peak_rss = max(self.peak_rss, int(rss * MIB))
             self.peak_disk = max(self.peak_disk, _disk_usage(self.directory))
 
 
@@ -251,17 +253,6 @@ def _descendants(pid: int) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _disk_usage(directory: Path) -> int:
@@ -306,9 +297,9 @@ def run_baseline(layout_ref: str, work_dir: Path) -> Measured:
         subprocess.run([*nice, "umoci", "unpack", "--image", layout_ref, str(bundle)], check=True,
                        capture_output=True)  # fmt: skip
         subprocess.run(
-            [*nice, "mksquashfs", str(bundle / "rootfs"), str(squashfs), "-noappend", "-comp", "gzip",
-             "-Xcompression-level", "9", "-b", "131072", "-processors", str(os.cpu_count() or 1),
-             "-quiet", "-no-progress"],
+            [*nice, "mksquashfs", str(bundle / "rootfs"), str(squashfs), "-noappend",
+             "-comp", "gzip", "-Xcompression-level", "9", "-b", "131072",
+             "-processors", str(os.cpu_count() or 1), "-quiet", "-no-progress"],
             check=True, capture_output=True,
         )  # fmt: skip
         return squashfs
