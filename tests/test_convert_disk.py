@@ -13,8 +13,10 @@ from mirror.cache.store import ContentStore
 from mirror.errors import StoreRefused
 from tests.support.conversion import convert_image, convert_stored
 from tests.support.layers import Entry, image, layer, put_in_store
-from tests.test_full_disk import fill_up, small_fs  # noqa: F401 (fixture)
+from tests.test_full_disk import fill_up
+from tests.test_full_disk import small_fs as small_fs_fixture
 
+small_fs = small_fs_fixture  # a tmpfs of 8 MiB of the test's own
 NOISE = os.urandom(2 << 20)
 
 

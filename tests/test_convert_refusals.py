@@ -196,3 +196,13 @@ def test_cancelling_stops_the_conversion_and_leaves_nothing(tmp_path: Path):
         convert(store, digest, REFERENCE, sif_config(compression="xz"), out, cancel=cancel)
     timer.join()
     assert os.listdir(tmp_path / "cache" / "tmp") == []
+
+
+def test_an_existing_output_file_is_left_alone(tmp_path: Path):
+    store = ContentStore(tmp_path / "cache")
+    digest = put_in_store(store, image([layer([Entry("f", data=b"1")])]))
+    out = store.temp_path("sif")
+    out.write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError):
+        convert(store, digest, REFERENCE, sif_config(), out)
+    assert out.read_bytes() == b"someone else's"

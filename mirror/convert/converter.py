@@ -76,6 +76,8 @@ def convert(
     ConversionRefused (the image cannot be converted; the message names image and layer),
     ConversionCancelled, StoreRefused (the filesystem refused a write), ConversionFailed.
     """
+    if os.path.lexists(out_path):
+        raise FileExistsError(errno.EEXIST, "the conversion's output exists already", str(out_path))
     image = load_image(store, manifest_digest, source_reference)
     arch = metadata.sif_arch(image)
     try:
