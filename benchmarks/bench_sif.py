@@ -217,10 +217,11 @@ def oci_layout(store: ContentStore, manifest: Digest, layout: Path) -> str:
 
 
 class _Watch:
-    """Samples, every 50 ms, the summed RSS of this process's descendants and the bytes
-    on disk under `directory`."""
+    """Samples, every 50 ms, the summed RSS of this process's descendants and, with
+    `directory`, the bytes on disk under it (a directory of a few files: walking a whole
+    unpacked tree that often would take the CPU the measured side needs)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         self.peak_rss = 0
         self.peak_disk = 0
@@ -239,7 +240,8 @@ class _Watch:
         while not self._stop.wait(0.05):
             rss = sum((memory_mib(pid) or (0.0, 0.0))[0] for pid in _descendants(os.getpid()))
             self.peak_rss = max(self.peak_rss, int(rss * MIB))
-            self.peak_disk = max(self.peak_disk, _disk_usage(self.directory))
+            if self.directory is not None:
+                self.peak_disk = max(self.peak_disk, _disk_usage(self.directory))
 
 
 def _descendants(pid: int) -> list[int]:
@@ -273,22 +275,28 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(work: Callable[[], Path], directory: Path) -> Measured:
+def measure(work: Callable[[], Path], directory: Path, *, sample_disk: bool) -> Measured:
+    """Run `work` (it returns its output file); without `sample_disk` the peak of the
+    temporary disk is what is under `directory` when `work` returns (the unpacked tree
+    stays there while mksquashfs reads it)."""
     directory.mkdir(parents=True, exist_ok=True)
     cpu_before, started = _children_cpu(), time.monotonic()
-    with _Watch(directory) as watch:
+    with _Watch(directory if sample_disk else None) as watch:
         output = work()
     wall, cpu = time.monotonic() - started, _children_cpu() - cpu_before
     final = output.stat().st_blocks * 512
-    return Measured(
-        wall, cpu, max(0, watch.peak_disk - final), watch.peak_rss, output.stat().st_size
-    )
+    peak = watch.peak_disk if sample_disk else _disk_usage(directory)
+    return Measured(wall, cpu, max(0, peak - final), watch.peak_rss, output.stat().st_size)
 
 
 def run_converter(store: ContentStore, manifest: Digest, out_dir: Path) -> Measured:
     sif_config = config.load().sif
     out = out_dir / "image.sif"
-    return measure(lambda: convert(store, manifest, "bench/image:1", sif_config, out).path, out_dir)
+    return measure(
+        lambda: convert(store, manifest, "bench/image:1", sif_config, out).path,
+        out_dir,
+        sample_disk=True,
+    )
 
 
 def run_baseline(layout_ref: str, work_dir: Path) -> Measured:
@@ -306,7 +314,7 @@ def run_baseline(layout_ref: str, work_dir: Path) -> Measured:
         )  # fmt: skip
         return squashfs
 
-    return measure(work, work_dir)
+    return measure(work, work_dir, sample_disk=False)
 
 
 def main() -> int:
