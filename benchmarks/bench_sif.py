@@ -360,14 +360,14 @@ def report(
         ("output MiB", "output_size", MIB),
     ]
     print(f"\nrootfs: {rootfs / MIB:.0f} MiB on disk, {files} files, {len(ours)} round(s)")
-    print(f"{'':20}{'converter':>18}{'umoci+mksquashfs':>20}{'ratio':>8}")
+    print(f"{'':20}{'converter':>22}{'umoci+mksquashfs':>26}{'ratio':>8}")
     medians = {}
     for name, key, unit in rows:
         mine = [getattr(m, key) / unit for m in ours]
         base = [getattr(m, key) / unit for m in theirs]
         medians[key] = (statistics.median(mine), statistics.median(base))
         ratio = medians[key][1] / medians[key][0] if medians[key][0] else float("inf")
-        print(f"{name:20}{_spread(mine):>18}{_spread(base):>20}{ratio:8.2f}")
+        print(f"{name:20}{_spread(mine):>22}{_spread(base):>26}{ratio:8.2f}")
     checks = {
         "wall >= 2x faster": medians["wall"][1] / medians["wall"][0] >= TARGETS["wall"],
         "temp disk <= 10% of rootfs": max(m.peak_temp_disk for m in ours)
