@@ -12,7 +12,7 @@ import pytest
 
 from mirror.cache.store import ContentStore
 from mirror.convert.converter import convert
-from mirror.errors import ConversionCancelled, ConversionRefused
+from mirror.errors import BlobUnknown, ConversionCancelled, ConversionRefused
 from mirror.reference import Digest
 from tests.support import oci
 from tests.support.conversion import REFERENCE, convert_stored, sif_config
@@ -173,7 +173,7 @@ def test_a_layer_not_cached(tmp_path: Path):
     store = ContentStore(tmp_path / "cache")
     digest = put_in_store(store, test_image)
     store.delete_blob(Digest.parse(test_image.layers[1].digest))
-    with pytest.raises(ConversionRefused, match="layer 2 of 2 .* not cached"):
+    with pytest.raises(BlobUnknown, match="layer 2 of 2 .* not cached"):
         convert_stored(store, digest)
 
 

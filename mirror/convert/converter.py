@@ -73,8 +73,10 @@ def convert(
 
     Blocks until done (run it in a thread or executor); setting `cancel` stops it within a
     fraction of a second. On any failure nothing is left at `out_path`. Raises
-    ConversionRefused (the image cannot be converted; the message names image and layer),
-    ConversionCancelled, StoreRefused (the filesystem refused a write), ConversionFailed.
+    ConversionRefused (the image cannot be converted; the message names image and layer;
+    the same image is refused again), BlobUnknown (a piece is not cached yet),
+    ConversionCancelled, StoreRefused (the filesystem refused a write), ConversionFailed
+    (a tool failed), FileExistsError (`out_path` exists).
     """
     if os.path.lexists(out_path):
         raise FileExistsError(errno.EEXIST, "the conversion's output exists already", str(out_path))
