@@ -3,8 +3,8 @@
 # with the package installed, and the Debian tools the SIF converter runs (tar2sqfs from
 # squashfs-tools-ng, zstd). With --test, also the test dependencies: Python packages and
 # the Debian packages the integration tests run for real (the upstream registry, skopeo,
-# squashfs-tools for SIF fixtures, siftool, umoci and buildah for the converter's proofs,
-# GlusterFS for the multi-instance tests, Chromium for the catalog's browser test (driven by
+# squashfs-tools for SIF fixtures, siftool, umoci, buildah and squashfuse for the
+# converter's proofs, GlusterFS for the multi-instance tests, Chromium for the catalog's browser test (driven by
 # Playwright with executable_path=/usr/bin/chromium: no browser download), nginx and wrk
 # for the benchmarks, mount for the full-disk tests' own tmpfs, podman and containerd as
 # pulling clients, OpenLDAP's slapd with its tools for the site-directory tests, HAProxy
@@ -23,7 +23,7 @@ debs=(squashfs-tools-ng zstd)
 if [[ $want_test == 1 ]]; then
   debs+=(docker-registry skopeo squashfs-tools nginx-light wrk apache2-utils curl chromium
          glusterfs-server glusterfs-client mount podman containerd uidmap slapd ldap-utils umoci
-         busybox-static haproxy systemd prometheus siftool buildah)
+         busybox-static haproxy systemd prometheus siftool buildah squashfuse)
 fi
 missing=()
 for deb in "${debs[@]}"; do

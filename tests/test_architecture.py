@@ -126,7 +126,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"reader"},
     ],
     "convert": [
-        {"layers", "scripts", "sif_file"},
+        {"layers", "scripts", "sif_file", "tar"},
         {"tree", "image"},
         {"metadata"},
         {"runtime"},

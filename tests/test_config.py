@@ -229,7 +229,9 @@ VALUES = st.one_of(
     st.lists(st.text(max_size=5), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
-TABLES = st.sampled_from(["server", "cache", "client", "catalog", "auth", "upstreams", "nonsense"])
+TABLES = st.sampled_from(
+    ["server", "cache", "client", "catalog", "auth", "sif", "upstreams", "nonsense"]
+)
 KEYS = st.sampled_from(
     [
         "host",
@@ -244,6 +246,9 @@ KEYS = st.sampled_from(
         "serve",
         "out",
         "sif_tree",
+        "max_rootfs_bytes",
+        "platform",
+        "namespace",
         "url",
         "prefix",
         "mode",
@@ -342,3 +347,33 @@ def test_metrics_port_is_another_port_or_0(tmp_path, metrics_port, problem):
         config.load(site)
     assert problem in str(caught.value)
     assert config.load().server.metrics_port == 0  # the default: /metrics on the main port
+
+
+def test_sif_table_defaults_and_sizes():
+    sif = config.load().sif
+    assert (sif.namespace, sif.platform, sif.compression) == ("sif", "linux/amd64", "gzip")
+    assert (sif.max_wait_seconds, sif.max_parallel) == (600, 1)
+    assert sif.max_rootfs_bytes == 64 << 30
+    assert config.load(None, {"sif": {"max_rootfs_bytes": 1000}}).sif.max_rootfs_bytes == 1000
+    assert config.load(None, {"sif": {"max_rootfs_bytes": "1.5T"}}).sif.max_rootfs_bytes == 3 << 39
+
+
+@pytest.mark.parametrize(
+    ("sif", "problem"),
+    [
+        ({"namespace": "Sif"}, "sif.namespace: 'Sif' is not a repository name component"),
+        ({"namespace": "a/b"}, "sif.namespace: 'a/b' is not a repository name component"),
+        ({"platform": "amd64"}, "sif.platform: must be os/architecture[/variant]"),
+        ({"compression": "lz4"}, 'sif.compression: must be one of "gzip", "zstd", "xz"'),
+        ({"max_parallel": 0}, "sif.max_parallel: must be >= 1"),
+        ({"max_wait_seconds": -1}, "sif.max_wait_seconds: must be >= 0"),
+        ({"max_rootfs_bytes": "lots"}, "sif.max_rootfs_bytes: not a size: 'lots'"),
+        ({"max_rootfs_bytes": 0}, "sif.max_rootfs_bytes: must be at least 1 byte"),
+        ({"max_rootfs_bytes": True}, "sif.max_rootfs_bytes: must be int or str"),
+        ({"convert": 1}, "sif.convert: unknown key"),
+    ],
+)
+def test_every_bad_sif_key_is_named(sif, problem):
+    with pytest.raises(ConfigError) as caught:
+        config.load(None, {"sif": sif})
+    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tarfile
 import threading
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from mirror.cache.store import ContentStore
 from mirror.convert.converter import convert
-from mirror.errors import ConversionCancelled, ConversionRefused
+from mirror.errors import BlobUnknown, ConversionCancelled, ConversionRefused
 from mirror.reference import Digest
 from tests.support import oci
 from tests.support.conversion import REFERENCE, convert_stored, sif_config
@@ -90,6 +91,10 @@ def test_entry_below_a_file(tmp_path: Path):
 GZIP, ZSTD, TAR = (LAYER_TYPES[how] for how in ("gzip", "zstd", "plain"))
 GOOD_TAR = tar_bytes([Entry("file", data=os.urandom(200_000))])
 GOOD_GZIP = gzip.compress(GOOD_TAR)
+# a header, 40 blocks of content, then the second entry's header at byte 512 * 41
+TWO_FILES = tar_bytes(
+    [Entry("one", data=bytes(20480)), Entry("two", data=b"2")], tarfile.USTAR_FORMAT
+)
 GOOD_ZSTD = layer([Entry("file", data=os.urandom(200_000))], "zstd").data
 
 
@@ -111,9 +116,11 @@ def _flipped(data: bytes, at: int) -> bytes:
         (_damaged(_flipped(GOOD_ZSTD, 3000), ZSTD), "not a whole zstd stream"),
         (_damaged(os.urandom(4096), TAR), "not a valid tar"),
         (_damaged(GOOD_TAR[:-20000], TAR), "not a valid tar"),
+        (_damaged(_flipped(TWO_FILES, 512 * 41 + 100), TAR), "invalid header at byte 20992"),
+        (_damaged(GOOD_TAR + b"garbage" + bytes(505), TAR), "data after the end of the archive"),
     ],
     ids=["truncated-gzip", "corrupt-gzip", "garbage-after-gzip", "truncated-zstd",
-         "corrupt-zstd", "not-tar", "truncated-tar"],
+         "corrupt-zstd", "not-tar", "truncated-tar", "damaged-second-header", "garbage-after-tar"],
 )  # fmt: skip
 def test_damaged_layers(tmp_path: Path, blob: LayerBlob, reason: str):
     bad = image([layer([Entry("fine", data=b"1")]), blob])
@@ -166,7 +173,7 @@ def test_a_layer_not_cached(tmp_path: Path):
     store = ContentStore(tmp_path / "cache")
     digest = put_in_store(store, test_image)
     store.delete_blob(Digest.parse(test_image.layers[1].digest))
-    with pytest.raises(ConversionRefused, match="layer 2 of 2 .* not cached"):
+    with pytest.raises(BlobUnknown, match="layer 2 of 2 .* not cached"):
         convert_stored(store, digest)
 
 
@@ -189,3 +196,13 @@ def test_cancelling_stops_the_conversion_and_leaves_nothing(tmp_path: Path):
         convert(store, digest, REFERENCE, sif_config(compression="xz"), out, cancel=cancel)
     timer.join()
     assert os.listdir(tmp_path / "cache" / "tmp") == []
+
+
+def test_an_existing_output_file_is_left_alone(tmp_path: Path):
+    store = ContentStore(tmp_path / "cache")
+    digest = put_in_store(store, image([layer([Entry("f", data=b"1")])]))
+    out = store.temp_path("sif")
+    out.write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError):
+        convert(store, digest, REFERENCE, sif_config(), out)
+    assert out.read_bytes() == b"someone else's"

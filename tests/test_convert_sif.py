@@ -211,3 +211,19 @@ def test_the_runscript_prints_what_docker_run_prints(proxy, busybox_digest: str,
         root, "/.singularity.d/actions/exec", "/bin/sh", "-c", 'echo "$GREETING:$PATH"'
     )
     assert printed == "hello world:/bin\n"
+
+
+def test_squashfuse_mounts_the_sif_in_place_and_the_runscript_runs_from_it(
+    proxy, busybox_digest: str, tmp_path: Path
+):
+    """How Apptainer runs a SIF without root: squashfuse at the partition's offset."""
+    store, _ = _through_the_mirror(proxy, tmp_path)
+    sif = convert_stored(store, Digest.parse(busybox_digest), "docker.io/example/busybox:1")
+    offset = read_sif(sif.path).objects[3].offset
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    subprocess.run(["squashfuse", "-o", f"offset={offset}", str(sif.path), str(mount)], check=True)
+    try:
+        assert _chroot(mount, "/.singularity.d/actions/run") == busybox_image.EXPECTED_RUN
+    finally:
+        subprocess.run(["fusermount", "-u", str(mount)], check=True)

@@ -145,6 +145,30 @@ def test_symlinked_parents_are_followed_inside_the_root(tmp_path: Path):
     assert ours.items["lib"] == Item("symlink", 0o777, 0, 0, "usr/lib")
 
 
+def test_gnu_tar_long_names_and_large_ids(tmp_path: Path):
+    long_dir = "g" * 120
+    test_image = image(
+        [
+            layer(
+                [
+                    Entry(f"{long_dir}/{'h' * 140}", data=b"gnu", uid=5_000_000, gid=3_000_000),
+                    Entry(f"{long_dir}/link", "symlink", link="t" * 150),
+                    Entry(f"{long_dir}/hard", "hardlink", link=f"{long_dir}/{'h' * 140}"),
+                ],
+                tar_format=tarfile.GNU_FORMAT,
+            )
+        ]
+    )
+    _, sif = convert_image(tmp_path, test_image)
+    ours = partition_listing(sif.path, tmp_path)
+    theirs = umoci_listing(write_oci_layout(tmp_path / "layout", test_image), tmp_path / "bundle")
+
+    assert_same_tree(ours, theirs)
+    assert ours.items[f"{long_dir}/{'h' * 140}"].uid == 5_000_000
+    assert ours.items[f"{long_dir}/link"].target == "t" * 150
+    assert len(ours.hardlinks) == 1
+
+
 def test_xattrs_are_kept(tmp_path: Path):
     capability = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
     test_image = image(

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 NICENESS = 10  # conversions yield the CPU to the proxy's own work
 _POLL_SECONDS = 0.1
+_NEARLY_FULL = 1 << 20  # free bytes below which a failed write is taken for a full disk
 _IMPLICIT_DIRS = "mode=0755,uid=0,gid=0,mtime=0"  # directories no layer entry describes
 _ID_NAMESPACE = uuid.UUID("6f1d3a52-5e8c-4c1b-9a57-2b7d0c3e9f41")
 
@@ -72,9 +73,13 @@ def convert(
 
     Blocks until done (run it in a thread or executor); setting `cancel` stops it within a
     fraction of a second. On any failure nothing is left at `out_path`. Raises
-    ConversionRefused (the image cannot be converted; the message names image and layer),
-    ConversionCancelled, StoreRefused (the filesystem refused a write), ConversionFailed.
+    ConversionRefused (the image cannot be converted; the message names image and layer;
+    the same image is refused again), BlobUnknown (a piece is not cached yet),
+    ConversionCancelled, StoreRefused (the filesystem refused a write), ConversionFailed
+    (a tool failed), FileExistsError (`out_path` exists).
     """
+    if os.path.lexists(out_path):
+        raise FileExistsError(errno.EEXIST, "the conversion's output exists already", str(out_path))
     image = load_image(store, manifest_digest, source_reference)
     arch = metadata.sif_arch(image)
     try:
@@ -173,7 +178,7 @@ def _squash(
         if "error" in report:
             raise ConversionRefused(report["error"])
         said = _tail(squash_log)
-        if "No space left on device" in said or "Disk quota exceeded" in said:
+        if squasher.returncode != 0 and _out_of_space(out_path, said):
             raise StoreRefused(OSError(errno.ENOSPC, f"tar2sqfs: {said}"))
         if squasher.returncode != 0:
             raise ConversionFailed(f"{image.describe}: tar2sqfs failed: {said}")
@@ -195,6 +200,15 @@ def _wait(
                 squasher.wait(_POLL_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def _out_of_space(out_path: Path, said: str) -> bool:
+    """Whether tar2sqfs failed for want of space: it says "I/O error" for ENOSPC, so the
+    free space left where it wrote decides."""
+    if "No space left on device" in said or "Disk quota exceeded" in said:
+        return True
+    stats = os.statvfs(out_path.parent)
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from mirror.cache.store import ContentStore
 from mirror.convert.layers import LAYER_MEDIA_TYPES
-from mirror.errors import ConversionRefused
+from mirror.errors import BlobUnknown, ConversionRefused
 from mirror.manifests import Kind, parse
 from mirror.reference import Digest
 
@@ -60,7 +60,7 @@ def load_image(store: ContentStore, manifest_digest: Digest, reference: str) -> 
     where = f"image {reference} ({manifest_digest})"
     manifest_bytes = store.read_blob(manifest_digest)
     if manifest_bytes is None:
-        raise ConversionRefused(f"{where}: the manifest is not cached")
+        raise BlobUnknown(f"{where}: the manifest is not cached")
     parsed = parse(manifest_bytes, "")
     if parsed.kind is not Kind.IMAGE or parsed.config is None:
         raise ConversionRefused(
@@ -69,7 +69,7 @@ def load_image(store: ContentStore, manifest_digest: Digest, reference: str) -> 
         )
     config_bytes = store.read_blob(parsed.config.digest)
     if config_bytes is None:
-        raise ConversionRefused(f"{where}: the config {parsed.config.digest} is not cached")
+        raise BlobUnknown(f"{where}: the config {parsed.config.digest} is not cached")
     try:
         config = json.loads(config_bytes)
     except (ValueError, UnicodeDecodeError):
@@ -84,7 +84,7 @@ def load_image(store: ContentStore, manifest_digest: Digest, reference: str) -> 
         if descriptor.media_type not in LAYER_MEDIA_TYPES:
             raise ConversionRefused(f"{prefix}: unsupported media type {descriptor.media_type!r}")
         if store.blob_size(descriptor.digest) is None:
-            raise ConversionRefused(f"{prefix}: not cached")
+            raise BlobUnknown(f"{prefix}: not cached")
         layers.append(
             Layer(
                 number, descriptor.digest, descriptor.media_type, store.blob_path(descriptor.digest)

@@ -59,13 +59,14 @@ class ByteBudget:
 
 
 class LayerStream:
-    """A read-only file over a layer's tar bytes (`read(n)`, as tarfile needs)."""
+    """A layer's tar bytes, read in order (`read(n)`)."""
 
     def __init__(self, path: Path, budget: ByteBudget) -> None:
         self._file = open(path, "rb")
         self._budget = budget
         self._zstd: subprocess.Popen[bytes] | None = None
-        self._buffer = b""
+        self._piece = b""
+        self._position = 0
         magic = self._file.read(4)
         self._file.seek(0)
         if magic.startswith(_GZIP_MAGIC):
@@ -76,21 +77,17 @@ class LayerStream:
             self._pieces = iter(lambda: self._file.read(PIECE), b"")
 
     def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
+        """Up to `size` bytes (fewer at the end of a piece); b"" at the end of the layer."""
+        while self._position >= len(self._piece):
             piece = next(self._pieces, None)
             if piece is None:
-                break
+                return b""
             self._budget.take(len(piece))
-            self._buffer += piece
-        if size < 0:
-            size = len(self._buffer)
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+            self._piece, self._position = piece, 0
+        end = len(self._piece) if size < 0 else self._position + size
+        data = self._piece[self._position : end]
+        self._position += len(data)
         return data
-
-    def drain(self) -> None:
-        """Read to the end, so a damaged tail (bad checksum, garbage) is found too."""
-        while self.read(PIECE):
-            pass
 
     def close(self) -> None:
         if self._zstd is not None and self._zstd.poll() is None:

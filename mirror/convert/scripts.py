@@ -12,6 +12,21 @@ for script in /.singularity.d/env/*.sh; do
 done
 """
 
+
+def _with_app(script: str) -> str:
+    """With --app: run that SCIF app's `script` instead of the image's."""
+    return f"""\
+if [ -n "${{SINGULARITY_APPNAME:-}}" ]; then
+    app_script="/scif/apps/$SINGULARITY_APPNAME/scif/{script}"
+    if [ ! -x "$app_script" ]; then
+        echo "no {script} for app $SINGULARITY_APPNAME in this image" >&2
+        exit 1
+    fi
+    exec "$app_script" "$@"
+fi
+"""
+
+
 ACTION_EXEC = f"""\
 #!/bin/sh
 # apptainer exec: the image's environment, then the command given.
@@ -23,14 +38,7 @@ ACTION_RUN = f"""\
 #!/bin/sh
 # apptainer run: the image's environment, then its runscript (or an app's, with --app).
 {_SOURCE_ENV}
-if [ -n "${{SINGULARITY_APPNAME:-}}" ]; then
-    app_runscript="/scif/apps/$SINGULARITY_APPNAME/scif/runscript"
-    if [ ! -x "$app_runscript" ]; then
-        echo "no runscript for app $SINGULARITY_APPNAME in this image" >&2
-        exit 1
-    fi
-    exec "$app_runscript" "$@"
-fi
+{_with_app("runscript")}\
 if [ -x /.singularity.d/runscript ]; then
     exec /.singularity.d/runscript "$@"
 fi
@@ -74,14 +82,7 @@ ACTION_TEST = f"""\
 #!/bin/sh
 # apptainer test: the image's environment, then its test script (or an app's, with --app).
 {_SOURCE_ENV}
-if [ -n "${{SINGULARITY_APPNAME:-}}" ]; then
-    app_test="/scif/apps/$SINGULARITY_APPNAME/scif/test"
-    if [ ! -x "$app_test" ]; then
-        echo "no test for app $SINGULARITY_APPNAME in this image" >&2
-        exit 1
-    fi
-    exec "$app_test" "$@"
-fi
+{_with_app("test")}\
 if [ -x /.singularity.d/test ]; then
     exec /.singularity.d/test "$@"
 fi

@@ -52,10 +52,11 @@ class Entry:
     xattrs: dict[str, str] = field(default_factory=dict)
 
 
-def tar_bytes(entries: list[Entry]) -> bytes:
-    """A PAX tar of `entries`, in order."""
+def tar_bytes(entries: list[Entry], tar_format: int = tarfile.PAX_FORMAT) -> bytes:
+    """A tar of `entries`, in order (PAX, or `tarfile.GNU_FORMAT`: long names and large
+    numbers as GNU tar writes them)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
         for entry in entries:
             info = tarfile.TarInfo(entry.name)
             info.type = _TYPES[entry.kind]
@@ -93,8 +94,10 @@ class LayerBlob:
         return oci.sha256_digest(self.data)
 
 
-def layer(entries: list[Entry], how: str = "gzip") -> LayerBlob:
-    return LayerBlob(compress(tar_bytes(entries), how), LAYER_TYPES[how])
+def layer(
+    entries: list[Entry], how: str = "gzip", tar_format: int = tarfile.PAX_FORMAT
+) -> LayerBlob:
+    return LayerBlob(compress(tar_bytes(entries, tar_format), how), LAYER_TYPES[how])
 
 
 @dataclass(frozen=True)
