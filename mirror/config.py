@@ -24,12 +24,10 @@ from mirror.errors import ConfigError, InvalidValue, MirrorError, NameInvalid
 from mirror.reference import (
     PLATFORM_RE,
     REGISTRY_HOST_RE,
-    Digest,
     ImageRef,
     check_name,
     check_prefix,
-    check_tag,
-    is_digest,
+    check_reference,
 )
 from mirror.sif_names import SifNames
 from mirror.units import parse_size
@@ -443,10 +441,7 @@ class _Parser:
                 check_name(rest)
             else:
                 check_name(ref.path)
-            if is_digest(ref.reference):
-                Digest.parse(ref.reference)
-            else:
-                check_tag(ref.reference)
+            check_reference(ref.reference)
         except MirrorError as exc:
             self.problems.append(f"cache.pins: {pin!r}: {exc.message}")
             return False

@@ -72,6 +72,15 @@ def is_digest(reference: str) -> bool:
     return ":" in reference
 
 
+def check_reference(reference: str) -> str:
+    """Return `reference` if it is a valid digest or tag, else raise DIGEST/TAG_INVALID."""
+    if is_digest(reference):
+        Digest.parse(reference)
+    else:
+        check_tag(reference)
+    return reference
+
+
 def check_name(name: str) -> str:
     """Return `name` if it is a valid repository name, else raise NAME_INVALID."""
     if len(name) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(name):

@@ -20,7 +20,7 @@ from mirror.proxy.converted import ConvertedImages
 from mirror.proxy.image_walk import WalkTally, cache_image
 from mirror.proxy.routing import Router
 from mirror.proxy.service import ProxyService
-from mirror.reference import PLATFORM_RE, Digest, ImageRef, check_tag, is_digest
+from mirror.reference import PLATFORM_RE, Digest, ImageRef, check_reference, is_digest
 
 
 @dataclass
@@ -52,10 +52,7 @@ def check_request(router: Router, images: list[str], platform: str | None) -> No
         try:
             ref = ImageRef.parse(text)
             router.route(ref.path)
-            if is_digest(ref.reference):
-                Digest.parse(ref.reference)
-            else:
-                check_tag(ref.reference)
+            check_reference(ref.reference)
         except MirrorError as exc:
             problems.append(f"{text!r}: {exc.message}")
     if problems:
