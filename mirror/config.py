@@ -218,6 +218,23 @@ class SifConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalConfig:
+    """`[local]`: the site's own namespace, which takes authenticated pushes (README, "The
+    site's own registry"). Its repositories are `<prefix>/<namespace>/<name>`, where the
+    namespace is a user (who may write there) or a group (whose members may)."""
+
+    prefix: str = ""  # first path component of local repositories; "" = off
+    admins: frozenset[str] = frozenset()  # users who may write in every namespace
+    access: AccessRule = AccessRule()  # who may pull local images (writers always may)
+    quota: int | None = None  # most bytes one namespace may hold; None = no limit
+    upload_ttl_hours: float = 24.0  # `mirror gc` removes uploads untouched this long
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     server: ServerConfig
@@ -228,6 +245,7 @@ class Config:
     log: LogConfig
     sif: SifConfig
     auth: AuthConfig = AuthConfig()
+    local: LocalConfig = LocalConfig()
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
@@ -302,7 +320,7 @@ _LDAP_OPTIONAL: dict[str, Any] = {
     "cache_seconds": 60,
 }
 _LDAP_KEYS = {"url", "bind_password_env", "bind_password_file", *_LDAP_OPTIONAL}
-_FIXED_TABLES = ("server", "cache", "client", "catalog", "log", "auth", "sif")
+_FIXED_TABLES = ("server", "cache", "client", "catalog", "log", "auth", "sif", "local")
 
 
 class _Parser:
@@ -328,9 +346,10 @@ class _Parser:
         log = self._log()
         sif = self._sif()
         self._check_sif_names(sif, upstreams)
+        local = self._local(auth, sif, upstreams)
         if self.problems:
             raise ConfigError(self.source, self.problems)
-        return Config(self.source, server, cache, client, upstreams, catalog, log, sif, auth)
+        return Config(self.source, server, cache, client, upstreams, catalog, log, sif, auth, local)
 
     def _table(self, name: str, *subtables: str) -> dict[str, Any]:
         """A fixed table, its unknown keys reported; every known key is present, because
@@ -554,6 +573,51 @@ class _Parser:
                 self.problems.append(
                     f"upstreams.{upstream.name}.prefix: {upstream.prefix!r} is a name of the "
                     f"SIF namespace (sif.namespace = {sif.namespace!r}); choose another"
+                )
+
+    def _local(
+        self, auth: AuthConfig, sif: SifConfig, upstreams: tuple[UpstreamConfig, ...]
+    ) -> LocalConfig:
+        table = self._table("local")
+        prefix = self._get(table, "local", "prefix", str)
+        if prefix:
+            self._check_local_prefix(prefix, sif, upstreams)
+            if not auth.enabled:
+                self.problems.append(
+                    "local.prefix: pushes need to know who pushes: "
+                    "set [auth] htpasswd or [auth.ldap]"
+                )
+        admins = self._names(table, "local", "admins")
+        access = self._access_rule(table, "local", auth, rule=False)
+        quota_text = self._get(table, "local", "quota", (int, str))
+        quota = None if quota_text in ("", 0) else self._size(table, "local", "quota")
+        ttl = self._number(table, "local", "upload_ttl_hours", minimum=0, inclusive=False)
+        return LocalConfig(prefix, frozenset(admins), access, quota, ttl)
+
+    def _check_local_prefix(
+        self, prefix: str, sif: SifConfig, upstreams: tuple[UpstreamConfig, ...]
+    ) -> None:
+        """One name component that no upstream prefix or SIF namespace name also is, so
+        one path names one repository."""
+        try:
+            check_name(prefix)
+            if "/" in prefix:
+                raise NameInvalid("one path component")
+        except MirrorError as exc:
+            self.problems.append(
+                f"local.prefix: {prefix!r} is not a repository name component ({exc.message})"
+            )
+            return
+        if sif.names.platform_of(prefix) is not None:
+            self.problems.append(
+                f"local.prefix: {prefix!r} is a name of the SIF namespace "
+                f"(sif.namespace = {sif.namespace!r}); choose another"
+            )
+        for upstream in upstreams:
+            if upstream.prefix == prefix:
+                self.problems.append(
+                    f"local.prefix: {prefix!r} is also upstreams.{upstream.name}.prefix; "
+                    "choose another"
                 )
 
     def _size(self, table: dict[str, Any], where: str, key: str) -> int:

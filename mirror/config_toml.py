@@ -15,7 +15,14 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror.config import AccessRule, CatalogConfig, Config, SecretSource, UpstreamConfig
+from mirror.config import (
+    AccessRule,
+    CatalogConfig,
+    Config,
+    LocalConfig,
+    SecretSource,
+    UpstreamConfig,
+)
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -69,6 +76,8 @@ def _entries(section: Any) -> Iterator[tuple[str, Any]]:
             continue
         if isinstance(section, UpstreamConfig) and field.name in ("name", "offline", "access"):
             yield from _upstream_entry(field.name, section)
+        elif isinstance(section, LocalConfig) and field.name == "access":
+            yield from _rule_entries(section.access)  # spread like an upstream's own
         elif isinstance(section, CatalogConfig) and field.name == "https":
             yield "tls", "on" if value else "off"
         else:

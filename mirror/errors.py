@@ -89,6 +89,37 @@ class PullDenied(Denied):
     """The caller is known but the site's policy does not let them pull this repository."""
 
 
+class PushDenied(Denied):
+    """The caller is known but may not write to this repository of the local namespace."""
+
+
+class QuotaExceeded(Denied):
+    """A push would take a local namespace past `[local] quota` (the message names the
+    namespace, its use and its quota)."""
+
+
+class BlobUploadUnknown(MirrorError):
+    code, status = "BLOB_UPLOAD_UNKNOWN", 404
+
+
+class BlobUploadInvalid(MirrorError):
+    code, status = "BLOB_UPLOAD_INVALID", 400
+
+
+class SizeInvalid(MirrorError):
+    code, status = "SIZE_INVALID", 400
+
+
+class ManifestInvalid(MirrorError):
+    code, status = "MANIFEST_INVALID", 400
+
+
+class ManifestBlobUnknown(MirrorError):
+    """A pushed manifest names a blob or child manifest its repository does not have."""
+
+    code, status = "MANIFEST_BLOB_UNKNOWN", 400
+
+
 class TooManyRequests(MirrorError):
     """Too many failed logins from this address or for this user name: wait and retry."""
 

@@ -10,6 +10,17 @@ below was validated by `reference` first)::
     repositories/<prefix>/<name>/_blobs/<hex>  repository may serve blob <hex>: one of its
                                                manifests references it or its upstream has it
     repositories/<prefix>/<name>/_tags/<tag>   JSON {"digest", "media_type", "confirmed_at"}
+    repositories/<prefix>/<name>/_pushed/<hex> who pushed manifest <hex> here, and when (local
+                                               namespace): JSON {"user", "at"}
+    repositories/<prefix>/<name>/_referrers/<subject hex>/<hex>
+                                               manifest <hex> names <subject hex> as its
+                                               `subject`: its descriptor, as the referrers
+                                               API lists it (JSON)
+    uploads/<id>/session, uploads/<id>/data    a blob upload to the local namespace: who
+                                               started it for which repository (JSON
+                                               {"repository", "user", "started_at"}), and
+                                               the bytes received so far, through any
+                                               instance; renamed into blobs/ once verified
     tmp/                                       in-progress writes, renamed into place when done
     tmp/<hex>.partial, tmp/<hex>.size          the one shared fill of a blob, and its size
     tmp/conversion-<version>-<hex>.claim       the one conversion of image manifest <hex> (by
@@ -34,7 +45,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,8 +59,17 @@ from mirror.errors import CacheMissing, MirrorError
 from mirror.reference import Digest, Repository
 
 _TEMP_FILE_MAX_AGE = 86400.0  # seconds; only a dead instance leaves a temp file this old
+_UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")  # what `start_upload` makes; checked before use
 
-__all__ = ["BlobWriter", "ContentStore", "StoredBlob", "TagRecord"]
+__all__ = [
+    "BlobWriter",
+    "ContentStore",
+    "PushRecord",
+    "StoredBlob",
+    "TagRecord",
+    "UploadRecord",
+    "is_upload_id",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +79,31 @@ class TagRecord:
     digest: Digest
     media_type: str
     confirmed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PushRecord:
+    """Who pushed a manifest into a repository (None: unknown), and when (Unix seconds)."""
+
+    user: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """A blob upload in progress: kept in the store, so any instance can continue it."""
+
+    upload_id: str
+    repository: Repository
+    user: str | None
+    started_at: float  # Unix seconds
+    size: int  # bytes received so far
+    touched_at: float  # when bytes last arrived (or it started), Unix seconds
+
+
+def is_upload_id(text: str) -> bool:
+    """`text` has the form of an upload id (so it can name a directory of the store)."""
+    return _UPLOAD_ID_RE.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +126,7 @@ class ContentStore:
         self._tmp_dir = root / "tmp"
         self._stats_dir = root / "stats"
         self._conversions_dir = root / "conversions"
+        self._uploads_dir = root / "uploads"
         self.refusals = StoreRefusals(root)  # whether its filesystem refuses writes now
         if not create:
             if not self._blobs_dir.is_dir():
@@ -129,6 +177,17 @@ class ContentStore:
 
     def _tag_path(self, repo: Repository, tag: str) -> Path:
         return self._repo_dir(repo) / "_tags" / tag
+
+    def _push_record_path(self, repo: Repository, digest: Digest) -> Path:
+        return self._repo_dir(repo) / "_pushed" / digest.hex
+
+    def _referrers_dir(self, repo: Repository, subject: Digest) -> Path:
+        return self._repo_dir(repo) / "_referrers" / subject.hex
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        if not is_upload_id(upload_id):
+            raise ValueError(f"not an upload id: {upload_id[:80]!r}")  # callers check first
+        return self._uploads_dir / upload_id
 
     def _stats_path(self, node: str) -> Path:
         return self._stats_dir / f"{node}.json"
@@ -410,6 +469,120 @@ class ContentStore:
 
     def unlink_blob(self, repo: Repository, digest: Digest) -> None:
         _unlink(self._blob_link(repo, digest))
+
+    # -- the local namespace: who pushed what, and referrers ------------------------------
+    def write_push_record(self, repo: Repository, digest: Digest, record: PushRecord) -> None:
+        body = json.dumps({"user": record.user, "at": record.at}).encode()
+        self._write_small(self._push_record_path(repo, digest), body)
+
+    def read_push_record(self, repo: Repository, digest: Digest) -> PushRecord | None:
+        text = _read_small(self._push_record_path(repo, digest))
+        try:
+            body = json.loads(text) if text else None
+            if not isinstance(body, dict):
+                return None
+            user = body.get("user")
+            return PushRecord(user if isinstance(user, str) else None, float(body["at"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def remove_push_record(self, repo: Repository, digest: Digest) -> None:
+        _unlink(self._push_record_path(repo, digest))
+
+    def link_referrer(
+        self, repo: Repository, subject: Digest, digest: Digest, descriptor: dict
+    ) -> None:
+        """Record that manifest `digest` of `repo` refers to `subject`; `descriptor` is its
+        entry in the referrers index (mediaType, digest, size, artifactType, annotations)."""
+        body = json.dumps(descriptor, sort_keys=True).encode()
+        self._write_small(self._referrers_dir(repo, subject) / digest.hex, body)
+
+    def referrers(self, repo: Repository, subject: Digest) -> list[dict]:
+        """The descriptors of `repo`'s manifests whose subject is `subject`, by digest."""
+        directory = self._referrers_dir(repo, subject)
+        try:
+            names = sorted(n for n in os.listdir(directory) if len(n) == 64)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            text = _read_small(directory / name)
+            try:
+                descriptor = json.loads(text) if text else None
+            except ValueError:
+                continue  # torn: the referrer is missing from the list, never wrong
+            if isinstance(descriptor, dict):
+                found.append(descriptor)
+        return found
+
+    def unlink_referrer(self, repo: Repository, subject: Digest, digest: Digest) -> None:
+        _unlink(self._referrers_dir(repo, subject) / digest.hex)
+
+    # -- blob uploads to the local namespace, shared by every instance -----------------------
+    def start_upload(self, repo: Repository, user: str | None, now: float) -> UploadRecord:
+        """A new, empty upload session for `repo`, started by `user`."""
+        upload_id = secrets.token_hex(16)
+        directory = self._upload_dir(upload_id)
+        directory.mkdir(parents=True)  # a fresh random id: never exists already
+        try:
+            session = {"repository": str(repo), "prefix": repo.prefix, "name": repo.name}
+            body = json.dumps({**session, "user": user, "started_at": now}).encode()
+            self._write_small(directory / "session", body)
+            os.close(os.open(directory / "data", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return UploadRecord(upload_id, repo, user, now, 0, now)
+
+    def upload_data_path(self, upload_id: str) -> Path:
+        """The file holding the upload's bytes so far (append to it; rename it to finish)."""
+        return self._upload_dir(upload_id) / "data"
+
+    def read_upload(self, upload_id: str) -> UploadRecord | None:
+        """The session `upload_id` names; None when there is none (finished, cancelled,
+        removed by gc, or never started)."""
+        if not is_upload_id(upload_id):
+            return None
+        directory = self._upload_dir(upload_id)
+        text = _read_small(directory / "session")
+        try:
+            body = json.loads(text) if text else {}
+            stat = os.stat(directory / "data")
+            repo = Repository(str(body["prefix"]), str(body["name"]))
+            user = body.get("user")
+            return UploadRecord(
+                upload_id,
+                repo,
+                user if isinstance(user, str) else None,
+                float(body["started_at"]),
+                stat.st_size,
+                stat.st_mtime,
+            )
+        except (ValueError, KeyError, TypeError, FileNotFoundError):
+            return None
+
+    def delete_upload(self, upload_id: str) -> None:
+        """Remove the session and whatever bytes it holds; one already gone is fine."""
+        if is_upload_id(upload_id):
+            shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+    def upload_ids(self) -> list[str]:
+        """Every upload session directory, including torn ones (for gc), sorted."""
+        try:
+            return sorted(name for name in os.listdir(self._uploads_dir) if is_upload_id(name))
+        except FileNotFoundError:
+            return []
+
+    def upload_touched_at(self, upload_id: str) -> float | None:
+        """When the session last changed (its newest file), even when torn; None if gone."""
+        directory = self._upload_dir(upload_id)
+        times = []
+        for path in (directory, directory / "session", directory / "data"):
+            try:
+                times.append(os.stat(path).st_mtime)
+            except FileNotFoundError:
+                continue
+        return max(times) if times else None
 
     # -- tags --------------------------------------------------------------------------------
     def write_tag(self, repo: Repository, tag: str, record: TagRecord) -> None:

@@ -122,7 +122,7 @@ class _Renderer:
         self.writer = writer
         self.pages = Pages(_site_info(config), writer)
         self.facts = FactsCache(store)
-        self.policy = AccessPolicy(config.upstreams)
+        self.policy = AccessPolicy(config.upstreams, config.local)
         self.conversions = Conversions(config.sif.names, config.cache.sif_tree)
         previous = writer.previous if writer.previous.get("site_key") == self.pages.site_key else {}
         self._previous_repos: dict[str, dict] = previous.get("repos", {})

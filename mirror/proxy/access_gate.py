@@ -83,7 +83,7 @@ class AccessGate:
         """The gate of a mirror with `[auth]` on; `key_path` is where the store keeps the
         token signing key (created here when no instance has made it yet)."""
         return cls(
-            AccessPolicy(config.upstreams),
+            AccessPolicy(config.upstreams, config.local),
             Authenticator.from_config(config.auth),
             TokenSigner(load_or_create_key(key_path), config.auth.token_ttl_seconds),
             router,

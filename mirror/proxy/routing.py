@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mirror.config import Config, UpstreamConfig
-from mirror.errors import NameUnknown
+from mirror.errors import NameInvalid, NameUnknown
 from mirror.reference import Repository, check_name, check_name_at
 
 
@@ -13,13 +13,15 @@ class Router:
         self._by_host = {u.host: u for u in config.upstreams}
         self._default = config.default_upstream
         self.sif_names = config.sif.names
+        self.local_prefix = config.local.prefix  # "" while [local] is off
 
     def route(self, path_name: str, ns: str | None = None) -> Repository:
         """Map a client's repository path to (upstream, upstream repository name).
 
         Order: containerd's ?ns=, then a first component naming the SIF namespace (the
-        rest is routed as the source image), then one naming a configured prefix, then
-        the default upstream. The name is checked against the grammar before it is used,
+        rest is routed as the source image), then `[local] prefix` (the site's own
+        images, never sent upstream), then one naming a configured prefix, then the
+        default upstream. The name is checked against the grammar before it is used,
         and its upstream form (after the library rule) against the length limit.
         """
         if ns:
@@ -38,8 +40,14 @@ class Router:
         is converted from, else `repo` itself."""
         return self.sif_names.source_of(repo)
 
+    def is_local(self, repo: Repository) -> bool:
+        """`repo` is in the local namespace: pushed here, never fetched from upstream."""
+        return bool(self.local_prefix) and repo.prefix == self.local_prefix
+
     def _upstream_route(self, path_name: str) -> Repository:
         first, slash, rest = path_name.partition("/")
+        if self.local_prefix and first == self.local_prefix:
+            return self._local_repository(rest)
         if slash and first in self.by_prefix:
             return self._repository(self.by_prefix[first], rest)
         upstream = self._default
@@ -49,6 +57,17 @@ class Router:
                 f"{path_name!r} names no configured upstream prefix, and no upstream is the default"
             )
         return self._repository(upstream, path_name)
+
+    def _local_repository(self, name: str) -> Repository:
+        """`<namespace>/<name...>` under the local prefix: the namespace (a user or a
+        group) says who may write, so a name without one is refused."""
+        check_name(f"{self.local_prefix}/{name}" if name else "")
+        if "/" not in name:
+            raise NameInvalid(
+                f"local repositories are named {self.local_prefix}/<user or group>/<name>, "
+                f"got {self.local_prefix}/{name}"
+            )
+        return Repository(self.local_prefix, name)
 
     @staticmethod
     def _repository(upstream: UpstreamConfig, name: str) -> Repository:
