@@ -1,7 +1,8 @@
 """Short-lived signed bearer tokens (JWT, HS256), as the distribution token flow hands out.
 
 A token says who its holder is (`sub`, absent for anonymous; `groups`) and which
-repositories it may pull (`access`, in the distribution format). Every instance on the
+repositories it may pull, and which it may push to and delete in (`access`, in the
+distribution format: actions `pull`, `push`, `delete`). Every instance on the
 cluster signs with one key kept under the cache root, created by whichever instance
 starts first, so a token from one login node is good on every other.
 """
@@ -32,6 +33,7 @@ _KEY_BYTES = 32
 _MAX_TOKEN_CHARS = 16 * 1024  # a longer header is not one of ours: refused before decoding
 _CLOCK_SKEW_SECONDS = 30  # between the instance that issued a token and the one checking it
 _MAX_SCOPES = 100
+WRITE_ACTIONS = frozenset({"push", "delete"})  # granted together, to writers of the repository
 
 
 class InvalidToken(Exception):
@@ -53,10 +55,28 @@ class IssuedToken:
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What a verified token lets its holder do: pull the repositories named in `pullable`
-    (canonical names, `<upstream prefix>/<path>`)."""
+    and write (push, delete) those in `pushable` (canonical names, `<prefix>/<path>`)."""
 
     identity: Identity
     pullable: frozenset[str]
+    pushable: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeRequest:
+    """One repository a token request asks about (by the name the client spelled), and
+    the actions it asks for there."""
+
+    name: str
+    actions: frozenset[str]
+
+    @property
+    def wants_pull(self) -> bool:
+        return bool({"pull", "*"} & self.actions)
+
+    @property
+    def wants_write(self) -> bool:
+        return bool({"push", "delete", "*"} & self.actions)
 
 
 class TokenSigner:
@@ -67,8 +87,11 @@ class TokenSigner:
         self._ttl = max(1, math.ceil(ttl_seconds))
         self._clock = clock
 
-    def issue(self, identity: Identity, pullable: Iterable[str]) -> IssuedToken:
+    def issue(
+        self, identity: Identity, pullable: Iterable[str], pushable: Iterable[str] = ()
+    ) -> IssuedToken:
         now = int(self._clock())
+        pulls, writes = set(pullable), set(pushable)
         claims: dict[str, Any] = {
             "iss": ISSUER,
             "aud": AUDIENCE,
@@ -78,8 +101,13 @@ class TokenSigner:
             "jti": secrets.token_hex(16),
             "groups": sorted(identity.groups),
             "access": [
-                {"type": "repository", "name": name, "actions": ["pull"]}
-                for name in sorted(set(pullable))
+                {
+                    "type": "repository",
+                    "name": name,
+                    "actions": (["pull"] if name in pulls else [])
+                    + (sorted(WRITE_ACTIONS) if name in writes else []),
+                }
+                for name in sorted(pulls | writes)
             ],
         }
         if identity.user is not None:
@@ -109,7 +137,7 @@ class TokenSigner:
         except jwt.PyJWTError as exc:
             raise InvalidToken(type(exc).__name__) from None
         self._check_times(claims)
-        return Grant(_identity(claims), _pullable(claims))
+        return Grant(_identity(claims), _granted(claims, "pull"), _granted(claims, "push"))
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         times = [claims["nbf"], claims["exp"]]
@@ -132,7 +160,8 @@ def _identity(claims: dict[str, Any]) -> Identity:
     return ANONYMOUS if user is None else Identity(user, frozenset(groups))
 
 
-def _pullable(claims: dict[str, Any]) -> frozenset[str]:
+def _granted(claims: dict[str, Any], action: str) -> frozenset[str]:
+    """The repositories the token's `access` claim grants `action` on."""
     access = claims.get("access", [])
     if not isinstance(access, list) or not all(isinstance(entry, dict) for entry in access):
         raise InvalidToken("malformed access claim")
@@ -142,25 +171,31 @@ def _pullable(claims: dict[str, Any]) -> frozenset[str]:
         if entry.get("type") == "repository"
         and isinstance(entry.get("name"), str)
         and isinstance(entry.get("actions"), list)
-        and "pull" in entry["actions"]
+        and action in entry["actions"]
     )
 
 
-def requested_pulls(scopes: Iterable[str]) -> list[str]:
-    """The repository names a token request asks to pull, from its `scope` parameters
-    (each may hold several, space-separated): `repository:<name>:pull[,push...]`, where
-    the type may carry a class (`repository(plugin)`) and the name a registry port."""
-    names = []
+def requested_access(scopes: Iterable[str]) -> list[ScopeRequest]:
+    """The repositories a token request asks about, from its `scope` parameters (each may
+    hold several, space-separated): `repository:<name>:pull[,push...]`, where the type
+    may carry a class (`repository(plugin)`) and the name a registry port."""
+    found = []
     for scope in (part for value in scopes for part in value.split()):
         kind, _, rest = scope.partition(":")
         name, _, actions = rest.rpartition(":")
         if kind.split("(")[0] != "repository" or not name:
             continue
-        if {"pull", "*"} & set(actions.split(",")):
-            names.append(name)
-        if len(names) >= _MAX_SCOPES:
+        request = ScopeRequest(name, frozenset(actions.split(",")))
+        if request.wants_pull or request.wants_write:
+            found.append(request)
+        if len(found) >= _MAX_SCOPES:
             break
-    return names
+    return found
+
+
+def requested_pulls(scopes: Iterable[str]) -> list[str]:
+    """The repository names a token request asks to pull."""
+    return [request.name for request in requested_access(scopes) if request.wants_pull]
 
 
 def load_or_create_key(path: Path) -> bytes:

@@ -31,10 +31,10 @@ from mirror.access.tokens import (
     IssuedToken,
     TokenSigner,
     load_or_create_key,
-    requested_pulls,
+    requested_access,
 )
 from mirror.config import Config
-from mirror.errors import MirrorError, PullDenied, Unauthorized
+from mirror.errors import MirrorError, PullDenied, PushDenied, Unauthorized
 from mirror.proxy.routing import Router
 from mirror.proxy.served import served
 from mirror.reference import Repository
@@ -48,15 +48,19 @@ _HOST_RE = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sent a request. `pullable` is a token's scope (canonical names); None when the
-    caller logged in with Basic credentials, so the policy alone decides."""
+    """Who sent a request. `pullable` and `pushable` are a token's scope (canonical
+    names); None when the caller logged in with Basic credentials, so the policy alone
+    decides."""
 
     identity: Identity
     has_credentials: bool
     pullable: frozenset[str] | None = None
+    pushable: frozenset[str] | None = None
 
 
-NOBODY = Caller(ANONYMOUS, has_credentials=False, pullable=frozenset())
+NOBODY = Caller(ANONYMOUS, has_credentials=False, pullable=frozenset(), pushable=frozenset())
+_PULL = "pull"
+_PULL_PUSH = "pull,push"  # what a writer asks for (distribution's clients ask the same)
 
 
 class AccessGate:
@@ -116,17 +120,36 @@ class AccessGate:
             raise Unauthorized("authentication required", self.challenge(request, repo))
         raise PullDenied(f"{caller.identity} may not pull {repo}")
 
+    async def check_push(self, request: web.Request, repo: Repository) -> Caller:
+        """Writes (uploads, manifest PUT and DELETE) to the local namespace: the caller
+        must be signed in, allowed by the policy, and (with a token) hold `push` for
+        `repo`. A token without it is answered with a challenge for `pull,push`, which
+        clients follow; a known user who may not write gets `403 DENIED`."""
+        caller = await self.caller(request, repo, _PULL_PUSH)
+        if caller.identity.anonymous:
+            raise Unauthorized("authentication required", self.challenge(request, repo, None, True))
+        if not self.policy.may_push(caller.identity, repo):
+            raise PushDenied(f"{caller.identity} may not push to {repo}")
+        if caller.pushable is not None and str(repo) not in caller.pushable:
+            raise Unauthorized(
+                "the token does not allow pushes here", self.challenge(request, repo, None, True)
+            )
+        return caller
+
     def may_pull(self, identity: Identity, repo: Repository) -> bool:
         """The policy's answer for `repo`; for a converted image, its source's (so what is
         restricted stays restricted as a SIF)."""
         return self.policy.may_pull(identity, self._router.source_of(repo))
 
-    async def caller(self, request: web.Request, repo: Repository | None = None) -> Caller:
+    async def caller(
+        self, request: web.Request, repo: Repository | None = None, actions: str = _PULL
+    ) -> Caller:
         """Who sent `request`, from its Basic credentials or bearer token; a `401` for any
         that do not verify, since a client should not pull as someone it is not."""
+        write = actions == _PULL_PUSH
         scheme, value = authorization(request)
         if scheme == "basic":
-            identity = await self.login(request, *basic_credentials(value), repo=repo)
+            identity = await self.login(request, *basic_credentials(value), repo=repo, write=write)
             return Caller(identity, has_credentials=True)
         if scheme == "bearer":
             try:
@@ -134,50 +157,68 @@ class AccessGate:
             except InvalidToken as exc:
                 log.info("refused a bearer token from %s: %s", _address(request), exc)
                 raise Unauthorized(
-                    "invalid or expired token", self.challenge(request, repo, "invalid_token")
+                    "invalid or expired token",
+                    self.challenge(request, repo, "invalid_token", write),
                 ) from None
             served(request).user = grant.identity.user
-            return Caller(grant.identity, has_credentials=True, pullable=grant.pullable)
+            return Caller(grant.identity, True, grant.pullable, grant.pushable)
         return NOBODY
 
     async def login(
-        self, request: web.Request, user: str, password: str, repo: Repository | None = None
+        self,
+        request: web.Request,
+        user: str,
+        password: str,
+        repo: Repository | None = None,
+        write: bool = False,
     ) -> Identity:
         """The user whose password this is; `401` for an unknown user and a wrong password
         alike (`429` while failed logins make this client or name wait)."""
         identity = await self._authenticator.login(user, password, _address(request))
         if identity is None:
-            raise Unauthorized("invalid username or password", self.challenge(request, repo))
+            raise Unauthorized(
+                "invalid username or password", self.challenge(request, repo, None, write)
+            )
         served(request).user = identity.user  # for the access log
         return identity
 
     # -- tokens ------------------------------------------------------------------------------
     def issue(self, identity: Identity, scopes: list[str]) -> IssuedToken:
-        """A token for the repositories asked for (by any spelling that routes) that
-        `identity` may pull; the others are left out, as distribution's token server does."""
-        asked = requested_pulls(scopes)
-        pullable = []
-        for name in asked:
+        """A token for the repositories asked for (by any spelling that routes) with the
+        actions `identity` may take there: pull, and push and delete in the local
+        namespace; the others are left out, as distribution's token server does."""
+        asked = requested_access(scopes)
+        pullable, pushable = [], []
+        for request in asked:
             try:
-                repo = self._router.route(name)
+                repo = self._router.route(request.name)
             except MirrorError:
                 continue
-            if self.may_pull(identity, repo):
+            if request.wants_pull and self.may_pull(identity, repo):
                 pullable.append(str(repo))
+            if request.wants_write and self.policy.may_push(identity, repo):
+                pushable.append(str(repo))
         log.info(
-            "issued a token to %s for %d of %d repositories asked",
+            "issued a token to %s for %d of %d repositories asked (%d to write)",
             identity.user or "an anonymous client",
-            len(pullable),
+            len(set(pullable) | set(pushable)),
             len(asked),
+            len(pushable),
         )
-        return self._signer.issue(identity, pullable)
+        return self._signer.issue(identity, pullable, pushable)
 
     def challenge(
-        self, request: web.Request, repo: Repository | None = None, error: str | None = None
+        self,
+        request: web.Request,
+        repo: Repository | None = None,
+        error: str | None = None,
+        write: bool = False,
     ) -> str:
+        """The `Bearer` challenge: where to get a token, and for which scope (`pull`, or
+        `pull,push` for a write)."""
         params = [f'realm="{self.realm(request)}"', f'service="{AUDIENCE}"']
         if repo is not None:
-            params.append(f'scope="repository:{repo}:pull"')
+            params.append(f'scope="repository:{repo}:{_PULL_PUSH if write else _PULL}"')
         if error is not None:
             params.append(f'error="{error}"')
         return "Bearer " + ",".join(params)
