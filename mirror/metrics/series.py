@@ -40,6 +40,11 @@ FILL_LEADER, FILL_FOLLOWER = "fill_leader", "fill_follower"
 REVALIDATED, STALE = "revalidated", "stale"
 # Outcomes of revalidating an expired tag with the upstream.
 UNCHANGED, MOVED, FAILED = "unchanged", "moved", "failed"
+# Route kinds of the push API, and what a push was.
+UPLOAD, REFERRERS = "upload", "referrers"
+PUSHED_BLOB, PUSHED_MANIFEST = "blob", "manifest"
+# Outcomes of a push: stored, or refused (bad digest or content, quota, unknown blobs).
+STORED, REFUSED = "stored", "refused"
 # The status label of an upstream request that got no answer (refused, reset, timed out).
 NO_ANSWER = "error"
 
@@ -156,6 +161,22 @@ CACHE_BLOBS = Gauge(
     namespace=_PREFIX,
     registry=REGISTRY,
     multiprocess_mode="livemostrecent",
+)
+PUSHES = Counter(
+    "pushes",
+    "Blobs and manifests pushed to the local namespace, by kind (blob, manifest) and "
+    "outcome (stored, refused).",
+    ["kind", "outcome"],
+    namespace=_PREFIX,
+    registry=REGISTRY,
+)
+PUSHED_BYTES = Counter(
+    "pushed_bytes",
+    "Bytes received by pushes to the local namespace (blob uploads and manifests), "
+    "whether or not they were stored in the end.",
+    namespace=_PREFIX,
+    unit="bytes",
+    registry=REGISTRY,
 )
 BUILD_INFO = Gauge(
     "build_info",

@@ -16,6 +16,7 @@ class Served:
     cache: str | None = None  # `series.HIT`, `FILL_LEADER`, ...; None where it does not apply
     status: int | None = None  # set once a streamed response's headers went out
     body_bytes: int | None = None  # counted by handlers that write past aiohttp (sendfile)
+    received_bytes: int | None = None  # request body bytes a push stored or refused
     logged: bool = True  # False for health probes
 
 
