@@ -65,6 +65,12 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def push(proxy, data: bytes, name: str = TOOL, auth=ALICE, digest: str | None = None):
+    """A monolithic upload: one POST with the blob and its digest."""
+    params = {"digest": digest or sha256(data)}
+    return call(proxy, "POST", f"/v2/{name}/blobs/uploads/", params=params, data=data, auth=auth)
+
+
 def start(proxy, name: str = TOOL, auth=ALICE) -> str:
     """POST a new session; its Location (relative, as distribution answers)."""
     response = call(proxy, "POST", f"/v2/{name}/blobs/uploads/", auth=auth)
@@ -126,8 +132,7 @@ def no_partial_files(proxy) -> None:
 # -- the upload forms --------------------------------------------------------------------------
 def test_monolithic_post_with_digest(pushable):
     data = os.urandom(300_000)
-    response = call(pushable, "POST", UPLOADS, params={"digest": sha256(data)}, data=data)
-    assert_created(response, sha256(data))
+    assert_created(push(pushable, data), sha256(data))
     assert_stored(pushable, data)
 
 
@@ -240,7 +245,7 @@ def test_the_digest_is_verified_and_a_mismatch_leaves_nothing(pushable):
     assert error_code(response) == "DIGEST_INVALID"
     no_partial_files(pushable)
     assert call(pushable, "GET", location).status_code == 404
-    monolithic = call(pushable, "POST", UPLOADS, params={"digest": sha256(b"a")}, data=b"b")
+    monolithic = push(pushable, b"b", digest=sha256(b"a"))
     assert monolithic.status_code == 400
     no_partial_files(pushable)
 
@@ -248,14 +253,7 @@ def test_the_digest_is_verified_and_a_mismatch_leaves_nothing(pushable):
 def test_a_blob_stored_already_is_linked_again(pushable):
     data = b"shared layer"
     for name in (TOOL, "local/alice/other"):
-        response = call(
-            pushable,
-            "POST",
-            f"/v2/{name}/blobs/uploads/",
-            params={"digest": sha256(data)},
-            data=data,
-        )
-        assert_created(response, sha256(data), name)
+        assert_created(push(pushable, data, name), sha256(data), name)
         assert_stored(pushable, data, name)
 
 
@@ -314,7 +312,7 @@ def test_cached_upstream_repositories_stay_read_only(pushable, proxy):
 def test_a_monolithic_push_past_the_quota_is_refused_and_leaves_nothing(make_pushable):
     proxy = make_pushable(quota="2M")
     data = os.urandom(3 * MIB)
-    response = call(proxy, "POST", UPLOADS, params={"digest": sha256(data)}, data=data)
+    response = push(proxy, data)
     assert response.status_code == 403
     assert error_code(response) == "DENIED"
     message = response.json()["errors"][0]["message"]
@@ -326,17 +324,9 @@ def test_a_monolithic_push_past_the_quota_is_refused_and_leaves_nothing(make_pus
 def test_the_quota_counts_what_the_namespace_holds(make_pushable):
     proxy = make_pushable(quota="3M")
     first = os.urandom(2 * MIB)
-    stored = call(proxy, "POST", UPLOADS, params={"digest": sha256(first)}, data=first)
-    assert_created(stored, sha256(first))
+    assert_created(push(proxy, first), sha256(first))
     # The same blob again in another repository of the namespace adds nothing.
-    again = call(
-        proxy,
-        "POST",
-        "/v2/local/alice/other/blobs/uploads/",
-        params={"digest": sha256(first)},
-        data=first,
-    )
-    assert_created(again, sha256(first), "local/alice/other")
+    assert_created(push(proxy, first, "local/alice/other"), sha256(first), "local/alice/other")
     location = start(proxy)
     assert patch(proxy, location, os.urandom(MIB // 2), 0).status_code == 202
     response = patch(proxy, location, os.urandom(MIB), MIB // 2)
@@ -347,15 +337,7 @@ def test_the_quota_counts_what_the_namespace_holds(make_pushable):
     assert list(proxy.stored_blobs()) == [sha256(first).split(":")[1]]
     # Other namespaces have their own.
     other = os.urandom(2 * MIB)
-    response = call(
-        proxy,
-        "POST",
-        "/v2/local/bob/tool/blobs/uploads/",
-        params={"digest": sha256(other)},
-        data=other,
-        auth=BOB,
-    )
-    assert_created(response, sha256(other), "local/bob/tool")
+    assert_created(push(proxy, other, "local/bob/tool", BOB), sha256(other), "local/bob/tool")
 
 
 # -- mounts ------------------------------------------------------------------------------------
@@ -373,7 +355,7 @@ def test_a_mount_from_a_readable_repository_links_the_blob(pushable, seeded):
     assert_created(response, layer)
     assert linked(pushable, TOOL, layer.split(":")[1])
     own = b"alice's own layer"
-    call(pushable, "POST", UPLOADS, params={"digest": sha256(own)}, data=own)
+    assert_created(push(pushable, own), sha256(own))
     assert_created(
         mount(pushable, sha256(own), TOOL, "local/alice/copy"), sha256(own), "local/alice/copy"
     )
@@ -386,14 +368,7 @@ def test_a_mount_the_caller_may_not_read_falls_back_to_an_upload(pushable, seede
     pushable.wait_stored(layer.split(":")[1])
     assert call(pushable, "GET", f"/v2/{restricted}/blobs/{layer}").status_code == 403
     bobs = b"bob's private layer"
-    call(
-        pushable,
-        "POST",
-        "/v2/local/bob/secret/blobs/uploads/",
-        params={"digest": sha256(bobs)},
-        data=bobs,
-        auth=BOB,
-    )
+    assert_created(push(pushable, bobs, "local/bob/secret", BOB), sha256(bobs), "local/bob/secret")
     for digest, source in [
         (layer, restricted),
         (sha256(bobs), "local/bob/secret"),
@@ -520,3 +495,32 @@ def test_pushes_are_counted_and_logged_with_the_bytes_received(
     lines = log_path.read_text().splitlines()
     patch_line = next(line for line in lines if '"PATCH ' in line)
     assert " alice " in patch_line and " 202 100000 " in patch_line
+
+
+# -- a real client -------------------------------------------------------------------------------
+@pytest.mark.parametrize("chunked", [False, True])
+def test_the_oras_sdk_uploads_blobs_both_ways(pushable, tmp_path, chunked):
+    """oras-py logs in through the token flow, then POST + PUT, or POST + PATCHes with
+    Content-Range + PUT (its `upload_blob` without the HEAD it asks first)."""
+    import oras.client
+    import oras.oci
+
+    host = f"127.0.0.1:{pushable.port}"
+    client = oras.client.OrasClient(hostname=host, insecure=True)
+    client.login(
+        username=ALICE[0],
+        password=ALICE[1],
+        hostname=host,
+        config_path=str(tmp_path / "config.json"),
+    )
+    data = os.urandom(3 * MIB + 99)
+    blob_file = tmp_path / "blob"
+    blob_file.write_bytes(data)
+    layer = oras.oci.NewLayer(str(blob_file))
+    container = client.get_container(f"{host}/{TOOL}:1")
+    if chunked:
+        response = client.chunked_upload(str(blob_file), container, layer, chunk_size=MIB)
+    else:
+        response = client.put_upload(str(blob_file), container, layer)
+    assert_created(response, sha256(data))
+    assert_stored(pushable, data)
