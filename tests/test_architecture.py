@@ -27,6 +27,8 @@ ROOMS: dict[str, set[str]] = {
     # Every series, defined once; nothing of HTTP or the store.
     "metrics": set(),
     "cache": {"config", "errors", "manifests", "metrics", "reference", "units"},
+    # The site's own registry (pushes): the proxy calls it.
+    "local": {"access", "cache", "config", "errors", "manifests", "metrics", "reference", "units"},
     # The proxy serves converted images: it calls the converter (never the other way).
     "proxy": {
         "access",
@@ -34,6 +36,7 @@ ROOMS: dict[str, set[str]] = {
         "config",
         "convert",
         "errors",
+        "local",
         "manifests",
         "metrics",
         "reference",
@@ -62,6 +65,7 @@ ROOMS: dict[str, set[str]] = {
         "config",
         "config_toml",
         "errors",
+        "local",
         "prefetch",
         "proxy",
         "reference",
@@ -91,6 +95,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"image_walk"},
         {"conversions"},
         {"converted"},
+        {"upload_handlers"},
         {"handlers"},
         {"metrics_http", "lifecycle"},
         {"app"},
@@ -106,6 +111,10 @@ LAYERS: dict[str, list[set[str]]] = {
         {"facts"},
         {"gather", "pages"},
         {"render"},
+    ],
+    "local": [
+        {"quota"},
+        {"uploads"},
     ],
     "prefetch": [
         {"images"},

@@ -36,6 +36,7 @@ from mirror.errors import (
     UpstreamBadGateway,
     UpstreamFailed,
 )
+from mirror.local.uploads import BlobUploads
 from mirror.manifests import Kind
 from mirror.manifests import parse as parse_manifest
 from mirror.metrics import series
@@ -122,6 +123,7 @@ class ProxyService:
         self._blobs = BlobFills(
             config, store, metadata, upstreams, self._executor, self.usage, self._sif_tree
         )
+        self.uploads = BlobUploads(store, metadata, config.local, self._executor, clock)
 
     async def close(self) -> None:
         await self._blobs.close()
