@@ -13,6 +13,7 @@ import requests
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
 from tests.support import oci
 from tests.support.accounts import write_groups, write_htpasswd
+from tests.support.conversion import siftool
 from tests.support.local_push import (
     image_shapes,
     place_blob,
@@ -21,6 +22,8 @@ from tests.support.local_push import (
 )
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.prometheus import parse_metrics, total
+from tests.support.seed import RegistryClient
+from tests.support.sif_pulls import small_image
 
 ALICE = ("alice", "alice's long password")  # member of group "lab"
 BOB = ("bob", "bob's long password")
@@ -294,3 +297,24 @@ def test_a_missing_blob_is_a_quick_404_and_a_pull_never_asks_an_upstream(registr
     assert total(metrics, "hpc_mirror_upstream_requests_total") == 0
     assert total(metrics, "hpc_mirror_pushes_total", kind="manifest", outcome="stored") == 1
     assert total(metrics, "hpc_mirror_pushed_bytes_total") == len(shape.manifest)
+
+
+def test_an_image_pushed_over_http_is_pulled_back_and_converted_to_a_sif(registry, tmp_path):
+    built = small_image("pushed to the local namespace")
+    client = RegistryClient(registry.url, username=ALICE[0], password=ALICE[1])
+    try:
+        for descriptor, data in built.blobs():
+            client.push_blob("local/alice/small", data, descriptor["mediaType"])
+        client.push_manifest("local/alice/small", "1", built.manifest, oci.OCI_MANIFEST)
+    finally:
+        client.close()
+    assert get(registry, "/v2/local/alice/small/manifests/1").content == built.manifest
+    sif_manifest = get(registry, "/v2/sif/local/alice/small/manifests/1", Accept=oci.OCI_MANIFEST)
+    assert sif_manifest.status_code == 200, sif_manifest.text
+    [sif_layer] = sif_manifest.json()["layers"]
+    assert sif_layer["mediaType"] == "application/vnd.sylabs.sif.layer.v1.sif"
+    sif = get(registry, f"/v2/sif/local/alice/small/blobs/{sif_layer['digest']}")
+    (tmp_path / "small.sif").write_bytes(sif.content)
+    assert "FS (Squashfs/*System/amd64)" in siftool("list", tmp_path / "small.sif")
+    logged = [line for line in registry.log().splitlines() if "/sif/local/alice/small/" in line]
+    assert logged and all(line.endswith(" local") for line in logged)
