@@ -103,6 +103,9 @@ def test_a_put_by_digest_stores_the_manifest_without_a_tag(registry):
     assert get(registry, f"/v2/local/alice/bydigest/manifests/{digest}").content == shape.manifest
     tags = get(registry, "/v2/local/alice/bydigest/tags/list")
     assert tags.json() == {"name": "local/alice/bydigest", "tags": []}
+    # The access log line of the push shows who sent it and the bytes received.
+    put_line = f'alice "PUT /v2/local/alice/bydigest/manifests/{digest}" 201 {len(shape.manifest)} '
+    assert put_line in registry.log()
 
 
 @pytest.mark.parametrize("index_type", [oci.OCI_INDEX, oci.DOCKER_MANIFEST_LIST])
