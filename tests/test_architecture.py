@@ -92,7 +92,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"sources"},
         {"blob_fills"},
         {"service"},
-        {"image_walk"},
+        {"image_walk", "manifest_writes"},
         {"conversions"},
         {"converted"},
         {"upload_handlers"},
@@ -113,8 +113,8 @@ LAYERS: dict[str, list[set[str]]] = {
         {"render"},
     ],
     "local": [
-        {"quota"},
-        {"uploads"},
+        {"quota", "pushed_manifest"},
+        {"uploads", "images"},
     ],
     "prefetch": [
         {"images"},
