@@ -80,6 +80,7 @@ def make_proxy(tmp_path: Path):
         log: dict | None = None,
         args: tuple[str, ...] = (),
         sif: dict | None = None,
+        local: dict | None = None,
         **cache,
     ) -> ProxyProcess:
         workdir = tmp_path / f"{name}-{len(started)}"
@@ -92,6 +93,8 @@ def make_proxy(tmp_path: Path):
             config["auth"] = auth
         if sif is not None:
             config["sif"] = sif
+        if local is not None:  # the `[local]` table: the site's own namespace
+            config["local"] = local
         proxy = ProxyProcess(
             workdir,
             config,
