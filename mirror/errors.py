@@ -120,6 +120,19 @@ class ManifestBlobUnknown(MirrorError):
     code, status = "MANIFEST_BLOB_UNKNOWN", 400
 
 
+class ManifestTooLarge(ManifestInvalid):
+    """A pushed manifest is larger than the mirror takes (the spec's 413)."""
+
+    status = 413
+
+
+class ReferrersUnsupported(MirrorError):
+    """The referrers API answers for the local namespace only: a 404 tells clients to use
+    the referrers tag schema instead, as the spec asks of registries without the API."""
+
+    code, status = "UNSUPPORTED", 404
+
+
 class TooManyRequests(MirrorError):
     """Too many failed logins from this address or for this user name: wait and retry."""
 

@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from mirror.errors import DigestInvalid
-from mirror.reference import INDEX_MEDIA_TYPES, SIF_LAYER_TYPES, Digest
+from mirror.reference import INDEX_MEDIA_TYPES, OCI_MANIFEST, SIF_LAYER_TYPES, Digest
 
 
 class Kind(str, Enum):
@@ -41,6 +41,7 @@ class ParsedManifest:
     layers: tuple[Descriptor, ...] = ()
     manifests: tuple[Descriptor, ...] = ()  # children of an index
     annotations: dict = field(default_factory=dict)
+    subject: Descriptor | None = None  # the manifest this one refers to (OCI 1.1)
 
     @property
     def blob_digests(self) -> list[Digest]:
@@ -58,13 +59,16 @@ def parse(manifest_bytes: bytes, media_type: str) -> ParsedManifest:
         return ParsedManifest(Kind.UNKNOWN)
     found = doc.get("annotations")
     annotations: dict[str, Any] = found if isinstance(found, dict) else {}
+    subject = next(iter(_descriptors([doc.get("subject")])), None)
     if (
         media_type in INDEX_MEDIA_TYPES
         or doc.get("mediaType") in INDEX_MEDIA_TYPES
         or ("manifests" in doc and "layers" not in doc)
     ):
         children = tuple(_descriptors(doc.get("manifests")))
-        return ParsedManifest(Kind.INDEX, manifests=children, annotations=annotations)
+        return ParsedManifest(
+            Kind.INDEX, manifests=children, annotations=annotations, subject=subject
+        )
     config = next(iter(_descriptors([doc.get("config")])), None)
     layers = tuple(_descriptors(doc.get("layers")))
     if len(layers) == 1 and layers[0].media_type in SIF_LAYER_TYPES:
@@ -75,7 +79,18 @@ def parse(manifest_bytes: bytes, media_type: str) -> ParsedManifest:
         kind = Kind.ARTIFACT
     else:
         kind = Kind.UNKNOWN
-    return ParsedManifest(kind, config, layers, annotations=annotations)
+    return ParsedManifest(kind, config, layers, annotations=annotations, subject=subject)
+
+
+def declared_media_type(manifest_bytes: bytes) -> str:
+    """What a manifest sent without a Content-Type is: its own `mediaType`, else OCI
+    manifest (what oras-go v1 wrote without a mediaType field)."""
+    try:
+        doc = json.loads(manifest_bytes)
+        media_type = doc.get("mediaType") if isinstance(doc, dict) else None
+    except (ValueError, UnicodeDecodeError):
+        media_type = None
+    return media_type if isinstance(media_type, str) and media_type else OCI_MANIFEST
 
 
 def _is_image_config(media_type: str) -> bool:

@@ -27,6 +27,16 @@ ROOMS: dict[str, set[str]] = {
     # Every series, defined once; nothing of HTTP or the store.
     "metrics": set(),
     "cache": {"config", "errors", "manifests", "metrics", "reference", "units"},
+    # The site's own registry: the same store, written by pushes; the proxy calls it.
+    "local": {
+        "access",
+        "cache",
+        "config",
+        "errors",
+        "manifests",
+        "metrics",
+        "reference",
+    },
     # The proxy serves converted images: it calls the converter (never the other way).
     "proxy": {
         "access",
@@ -34,6 +44,7 @@ ROOMS: dict[str, set[str]] = {
         "config",
         "convert",
         "errors",
+        "local",
         "manifests",
         "metrics",
         "reference",
@@ -62,6 +73,7 @@ ROOMS: dict[str, set[str]] = {
         "config",
         "config_toml",
         "errors",
+        "local",
         "prefetch",
         "proxy",
         "reference",
@@ -88,7 +100,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"sources"},
         {"blob_fills"},
         {"service"},
-        {"image_walk"},
+        {"image_walk", "manifest_writes"},
         {"conversions"},
         {"converted"},
         {"handlers"},
@@ -100,6 +112,10 @@ LAYERS: dict[str, list[set[str]]] = {
         {"store"},
         {"metadata", "pulls", "verify", "siftree", "usage"},
         {"open_cache", "gc", "bundle"},
+    ],
+    "local": [
+        {"pushed_manifest"},
+        {"images"},
     ],
     "catalog": [
         {"charts", "site_writer", "model"},

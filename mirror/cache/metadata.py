@@ -32,7 +32,8 @@ class MetadataCache:
 
     # -- tags ------------------------------------------------------------------------------
     def tag(self, repo: Repository, tag: str, *, from_store: bool = False) -> TagRecord | None:
-        """The tag record; `from_store` skips this cache to see another instance's update."""
+        """The tag record; `from_store` skips this cache to see another instance's update
+        (or removal)."""
         key = ("tag", repo.prefix, repo.name, tag)
         if not from_store:
             record = self._db.get(key)
@@ -41,23 +42,36 @@ class MetadataCache:
         record = self._store.read_tag(repo, tag)
         if record is not None:
             self._db.set(key, record)
+        elif from_store:
+            self._db.delete(key)
         return record
 
     def put_tag(self, repo: Repository, tag: str, record: TagRecord) -> None:
         self._store.write_tag(repo, tag, record)
         self._db.set(("tag", repo.prefix, repo.name, tag), record)
 
+    def forget_tag(self, repo: Repository, tag: str) -> None:
+        """Remove the tag from the store and from this cache."""
+        self._store.untag(repo, tag)
+        self._db.delete(("tag", repo.prefix, repo.name, tag))
+
     def tags(self, repo: Repository) -> list[str]:
         return self._store.list_tags(repo)
 
     # -- manifests and blobs a repository may serve ----------------------------------------
-    def manifest_media_type(self, repo: Repository, digest: Digest) -> str | None:
+    def manifest_media_type(
+        self, repo: Repository, digest: Digest, *, from_store: bool = False
+    ) -> str | None:
+        """The media type of a manifest `repo` has, None if it has none; `from_store`
+        skips this cache to see another instance's removal."""
         key = ("manifest", repo.prefix, repo.name, digest.hex)
-        media_type = self._db.get(key)
+        media_type = None if from_store else self._db.get(key)
         if media_type is None:
             media_type = self._store.manifest_media_type(repo, digest)
             if media_type is not None:
                 self._db.set(key, media_type)
+            elif from_store:
+                self._db.delete(key)
         return media_type
 
     def link_manifest(
@@ -72,6 +86,12 @@ class MetadataCache:
             self.link_blob(repo, blob_digest)
         self._store.link_manifest(repo, digest, media_type)
         self._db.set(("manifest", repo.prefix, repo.name, digest.hex), media_type)
+
+    def unlink_manifest(self, repo: Repository, digest: Digest) -> None:
+        """Remove the manifest's link to `repo` from the store and from this cache (the
+        blobs it let `repo` serve stay linked, like its content: gc decides about those)."""
+        self._store.unlink_manifest(repo, digest)
+        self._db.delete(("manifest", repo.prefix, repo.name, digest.hex))
 
     def may_serve_blob(self, repo: Repository, digest: Digest) -> bool:
         key = ("blob", repo.prefix, repo.name, digest.hex)

@@ -18,18 +18,20 @@ from mirror.errors import (
     NameUnknown,
     PaginationInvalid,
     RangeInvalid,
+    ReferrersUnsupported,
     Unsupported,
     out_of_resources,
 )
 from mirror.metrics import series
 from mirror.proxy.access_gate import GATE
 from mirror.proxy.converted import ConvertedImages
+from mirror.proxy.manifest_writes import write_manifest
 from mirror.proxy.ranges import content_range, parse_range
 from mirror.proxy.served import Served, served
 from mirror.proxy.service import ProxyService
 from mirror.proxy.sources import BlobSource
 from mirror.proxy.throttled_log import ThrottledWarning
-from mirror.reference import Digest, Repository
+from mirror.reference import OCI_INDEX, Digest, Repository
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ CONVERTED = web.AppKey("converted", ConvertedImages)
 OUT_OF_RESOURCES = web.AppKey("out_of_resources", ThrottledWarning)
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 _PULL_METHODS = ("GET", "HEAD")
+_WRITE_METHODS = ("PUT", "DELETE")
 # Bytes per pread + write where sendfile does not apply (TLS, chunked encoding): over TLS,
 # 512 KiB was as fast as 1 MiB and faster than 128 KiB or 4 MiB, and a client that stops
 # reading holds about 2 MiB of the mirror's memory instead of 3.5 (README, "Performance").
@@ -53,6 +56,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/v2/{name:.+}/blobs/uploads/{tail:.*}", unsupported)
     app.router.add_route("*", "/v2/{name:.+}/blobs/{digest}", blob)
     app.router.add_route("*", "/v2/{name:.+}/tags/list", tags_list)
+    app.router.add_route("*", "/v2/{name:.+}/referrers/{digest}", referrers)
 
 
 def add_site_routes(app: web.Application, site_dir: Path) -> None:
@@ -68,7 +72,7 @@ def add_site_routes(app: web.Application, site_dir: Path) -> None:
 
 
 def oci_error(error: MirrorError) -> web.Response:
-    body = {"errors": [{"code": error.code, "message": error.message, "detail": None}]}
+    body = {"errors": [{"code": error.code, "message": error.message, "detail": error.detail}]}
     return web.json_response(
         body, status=error.status, headers={**API_VERSION_HEADER, **error.headers}
     )
@@ -140,6 +144,8 @@ async def unsupported(request: web.Request) -> web.Response:
 
 
 async def manifest(request: web.Request) -> web.Response:
+    if request.method in _WRITE_METHODS:
+        return await write_manifest(request, _service(request))
     repo = await _route_pullable(request)
     service = _images(request, repo)
     reference = request.match_info["reference"]
@@ -351,6 +357,28 @@ async def tags_list(request: web.Request) -> web.Response:
     service = _images(request, repo)
     tags = await service.list_tags(repo)
     return _page(sorted(tags), request, "tags")
+
+
+async def referrers(request: web.Request) -> web.Response:
+    """The OCI 1.1 referrers API, for the local namespace: an image index of the manifests
+    whose `subject` is the digest, filtered by `?artifactType=`. Elsewhere a 404, so clients
+    use the referrers tag schema, which the pull-through cache serves like any tag."""
+    repo = await _route_pullable(request)
+    subject = Digest.parse(request.match_info["digest"])
+    if not _service(request).router.is_local(repo):
+        raise ReferrersUnsupported(
+            f"the referrers API answers only for the local namespace, not {repo}"
+        )
+    artifact_type = request.query.get("artifactType")
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": _service(request).local.referrers(repo, subject, artifact_type),
+    }
+    headers = {"Content-Type": OCI_INDEX}
+    if artifact_type is not None:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    return web.Response(body=json.dumps(index).encode(), headers=headers)
 
 
 async def repository_list(request: web.Request) -> web.Response:

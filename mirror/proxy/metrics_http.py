@@ -31,6 +31,7 @@ _ROUTE_KINDS: dict[Callable[..., object], str] = {
     handlers.blob: series.BLOB,
     handlers.tags_list: series.TAGS,
     handlers.repository_list: series.CATALOG,
+    handlers.referrers: series.REFERRERS,
     token_endpoint.token_by_get: series.TOKEN,
     token_endpoint.token_by_post: series.TOKEN,
 }

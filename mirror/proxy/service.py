@@ -36,19 +36,19 @@ from mirror.errors import (
     UpstreamBadGateway,
     UpstreamFailed,
 )
-from mirror.manifests import Kind
+from mirror.local.images import LocalImages
+from mirror.manifests import Kind, declared_media_type
 from mirror.manifests import parse as parse_manifest
 from mirror.metrics import series
 from mirror.proxy.blob_fills import BlobFills, remove_leftovers
 from mirror.proxy.memo import ManifestMemory, SingleFlight
 from mirror.proxy.policy import tag_is_fresh
 from mirror.proxy.routing import Router
-from mirror.proxy.sources import BlobSource
+from mirror.proxy.sources import BlobSource, CachedBlob
 from mirror.proxy.throttled_log import ThrottledWarning
 from mirror.proxy.upstream import RegistryClient, Upstreams
 from mirror.reference import (
     MANIFEST_MEDIA_TYPES,
-    OCI_MANIFEST,
     Digest,
     Repository,
     check_tag,
@@ -57,7 +57,8 @@ from mirror.reference import (
 
 log = logging.getLogger(__name__)
 
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # fetched from an upstream or pushed
+LOCAL_UPSTREAM_NAME = "local"  # what the access log and metrics name the local namespace
 UPSTREAM_ACCEPT = ",".join(MANIFEST_MEDIA_TYPES)
 STALE_WARNING = '111 hpc-mirror "Revalidation Failed"'
 # The store's size is rescanned a bounded piece at a time: at least this many blobs (or one
@@ -122,6 +123,9 @@ class ProxyService:
         self._blobs = BlobFills(
             config, store, metadata, upstreams, self._executor, self.usage, self._sif_tree
         )
+        self.local = LocalImages(
+            store, metadata, self._cached_manifest_body, self._executor, self.clock
+        )
 
     async def close(self) -> None:
         await self._blobs.close()
@@ -151,8 +155,11 @@ class ProxyService:
 
     def upstream_name(self, repo: Repository) -> str:
         """The name of the upstream `repo` routes to (its `[upstreams.<name>]`); for a
-        converted SIF, its source's upstream."""
-        return self._by_prefix[self.router.source_of(repo).prefix].name
+        converted SIF, its source's upstream; "local" for the local namespace."""
+        source = self.router.source_of(repo)
+        if self.router.is_local(source):
+            return LOCAL_UPSTREAM_NAME
+        return self._by_prefix[source.prefix].name
 
     def _client(self, repo: Repository) -> RegistryClient:
         return self.upstreams.client(repo.prefix)
@@ -163,7 +170,10 @@ class ProxyService:
     ) -> Manifest:
         """`repo`'s manifest by tag or digest; `count_pull=False` when no client pulls it
         (a conversion reading its source image)."""
-        if is_digest(reference):
+        if self.router.is_local(repo):
+            stored = self.local.get_manifest(repo, reference)
+            manifest = Manifest(stored.digest, stored.media_type, stored.body)
+        elif is_digest(reference):
             manifest = await self._manifest_by_digest(repo, Digest.parse(reference))
         else:
             manifest = await self._manifest_by_tag(repo, check_tag(reference))
@@ -312,7 +322,7 @@ class ProxyService:
                 f"upstream manifest hashed to {digest}, upstream said {header_digest[:80]}"
             )
         if not media_type:
-            media_type = _media_type_from_body(body)
+            media_type = declared_media_type(body)
         parsed = parse_manifest(body, media_type)
         # A store that refuses writes costs the cache, never the pull: the verified bytes
         # are served from memory, and the next request asks the upstream again.
@@ -332,6 +342,8 @@ class ProxyService:
     # -- blobs -----------------------------------------------------------------------------
     async def blob_size(self, repo: Repository, digest: Digest) -> int:
         """For HEAD: the blob's size from the cache, or from the upstream without fetching."""
+        if self.router.is_local(repo):
+            return self.local.blob_size(repo, digest)
         return await self._blobs.size(repo, digest)
 
     async def open_blob(
@@ -339,11 +351,15 @@ class ProxyService:
     ) -> BlobSource:
         """A source for the blob's bytes: the cached file, a share of a running fill, or
         (should the store refuse it, unless `uncached` is False) the upstream's body."""
+        if self.router.is_local(repo):
+            return CachedBlob(digest, *self.local.open_blob(repo, digest))
         return await self._blobs.open(repo, digest, uncached=uncached)
 
     # -- listings --------------------------------------------------------------------------
     async def list_tags(self, repo: Repository) -> list[str]:
         """The upstream's tags when it answers, else the tags cached for `repo`."""
+        if self.router.is_local(repo):
+            return self.local.list_tags(repo)
         try:
             unknown = NameUnknown(f"repository {repo} is unknown upstream")
             async with self._client(repo).request_ok(
@@ -375,14 +391,3 @@ async def _read_limited(response: Any, limit: int) -> bytes:
         if len(body) > limit:
             raise UpstreamBadGateway("upstream manifest is larger than the mirror accepts")
     return bytes(body)
-
-
-def _media_type_from_body(body: bytes) -> str:
-    """Last resort when an upstream sends no Content-Type: the document's own mediaType,
-    else OCI manifest (what oras-go v1 pushed without a mediaType field)."""
-    try:
-        doc = json.loads(body)
-        media_type = doc.get("mediaType") if isinstance(doc, dict) else None
-    except ValueError:
-        media_type = None
-    return media_type if isinstance(media_type, str) and media_type else OCI_MANIFEST
