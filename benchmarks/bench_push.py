@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     parser.add_argument("--workdir", type=Path, metavar="DIR", help="parent of the temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument(
+        "--profile", type=Path, metavar="PATH", help="run the mirror under cProfile, stats to PATH"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="whole-run limit, s")
     return parser.parse_args(argv)
 
@@ -91,7 +94,7 @@ class Run:
         try:
             distribution = distribution_registry(self.workdir / "distribution", issuer)
             self.servers["distribution"] = distribution.start()
-            mirror = mirror_registry(self.workdir / "mirror", distribution.url)
+            mirror = mirror_registry(self.workdir / "mirror", distribution.url, self.args.profile)
             self.servers["mirror"] = mirror.start()
             log(f"mirror pid {mirror.pid}, distribution pid {distribution.pid}")
             blob = random_file(self.workdir / "big.bin", self.big_size)

@@ -5,6 +5,7 @@ write no access log."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from benchmarks.proxy.servers import BaselineRegistry
@@ -15,11 +16,15 @@ from tests.support.token_issuer import TokenIssuer
 USER = "bench"
 PASSWORD = "bench-push-pw"
 LOCAL_PREFIX = "local"
+PROFILED = Path(__file__).with_name("profiled.py")
 
 
-def mirror_registry(workdir: Path, unused_upstream: str) -> ProxyProcess:
+def mirror_registry(
+    workdir: Path, unused_upstream: str, profile_to: Path | None = None
+) -> ProxyProcess:
     """hpc-mirror taking pushes to `local/<USER>/...` from USER (tokens from its own realm).
-    An upstream is required by the config; `unused_upstream` is never asked."""
+    An upstream is required by the config; `unused_upstream` is never asked. With
+    `profile_to`, it runs under cProfile and writes its stats there when it stops."""
     workdir.mkdir(parents=True, exist_ok=True)
     htpasswd = write_htpasswd(workdir / "htpasswd", {USER: PASSWORD})
     upstream = upstream_entry(unused_upstream, prefix="bench.upstream")
@@ -27,7 +32,8 @@ def mirror_registry(workdir: Path, unused_upstream: str) -> ProxyProcess:
     config["log"] = {"access": ""}
     config["auth"] = {"htpasswd": str(htpasswd)}
     config["local"] = {"prefix": LOCAL_PREFIX, "access": "authenticated"}
-    return ProxyProcess(workdir, config, log_level="warning", start_timeout=20.0)
+    launcher = (sys.executable, str(PROFILED), str(profile_to)) if profile_to else ()
+    return ProxyProcess(workdir, config, log_level="warning", start_timeout=20.0, launcher=launcher)
 
 
 def distribution_registry(workdir: Path, issuer: TokenIssuer) -> BaselineRegistry:
