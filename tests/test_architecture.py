@@ -36,6 +36,7 @@ ROOMS: dict[str, set[str]] = {
         "manifests",
         "metrics",
         "reference",
+        "units",
     },
     # The proxy serves converted images: it calls the converter (never the other way).
     "proxy": {
@@ -103,6 +104,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"image_walk", "manifest_writes"},
         {"conversions"},
         {"converted"},
+        {"upload_handlers"},
         {"handlers"},
         {"metrics_http", "lifecycle"},
         {"app"},
@@ -114,8 +116,8 @@ LAYERS: dict[str, list[set[str]]] = {
         {"open_cache", "gc", "bundle"},
     ],
     "local": [
-        {"pushed_manifest"},
-        {"images"},
+        {"pushed_manifest", "quota"},
+        {"images", "uploads"},
     ],
     "catalog": [
         {"charts", "site_writer", "model"},

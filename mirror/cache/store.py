@@ -584,6 +584,19 @@ class ContentStore:
                 continue
         return max(times) if times else None
 
+    def namespace_links(self, prefix: str, namespace: str) -> set[Digest]:
+        """Every blob and manifest linked to a repository `<prefix>/<namespace>/...` (a
+        namespace of the local registry), each once: what its quota counts."""
+        found: set[Digest] = set()
+        stack = [str(self._repos_dir / prefix / namespace)]
+        while stack:
+            for entry in _subdirs(stack.pop()):
+                if entry.name in ("_blobs", "_manifests"):
+                    found.update(Digest(name) for name in _names(entry.path) if len(name) == 64)
+                elif not entry.name.startswith("_"):
+                    stack.append(entry.path)
+        return found
+
     # -- tags --------------------------------------------------------------------------------
     def write_tag(self, repo: Repository, tag: str, record: TagRecord) -> None:
         body = {
@@ -712,6 +725,13 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _names(path: Path | str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def _subdirs(path: Path | str) -> list[os.DirEntry]:

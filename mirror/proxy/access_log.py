@@ -180,8 +180,11 @@ def logger_class(access_log: AccessLog) -> type[AbstractAccessLogger]:
 
 
 def _body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
-    """Body bytes sent: as a handler counted them (blobs), else the response's length."""
+    """Body bytes sent: as a handler counted them (blobs), else the response's length;
+    for a push, the body bytes received."""
     record = request.get(SERVED)
+    if record is not None and record.received_bytes is not None:
+        return record.received_bytes
     if record is not None and record.body_bytes is not None:
         return record.body_bytes
     if request.method == "HEAD" or response.status in (204, 304) or response.status < 200:

@@ -23,6 +23,7 @@ from mirror.errors import (
     out_of_resources,
 )
 from mirror.metrics import series
+from mirror.proxy import upload_handlers
 from mirror.proxy.access_gate import GATE
 from mirror.proxy.converted import ConvertedImages
 from mirror.proxy.manifest_writes import write_manifest
@@ -53,7 +54,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/v2", api_root)
     app.router.add_route("*", "/v2/_catalog", repository_list)
     app.router.add_route("*", "/v2/{name:.+}/manifests/{reference}", manifest)
-    app.router.add_route("*", "/v2/{name:.+}/blobs/uploads/{tail:.*}", unsupported)
+    app.router.add_route("*", "/v2/{name:.+}/blobs/uploads/{tail:.*}", blob_upload)
     app.router.add_route("*", "/v2/{name:.+}/blobs/{digest}", blob)
     app.router.add_route("*", "/v2/{name:.+}/tags/list", tags_list)
     app.router.add_route("*", "/v2/{name:.+}/referrers/{digest}", referrers)
@@ -139,8 +140,8 @@ async def api_root(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
-async def unsupported(request: web.Request) -> web.Response:
-    raise Unsupported("pushing is not supported: this mirror is read-only")
+async def blob_upload(request: web.Request) -> web.StreamResponse:
+    return await upload_handlers.blob_upload(request, _service(request))
 
 
 async def manifest(request: web.Request) -> web.Response:

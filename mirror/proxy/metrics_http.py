@@ -32,6 +32,7 @@ _ROUTE_KINDS: dict[Callable[..., object], str] = {
     handlers.tags_list: series.TAGS,
     handlers.repository_list: series.CATALOG,
     handlers.referrers: series.REFERRERS,
+    handlers.blob_upload: series.UPLOAD,
     token_endpoint.token_by_get: series.TOKEN,
     token_endpoint.token_by_post: series.TOKEN,
 }

@@ -37,6 +37,7 @@ from mirror.errors import (
     UpstreamFailed,
 )
 from mirror.local.images import LocalImages
+from mirror.local.uploads import BlobUploads
 from mirror.manifests import Kind, declared_media_type
 from mirror.manifests import parse as parse_manifest
 from mirror.metrics import series
@@ -126,6 +127,7 @@ class ProxyService:
         self.local = LocalImages(
             store, metadata, self._cached_manifest_body, self._executor, self.clock
         )
+        self.uploads = BlobUploads(store, metadata, config.local, self._executor, clock)
 
     async def close(self) -> None:
         await self._blobs.close()
