@@ -40,7 +40,9 @@ def balanced(tmp_path, upstream, seeded):
         for instance in instances:
             instance.start()
         hosts = [instance.host for instance in instances]
-        with HAProxyProcess(tmp_path / "haproxy", hosts, balance="roundrobin") as haproxy:
+        haproxy = HAProxyProcess(tmp_path / "haproxy", hosts, balance="roundrobin")
+        haproxy.ready_statuses = (200, 401)  # the instances challenge anonymous /v2/
+        with haproxy:
             yield haproxy, instances
     finally:
         for instance in instances:

@@ -139,8 +139,11 @@ def test_buildah_builds_pushes_to_a_group_and_skopeo_pulls_it_back(registry, tmp
 
 
 def oras_client(registry, user: tuple[str, str], workdir: Path) -> oras.client.OrasClient:
+    """The SDK with Basic credentials on every request: its default token backend keeps the
+    first token it gets (a pull token, from the HEAD before an upload) and so fails every
+    push, against distribution as well (oras-py 0.2.43)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    client = oras.client.OrasClient(hostname=registry.host, insecure=True)
+    client = oras.client.OrasClient(hostname=registry.host, insecure=True, auth_backend="basic")
     client.login(
         username=user[0], password=user[1], hostname=registry.host,
         config_path=str(workdir / "config.json"),
