@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import upstream_entry
 from tests.support import oci
-from tests.support.accounts import write_groups, write_htpasswd
+from tests.support.accounts import auth_table
 from tests.support.clients import skopeo
 from tests.support.haproxy import HAProxyProcess
 from tests.support.proxy import ProxyProcess, proxy_config
@@ -25,10 +25,7 @@ CHUNK = 256 << 10
 @pytest.fixture
 def balanced(tmp_path, upstream, seeded):
     """HAProxy, round-robin, over two instances with logins and `[local]` on one cache."""
-    auth = {
-        "htpasswd": str(write_htpasswd(tmp_path / "htpasswd", dict([ALICE]))),
-        "groups_file": str(write_groups(tmp_path / "groups", {"hpc": ["alice"]})),
-    }
+    auth = auth_table(tmp_path, dict([ALICE]), {"hpc": ["alice"]})
     instances = []
     for n in (1, 2):
         config = proxy_config(tmp_path / f"node{n}", {"test": upstream_entry(upstream.url)})

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import upstream_entry
 from tests.support import oci
-from tests.support.accounts import write_groups, write_htpasswd
+from tests.support.accounts import auth_table
 from tests.support.clients import Buildah, Podman, oras_login_pull, skopeo
 from tests.support.seed import RegistryClient
 from tests.support.sif_pushes import SHAPES, SifShape, pull_like_apptainer, push_sif
@@ -30,10 +30,7 @@ LOCAL = {"prefix": "local", "access": "authenticated"}
 
 @pytest.fixture
 def logins(tmp_path) -> dict:
-    return {
-        "htpasswd": str(write_htpasswd(tmp_path / "htpasswd", dict([ALICE, BOB]))),
-        "groups_file": str(write_groups(tmp_path / "groups", {"hpc": ["alice"]})),
-    }
+    return auth_table(tmp_path, dict([ALICE, BOB]), {"hpc": ["alice"]})
 
 
 @pytest.fixture
