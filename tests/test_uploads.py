@@ -9,7 +9,6 @@ import os
 import re
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -520,4 +519,4 @@ def test_pushes_are_counted_and_logged_with_the_bytes_received(
     )
     lines = log_path.read_text().splitlines()
     patch_line = next(line for line in lines if '"PATCH ' in line)
-    assert f" alice " in patch_line and " 202 100000 " in patch_line
+    assert " alice " in patch_line and " 202 100000 " in patch_line
