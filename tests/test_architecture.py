@@ -27,17 +27,8 @@ ROOMS: dict[str, set[str]] = {
     # Every series, defined once; nothing of HTTP or the store.
     "metrics": set(),
     "cache": {"config", "errors", "manifests", "metrics", "reference", "units"},
-    # The site's own registry: the same store, written by pushes; the proxy calls it.
-    "local": {
-        "access",
-        "cache",
-        "config",
-        "errors",
-        "manifests",
-        "metrics",
-        "reference",
-        "units",
-    },
+    # The site's own registry (pushes): the proxy calls it.
+    "local": {"access", "cache", "config", "errors", "manifests", "metrics", "reference", "units"},
     # The proxy serves converted images: it calls the converter (never the other way).
     "proxy": {
         "access",
@@ -115,15 +106,15 @@ LAYERS: dict[str, list[set[str]]] = {
         {"metadata", "pulls", "verify", "siftree", "usage"},
         {"open_cache", "gc", "bundle"},
     ],
-    "local": [
-        {"pushed_manifest", "quota"},
-        {"images", "uploads"},
-    ],
     "catalog": [
         {"charts", "site_writer", "model"},
         {"facts"},
         {"gather", "pages"},
         {"render"},
+    ],
+    "local": [
+        {"quota", "pushed_manifest"},
+        {"uploads", "images"},
     ],
     "prefetch": [
         {"images"},

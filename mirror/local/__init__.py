@@ -1,2 +1,2 @@
-"""The site's own registry: images pushed into the local namespace (`[local] prefix`), kept
-in the same store as cached upstream content and never sent upstream."""
+"""The site's own registry: pushes into the local namespace (`[local] prefix`), kept in
+the same verified store as cached upstream content and never sent upstream."""

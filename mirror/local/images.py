@@ -149,9 +149,10 @@ class LocalImages:
         return pushed
 
     def _check_references(self, repo: Repository, parsed: ParsedManifest) -> None:
-        """MANIFEST_BLOB_UNKNOWN naming the first blob or child manifest `repo` lacks."""
+        """MANIFEST_BLOB_UNKNOWN naming the first blob or child manifest `repo` lacks (asked
+        of the store: gc may have removed a link this node's cache remembers)."""
         for blob in parsed.blob_digests:
-            if not self._metadata.may_serve_blob(repo, blob) or self._store.blob_size(blob) is None:
+            if not self._store.blob_linked(repo, blob) or self._store.blob_size(blob) is None:
                 raise ManifestBlobUnknown(
                     f"blob {blob} is not in {repo}: push it before the manifest", detail=str(blob)
                 )

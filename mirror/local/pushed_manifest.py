@@ -22,6 +22,8 @@ from mirror.reference import (
 )
 
 PUSHABLE_MEDIA_TYPES = frozenset({OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST})
+# Content-Types that say nothing about the manifest: its own mediaType (or shape) does.
+_UNTYPED = frozenset({"", "application/json", "application/octet-stream"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +54,7 @@ class PushedManifest:
 
 def read_pushed_manifest(body: bytes, digest: Digest, content_type: str) -> PushedManifest:
     """The manifest `body` (whose sha256 is `digest`) sent with `content_type`. The
-    Content-Type names the media type; without a manifest type there, the body's own
+    Content-Type names the media type; without one (or a generic one), the body's own
     `mediaType` does, else its shape (oras-go v1 wrote no mediaType field)."""
     doc = _json_object(body)
     if doc.get("schemaVersion") != 2:
@@ -61,7 +63,7 @@ def read_pushed_manifest(body: bytes, digest: Digest, content_type: str) -> Push
     if declared is not None and not isinstance(declared, str):
         raise ManifestInvalid("the manifest's mediaType is not a string")
     header = content_type.partition(";")[0].strip().lower()
-    media_type = header if header in PUSHABLE_MEDIA_TYPES else declared or _shape(doc)
+    media_type = header if header not in _UNTYPED else declared or _shape(doc)
     if media_type not in PUSHABLE_MEDIA_TYPES:
         raise ManifestInvalid(
             f"{media_type[:100]!r} is not a manifest type this registry takes "
