@@ -93,7 +93,7 @@ def make_proxy(tmp_path: Path):
             config["auth"] = auth
         if sif is not None:
             config["sif"] = sif
-        if local is not None:
+        if local is not None:  # the `[local]` table: the site's own namespace
             config["local"] = local
         proxy = ProxyProcess(
             workdir,

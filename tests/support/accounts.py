@@ -29,3 +29,12 @@ def write_htpasswd(path: Path, users: dict[str, str]) -> Path:
 def write_groups(path: Path, groups: dict[str, list[str]]) -> Path:
     path.write_text("".join(f"{group}: {' '.join(users)}\n" for group, users in groups.items()))
     return path
+
+
+def auth_table(directory: Path, users: dict[str, str], groups: dict[str, list[str]]) -> dict:
+    """An `[auth]` table over an htpasswd file of `users` and a groups file of `groups`,
+    both written under `directory`."""
+    return {
+        "htpasswd": str(write_htpasswd(directory / "htpasswd", users)),
+        "groups_file": str(write_groups(directory / "groups", groups)),
+    }

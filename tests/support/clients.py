@@ -282,3 +282,10 @@ def fetch_sha256(url: str, timeout: float = 120) -> tuple[int, str, int]:
             digest.update(chunk)
             size += len(chunk)
         return response.status_code, f"sha256:{digest.hexdigest()}", size
+
+
+def skopeo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`skopeo <args>` as it is (the caller checks the outcome: pushes may be refused)."""
+    return subprocess.run(
+        ["skopeo", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )

@@ -16,11 +16,16 @@ HAPROXY = "/usr/sbin/haproxy"
 CONTRIB_CONFIG = Path(__file__).parents[2] / "contrib" / "haproxy.cfg"
 
 
-def contrib_config(port: int, backends: list[str], tls_pem: Path | None = None) -> str:
+def contrib_config(
+    port: int, backends: list[str], tls_pem: Path | None = None, balance: str | None = None
+) -> str:
     """contrib/haproxy.cfg on 127.0.0.1:`port` (with `tls_pem`: its commented TLS bind, with
     that certificate, in place of the plain one), its servers `node1 <backends[0]>` ...;
-    its health check (`GET /readyz`) as shipped."""
+    its health check (`GET /readyz`) as shipped; `balance` in place of its algorithm."""
     text = CONTRIB_CONFIG.read_text()
+    if balance is not None:
+        text, count = re.subn(r"(?m)^([ \t]+)balance \S+$", rf"\g<1>balance {balance}", text)
+        assert count == 1, "contrib/haproxy.cfg has no single balance line"
     plain = re.compile(r"(?m)^([ \t]+)bind :\d+\n")
     tls = re.compile(r"(?m)^([ \t]+)# bind :\d+ ssl crt \S+ (.*)$")
     servers = re.findall(r"(?m)^[ \t]+server .*\n", text)
@@ -39,12 +44,20 @@ def contrib_config(port: int, backends: list[str], tls_pem: Path | None = None) 
 class HAProxyProcess(ServerProcess):
     """`haproxy -db -f <workdir>/haproxy.cfg`, contrib/haproxy.cfg sending to `backends`
     (host:port, plain HTTP); with `ca`, terminating TLS with that CA's server certificate.
-    `log()` is what HAProxy wrote, e.g. a server going DOWN."""
+    `log()` is what HAProxy wrote, e.g. a server going DOWN. `balance`: another algorithm
+    than the shipped one (e.g. "roundrobin", to send each request elsewhere)."""
 
     name = "haproxy"
 
-    def __init__(self, workdir: Path, backends: list[str], ca: LoopbackCA | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        backends: list[str],
+        ca: LoopbackCA | None = None,
+        balance: str | None = None,
+    ) -> None:
         super().__init__(start_timeout=20.0)
+        self.balance = balance
         self.workdir = workdir
         self.backends = backends
         self.ca = ca
@@ -60,7 +73,7 @@ class HAProxyProcess(ServerProcess):
             pem = self.workdir / "mirror.pem"  # HAProxy wants the chain and the key in one file
             pem.write_bytes(self.ca.cert_file.read_bytes() + self.ca.key_file.read_bytes())
             pem.chmod(0o600)
-        self.config_path.write_text(contrib_config(self.port, self.backends, pem))
+        self.config_path.write_text(contrib_config(self.port, self.backends, pem, self.balance))
         return spawn_logged([HAPROXY, "-db", "-f", str(self.config_path)], self.log_path)
 
     def _failure_log(self) -> str:
