@@ -308,8 +308,9 @@ def verify(config: ConfigOption = None) -> None:
 @_command()
 def gc(
     max_size: Annotated[
-        str, typer.Option(help="Evict until the cache is at most this size, e.g. 500G.")
-    ],
+        Optional[str],
+        typer.Option(help="Evict cached images until the cache is at most this size, e.g. 500G."),
+    ] = None,
     older_than: Annotated[
         Optional[str],
         typer.Option(help="Only evict images last used longer ago than this, e.g. 30d."),
@@ -317,45 +318,32 @@ def gc(
     dry_run: Annotated[bool, typer.Option(help="Print what would go; delete nothing.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Evict the least recently pulled images (never pinned ones, never a blob a kept
-    image references) until the cache fits --max-size."""
+    """Remove abandoned uploads and blobs nothing references any more; with --max-size,
+    evict the least recently pulled cached images (never local or pinned ones, never a
+    blob a kept image references) until the cache fits."""
     import time
 
     from mirror.cache import gc as gc_module
     from mirror.cache.open_cache import open_cache
     from mirror.proxy.routing import Router
-    from mirror.units import human_size, parse_age, parse_size
+    from mirror.units import parse_age, parse_size
 
     cfg = _load(config)
-    limit = parse_size(max_size)
-    age = parse_age(older_than) if older_than else None
-    pins = [_resolve_pin(Router(cfg), pin, cfg.source) for pin in cfg.cache.pins]
-    with open_cache(cfg.cache, create=False) as cache:
-        result = gc_module.plan(
-            cache.store,
-            cache.pulls,
-            limit,
-            age,
-            time.time(),
-            lambda image: any(pin(image) for pin in pins),
-        )
-        verb = "would evict" if dry_run else "evicted"
-        for image in result.evict:
-            typer.echo(f"{verb} {image}")
-        if not dry_run:
-            gc_module.apply(cache.store, result)
-    after = result.total_before - result.freed
-    typer.echo(
-        f"{'would free' if dry_run else 'freed'} {human_size(result.freed)} "
-        f"({len(result.delete)} blobs, {len(result.evict)} images); cache "
-        f"{human_size(result.total_before)} -> {human_size(after)}"
-        + (
-            ""
-            if after <= limit
-            else f", still above {human_size(limit)}: the rest "
-            "is pinned, newer than --older-than, or shared with kept images"
-        )
+    router = Router(cfg)
+    pins = [_resolve_pin(router, pin, cfg.source) for pin in cfg.cache.pins]
+    rules = gc_module.GcRules(
+        upload_ttl=cfg.local.upload_ttl_hours * 3600,
+        max_size=parse_size(max_size) if max_size is not None else None,
+        older_than=parse_age(older_than) if older_than else None,
+        is_local=router.is_local,
+        pinned=lambda image: any(pin(image) for pin in pins),
     )
+    with open_cache(cfg.cache, create=False) as cache:
+        result = gc_module.plan(cache.store, cache.pulls, rules, time.time())
+        if not dry_run:
+            gc_module.apply(cache.store, result, cache.metadata)
+    for line in gc_module.report(result, rules.max_size, dry_run):
+        typer.echo(line)
 
 
 def _resolve_pin(router, pin: str, source: str):

@@ -25,6 +25,7 @@ from mirror.reference import (
     PLATFORM_RE,
     REGISTRY_HOST_RE,
     ImageRef,
+    Repository,
     check_name,
     check_prefix,
     check_reference,
@@ -233,6 +234,12 @@ class LocalConfig:
     def enabled(self) -> bool:
         return bool(self.prefix)
 
+    def namespace_of(self, repo: Repository) -> str | None:
+        """`<prefix>/<user or group>` of a local repository; None for any other."""
+        if not self.enabled or repo.prefix != self.prefix:
+            return None
+        return f"{self.prefix}/{repo.name.partition('/')[0]}"
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -347,6 +354,7 @@ class _Parser:
         sif = self._sif()
         self._check_sif_names(sif, upstreams)
         local = self._local(auth, sif, upstreams)
+        self._check_local_pins(cache.pins, local.prefix)
         if self.problems:
             raise ConfigError(self.source, self.problems)
         return Config(self.source, server, cache, client, upstreams, catalog, log, sif, auth, local)
@@ -593,6 +601,16 @@ class _Parser:
         quota = None if quota_text in ("", 0) else self._size(table, "local", "quota")
         ttl = self._number(table, "local", "upload_ttl_hours", minimum=0, inclusive=False)
         return LocalConfig(prefix, frozenset(admins), access, quota, ttl)
+
+    def _check_local_pins(self, pins: tuple[str, ...], prefix: str) -> None:
+        """A pin of a local image names its namespace, as every local repository does."""
+        for pin in pins:
+            first, _, rest = ImageRef.parse(pin).path.partition("/")
+            if prefix and first == prefix and "/" not in rest:
+                self.problems.append(
+                    f"cache.pins: {pin!r}: local repositories are named "
+                    f"{prefix}/<user or group>/<name>"
+                )
 
     def _check_local_prefix(
         self, prefix: str, sif: SifConfig, upstreams: tuple[UpstreamConfig, ...]

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.support.catalog_cache import filled, site  # noqa: F401 (session fixtures)
 from tests.support.gluster import GlusterVolume
+from tests.support.local_catalog import local_catalog  # noqa: F401 (a fixture)
 from tests.support.proxy import UPSTREAM_PREFIX, ProxyProcess, proxy_config, upstream_entry
 from tests.support.registry import RegistryProcess
 from tests.support.seed import RegistryClient, Seeded, seed_all

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
+from mirror.catalog.render import render
 from tests.conftest import UPSTREAM_PREFIX
 from tests.support.catalog_cache import XSS
 
@@ -134,6 +135,16 @@ _OVERFLOW = """() => {
 def test_no_page_scrolls_sideways_on_a_phone(browser, site: Path):
     """Every page of every kind (index, repository, manifest, SIF, stats) fits a 390-px
     screen: a table wider than that scrolls inside its own box."""
+    assert _overflowing_on_a_phone(browser, site) == {}
+
+
+def test_local_image_pages_fit_a_phone(browser, local_catalog, tmp_path: Path):
+    """The local images' sections and pages (pushers, signatures, referrers) too."""
+    render(local_catalog.config(), tmp_path / "site")
+    assert _overflowing_on_a_phone(browser, tmp_path / "site") == {}
+
+
+def _overflowing_on_a_phone(browser, site: Path) -> dict:
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     try:
         page = context.new_page()
@@ -143,6 +154,6 @@ def test_no_page_scrolls_sideways_on_a_phone(browser, site: Path):
             found = page.evaluate(_OVERFLOW)
             if found:
                 overflowing[str(html.relative_to(site))] = found
-        assert overflowing == {}
+        return overflowing
     finally:
         context.close()

@@ -108,6 +108,12 @@ class MetadataCache:
             self._store.link_blob(repo, digest)
             self._db.set(key, True)
 
+    def unlink_blob(self, repo: Repository, digest: Digest) -> None:
+        """Take back a blob link (gc), here and in the store; other nodes' caches keep
+        theirs, so whoever serves a blob also checks that the store holds it."""
+        self._store.unlink_blob(repo, digest)
+        self._db.delete(("blob", repo.prefix, repo.name, digest.hex))
+
     def probe(self) -> None:
         """Write and read one entry (a readiness probe): raises if the database is unusable."""
         self._db.set("probe", time.time())

@@ -193,6 +193,13 @@ class ContentStore:
         return self._stats_dir / f"{node}.json"
 
     # -- content ---------------------------------------------------------------------------
+    def blob_stored_at(self, digest: Digest) -> float | None:
+        """When a cached blob's content was written, or None when it is not cached."""
+        try:
+            return os.stat(self.blob_path(digest)).st_mtime
+        except FileNotFoundError:
+            return None
+
     def blob_size(self, digest: Digest) -> int | None:
         """Size of a cached blob, or None when it is not cached."""
         try:
@@ -470,6 +477,22 @@ class ContentStore:
     def unlink_blob(self, repo: Repository, digest: Digest) -> None:
         _unlink(self._blob_link(repo, digest))
 
+    def linked_blobs(self, repo: Repository) -> list[Digest]:
+        """Every blob linked to `repo`, in digest order."""
+        try:
+            names = os.listdir(self._repo_dir(repo) / "_blobs")
+        except FileNotFoundError:
+            return []
+        return [Digest(name) for name in sorted(names) if len(name) == 64]
+
+    def blob_linked_at(self, repo: Repository, digest: Digest) -> float | None:
+        """When `digest` was first linked to `repo` (a pushed blob's upload, for gc to
+        spare one whose manifest is still to come), or None when it is not linked."""
+        try:
+            return os.stat(self._blob_link(repo, digest)).st_mtime
+        except FileNotFoundError:
+            return None
+
     # -- the local namespace: who pushed what, and referrers ------------------------------
     def write_push_record(self, repo: Repository, digest: Digest, record: PushRecord) -> None:
         body = json.dumps({"user": record.user, "at": record.at}).encode()
@@ -573,6 +596,13 @@ class ContentStore:
         except FileNotFoundError:
             return []
 
+    def upload_bytes(self, upload_id: str) -> int:
+        """Bytes a session holds on disk (0 when it has no data file), even when torn."""
+        try:
+            return os.stat(self.upload_data_path(upload_id)).st_size
+        except FileNotFoundError:
+            return 0
+
     def upload_touched_at(self, upload_id: str) -> float | None:
         """When the session last changed (its newest file), even when torn; None if gone."""
         directory = self._upload_dir(upload_id)
@@ -641,16 +671,18 @@ class ContentStore:
         _unlink(self._tag_path(repo, tag))
 
     # -- repositories ------------------------------------------------------------------------
-    def list_repositories(self) -> list[Repository]:
-        """Every repository with at least one cached manifest, sorted."""
-        found = []
+    def list_repositories(self, *, with_blob_links: bool = False) -> list[Repository]:
+        """Every repository with at least one cached manifest, sorted; `with_blob_links`
+        adds those that only link blobs (a push whose manifest has not come yet)."""
+        marks = ("_manifests", "_blobs") if with_blob_links else ("_manifests",)
+        found = set()
         for prefix_entry in _subdirs(self._repos_dir):
             stack = [(prefix_entry.path, "")]
             while stack:
                 path, name = stack.pop()
                 for entry in _subdirs(path):
-                    if entry.name == "_manifests" and name:
-                        found.append(Repository(prefix_entry.name, name))
+                    if entry.name in marks and name:
+                        found.add(Repository(prefix_entry.name, name))
                     elif not entry.name.startswith("_"):
                         stack.append((entry.path, f"{name}/{entry.name}" if name else entry.name))
         return sorted(found, key=str)

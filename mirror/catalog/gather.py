@@ -16,6 +16,8 @@ from mirror.catalog.model import (
     KIND_LABELS,
     ManifestFacts,
     ManifestSummary,
+    Pushed,
+    Referrer,
     RepoRow,
     RepoView,
     SifLink,
@@ -23,6 +25,7 @@ from mirror.catalog.model import (
     iso_text,
     pages_dir,
 )
+from mirror.errors import MirrorError
 from mirror.reference import Digest, Repository
 from mirror.sif_names import SifNames, source_digest_tag
 
@@ -87,9 +90,11 @@ def gather(
     pulls: PullCounts,
     conversions: Conversions | None = None,
     related: tuple[Repository, ...] = (),
+    namespace: str = "",
 ) -> RepoView:
     """Everything the pages of `repo` show; `pulls` are its pull counts, `related` the
-    repositories converted from it, or the one it was converted from."""
+    repositories converted from it, or the one it was converted from; `namespace` is
+    that of a local repository (who pushed its manifests, and their referrers)."""
     manifests: dict[str, ManifestFacts] = {}
     tagged = store.tag_records(repo)
     for record in tagged.values():
@@ -110,7 +115,52 @@ def gather(
             )
         )
     links = conversions.links(store, repo, related) if conversions is not None else {}
+    if namespace:
+        links.update(namespace=namespace, **_pushes(store, repo, manifests))
     return RepoView(repo, tuple(tags), manifests, **links)
+
+
+def _pushes(
+    store: ContentStore, repo: Repository, manifests: dict[str, ManifestFacts]
+) -> dict[str, Any]:
+    """The `RepoView` fields of a local repository: who pushed each manifest shown, and
+    the artifacts pushed for it (read from the store's referrer entries)."""
+    pushed = {}
+    referrers = {}
+    for digest in sorted(manifests):
+        record = _pushed(store, repo, digest)
+        if record is not None:
+            pushed[digest] = record
+        found = tuple(
+            _referrer(store, repo, d) for d in store.referrers(repo, Digest.parse(digest))
+        )
+        if found:
+            referrers[digest] = found
+    return {"pushed": pushed, "referrers": referrers}
+
+
+def _pushed(store: ContentStore, repo: Repository, digest: str) -> Pushed | None:
+    record = store.read_push_record(repo, Digest.parse(digest))
+    return Pushed(record.user, _iso(record.at)) if record is not None else None
+
+
+def _referrer(store: ContentStore, repo: Repository, descriptor: dict[str, Any]) -> Referrer:
+    """One referrers entry; its fields came from a client's manifest, so each is checked."""
+    digest = descriptor.get("digest")
+    size = descriptor.get("size")
+    kind = descriptor.get("artifactType") or descriptor.get("mediaType")
+    pushed = None
+    if isinstance(digest, str):
+        try:
+            pushed = _pushed(store, repo, digest)
+        except MirrorError:
+            digest = None
+    return Referrer(
+        kind if isinstance(kind, str) else "unknown",
+        digest if isinstance(digest, str) else "unknown",
+        size if isinstance(size, int) and not isinstance(size, bool) else None,
+        pushed,
+    )
 
 
 def _add_facts(
@@ -159,7 +209,10 @@ def summarize(manifests: dict[str, ManifestFacts], digest: str) -> ManifestSumma
 def repo_row(view: RepoView) -> RepoRow:
     """`view` as the index lists it: its newest tag's size, date, title and description."""
     summaries = [tag.summary for tag in view.tags]
-    latest = _newest_tag(view).summary
+    newest = _newest_tag(view)
+    latest = newest.summary
+    sif = view.manifests[newest.digest].sif
+    pushed = view.pushed.get(newest.digest)
     return RepoRow(
         prefix=view.prefix,
         name=view.name,
@@ -177,6 +230,11 @@ def repo_row(view: RepoView) -> RepoRow:
         title=latest.title,
         description=latest.description,
         damaged=any(s.damaged for s in summaries),
+        namespace=view.namespace,
+        pushed_by=pushed.user if pushed else None,
+        pushed_at=pushed.at if pushed else None,
+        sif_signatures=len(sif.signatures) if sif else 0,
+        referrers=len(view.referrers.get(newest.digest, ())),
     )
 
 

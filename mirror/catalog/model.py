@@ -184,6 +184,25 @@ class SifLink:
 
 
 @dataclass(frozen=True)
+class Pushed:
+    """Who pushed a manifest to the local namespace (None: unknown), and when."""
+
+    user: str | None
+    at: str | None  # ISO 8601
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """An artifact pushed with a `subject` (a signature, an SBOM), as the referrers API
+    lists it, and who pushed it when that is known."""
+
+    artifact_type: str
+    digest: str
+    size: int | None
+    pushed: Pushed | None
+
+
+@dataclass(frozen=True)
 class RepoView:
     """Everything the pages of one repository show."""
 
@@ -194,6 +213,9 @@ class RepoView:
     converted_from: SifLink | None = None  # a converted image's source
     converted_to: tuple[SifLink, ...] = ()  # an image's converted SIFs
     sif_files: dict[str, str] = field(default_factory=dict)  # tag -> its SIF-tree file
+    namespace: str = ""  # `<prefix>/<user or group>` of a local repository, else ""
+    pushed: dict[str, Pushed] = field(default_factory=dict)  # by manifest digest (local)
+    referrers: dict[str, tuple[Referrer, ...]] = field(default_factory=dict)  # by subject
 
     @property
     def prefix(self) -> str:
@@ -226,6 +248,10 @@ class RepoView:
             data["converted_to"] = self.converted_to
         if self.sif_files:
             data["sif_files"] = self.sif_files
+        if self.namespace:
+            data["namespace"] = self.namespace
+            data["pushed"] = self.pushed
+            data["referrers"] = self.referrers
         return data
 
 
@@ -250,6 +276,11 @@ class RepoRow:
     title: str
     description: str
     damaged: bool
+    namespace: str = ""  # `<prefix>/<user or group>` of a local repository, else ""
+    pushed_by: str | None = None  # of its newest tag, when it is local
+    pushed_at: str | None = None
+    sif_signatures: int = 0  # signature objects in its newest tag's SIF
+    referrers: int = 0  # artifacts (signatures, SBOMs) pushed for its newest tag
 
     def to_json(self) -> dict[str, Any]:
         """One entry of catalog.json's `repositories`."""

@@ -34,7 +34,7 @@ from mirror.units import human_size
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
 # Bump when the model changes shape, so every page and the state are rebuilt.
-_MODEL_VERSION = 4
+_MODEL_VERSION = 5
 
 
 def _templates_digest() -> str:
@@ -159,6 +159,10 @@ class Pages:
                 view.converted_from,
                 view.converted_to,
                 view.sif_files,
+                view.namespace,
+                view.pushed,
+                view.referrers,
+                [_sif_signatures(view.manifests[tag.digest]) for tag in view.tags],
                 self.site_key,
                 depth,
             ),
@@ -171,7 +175,18 @@ class Pages:
             self.writer.write(f"assets/{asset.name}", asset.read_bytes())
         self._page("stats.html", "stats.html", _stats(rows, blob_count, cache_size))
         self.writer.write("catalog.json", _dumps(catalog_json(self.site, rows)))
-        self._page("index.html", "index.html", {"rows": rows, "groups": _group(rows)})
+        upstream_rows = [row for row in rows if not row.namespace]
+        local_groups: dict[str, list[RepoRow]] = {}
+        for row in rows:
+            if row.namespace:
+                local_groups.setdefault(row.namespace, []).append(row)
+        context = {
+            "rows": upstream_rows,
+            "groups": _group(upstream_rows),
+            "local_groups": sorted(local_groups.items()),
+            "local_count": len(rows) - len(upstream_rows),
+        }
+        self._page("index.html", "index.html", context)
 
     def _manifest_page(self, view: RepoView, facts: ManifestFacts, depth: int) -> str:
         relpath = f"{view.directory}/{manifest_page(facts.digest)}"
@@ -186,7 +201,8 @@ class Pages:
             inputs: tuple = (facts.digest, facts.media_type, [c.digest for c, _ in children])
         else:
             inputs = (facts, children)
-        key = fingerprint(template, view.path, tag_names, self.site_key, depth, *inputs)
+        local = (view.pushed.get(facts.digest), view.referrers.get(facts.digest, ()))
+        key = fingerprint(template, view.path, tag_names, self.site_key, depth, local, *inputs)
         self._page(
             relpath,
             template,
@@ -239,6 +255,10 @@ def _stats(rows: list[RepoRow], blob_count: int, cache_size: int) -> dict[str, A
             [(r.path, r.size or 0) for r in largest], human_size, "Largest repositories"
         ),
     }
+
+
+def _sif_signatures(facts: ManifestFacts) -> int:
+    return len(facts.sif.signatures) if facts.sif else 0
 
 
 def _group(rows: list[RepoRow]) -> list[tuple[str, list[RepoRow]]]:

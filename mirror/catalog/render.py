@@ -66,6 +66,7 @@ class _Changed:
     signature: tuple[Any, ...]
     pulls: PullCounts
     related: tuple[Repository, ...]  # converted from it, or what it was converted from
+    namespace: str  # of a local repository, else ""
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ class _Renderer:
             if old and old.signature == signature and all(map(self.writer.keep, old.files)):
                 self.repo_state[slug] = old
             else:
-                changed.append(_Changed(repo, signature, pulls, related.get(repo, ())))
+                namespace = self.config.local.namespace_of(repo) or ""
+                changed.append(_Changed(repo, signature, pulls, related.get(repo, ()), namespace))
         workers = min(os.cpu_count() or 1, len(changed) // _REPOS_PER_WORKER)
         if workers > 1:
             self._render_in_processes(changed, workers)
@@ -180,7 +182,13 @@ class _Renderer:
         state = {}
         for item in changed:
             view = gather(
-                self.store, self.facts, item.repo, item.pulls, self.conversions, item.related
+                self.store,
+                self.facts,
+                item.repo,
+                item.pulls,
+                self.conversions,
+                item.related,
+                item.namespace,
             )
             if view.tags:
                 files = self.pages.repository(view)
