@@ -19,6 +19,7 @@ from mirror.errors import QuotaExceeded
 from mirror.local.quota import NamespaceQuota
 from mirror.local.uploads import BlobUploads
 from mirror.reference import Digest, Repository
+from tests.support.local_images import backdate
 
 MIB = 1024 * 1024
 TOOL = Repository("local", "alice/tool")
@@ -101,3 +102,26 @@ async def test_the_quota_counts_each_blob_of_a_namespace_once(tmp_path, executor
     with pytest.raises(QuotaExceeded, match=r"local/alice .*1\.5 KiB of 2\.0 KiB"):
         await quota.check(TOOL, 501)
     await NamespaceQuota(store, None, executor).check(TOOL, 10**12)
+
+
+async def test_a_blob_pushed_again_is_linked_again_with_a_fresh_time(tmp_path, executor):
+    """A push of a blob the store holds renews its link: written through to the store when
+    gc on another node took it back (this node's index still remembers it), and touched
+    when it is old, so gc gives the manifest still to come its grace period again."""
+    store = ContentStore(tmp_path / "cache")
+    uploads = uploads_of(tmp_path, store, executor, "a")
+    data = b"layer bytes"
+    digest = digest_of(data)
+
+    async def push() -> None:
+        record = await uploads.start(TOOL, "alice")
+        await uploads.append(record, chunks_of(data, 4), lambda n: None)
+        await uploads.finish(record, digest)
+
+    await push()
+    store.unlink_blob(TOOL, digest)  # gc, on another node
+    await push()
+    assert store.blob_linked(TOOL, digest)
+    backdate(store, 1_000_000)
+    await push()
+    assert (store.blob_linked_at(TOOL, digest) or 0) > 1_000_000

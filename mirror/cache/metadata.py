@@ -108,6 +108,13 @@ class MetadataCache:
             self._store.link_blob(repo, digest)
             self._db.set(key, True)
 
+    def link_pushed_blob(self, repo: Repository, digest: Digest) -> None:
+        """A blob just pushed to `repo`: always written through to the store (gc on another
+        node may have taken back a link this node remembers) with a fresh time, so gc
+        gives the push its manifest's grace period again."""
+        self._store.link_blob(repo, digest, refresh=True)
+        self._db.set(("blob", repo.prefix, repo.name, digest.hex), True)
+
     def unlink_blob(self, repo: Repository, digest: Digest) -> None:
         """Take back a blob link (gc), here and in the store; other nodes' caches keep
         theirs, so whoever serves a blob also checks that the store holds it."""

@@ -466,10 +466,17 @@ class ContentStore:
     def unlink_manifest(self, repo: Repository, digest: Digest) -> None:
         _unlink(self._manifest_link(repo, digest))
 
-    def link_blob(self, repo: Repository, digest: Digest) -> None:
+    def link_blob(self, repo: Repository, digest: Digest, *, refresh: bool = False) -> None:
+        """Let `repo` serve blob `digest`; `refresh` also renews the link's time on a link
+        that exists (a blob pushed again), which `gc` reads as the time of the push."""
         path = self._blob_link(repo, digest)
         if not path.exists():
             self._write_small(path, b"")
+        elif refresh:
+            try:
+                os.utime(path)
+            except FileNotFoundError:  # gc took it back this moment
+                self._write_small(path, b"")
 
     def blob_linked(self, repo: Repository, digest: Digest) -> bool:
         return self._blob_link(repo, digest).exists()

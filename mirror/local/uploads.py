@@ -176,7 +176,7 @@ class BlobUploads:
                 await self._discard(record.upload_id)
                 raise
             stored = await self._run(self._store.put_file, digest, path)
-            self._metadata.link_blob(record.repository, digest)
+            self._metadata.link_pushed_blob(record.repository, digest)
             await self._discard(record.upload_id)
         self.quota.forget(record.repository)
         series.PUSHES.labels(series.PUSHED_BLOB, series.STORED).inc()
@@ -192,7 +192,7 @@ class BlobUploads:
             await self.quota.check(repo, size, digest)
         except MirrorError:
             return False
-        self._metadata.link_blob(repo, digest)
+        self._metadata.link_pushed_blob(repo, digest)
         self.quota.forget(repo)
         series.PUSHES.labels(series.PUSHED_BLOB, series.STORED).inc()
         return True
