@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mirror.errors import ManifestTooLarge, MirrorError, Unsupported
+from mirror.errors import ManifestTooLarge, MirrorError
 from mirror.metrics import series
-from mirror.proxy.access_gate import GATE
 from mirror.proxy.served import served
 from mirror.proxy.service import MAX_MANIFEST_BYTES, ProxyService
+from mirror.proxy.writes import writable_repository
 from mirror.reference import Repository
 
 _READ_CHUNK = 64 * 1024
@@ -17,26 +17,12 @@ _READ_CHUNK = 64 * 1024
 
 async def write_manifest(request: web.Request, service: ProxyService) -> web.Response:
     """PUT or DELETE of `/v2/<name>/manifests/<reference>`, for writers of `<name>`."""
-    repo = await _route_writable(request, service)
+    repo, _ = await writable_repository(request, service)
     reference = request.match_info["reference"]
     if request.method == "DELETE":
         service.local.delete(repo, reference)
         return web.Response(status=202)
     return await _put_manifest(request, service, repo, reference)
-
-
-async def _route_writable(request: web.Request, service: ProxyService) -> Repository:
-    """The repository the request names, once the caller is known to be allowed to write
-    there: only the local namespace takes writes."""
-    repo = service.route(request.match_info["name"], request.query.get("ns"))
-    served(request).upstream = service.upstream_name(repo)
-    gate = request.app.get(GATE)
-    if not service.router.is_local(repo) or gate is None:
-        raise Unsupported(
-            f"{request.method} is not supported: only the local namespace takes pushes"
-        )
-    await gate.check_push(request, repo)
-    return repo
 
 
 async def _put_manifest(

@@ -14,6 +14,7 @@ from mirror.metrics import series
 from mirror.proxy.access_gate import GATE, Caller
 from mirror.proxy.served import served
 from mirror.proxy.service import ProxyService
+from mirror.proxy.writes import writable_repository
 from mirror.reference import Digest, Repository
 
 # `<start>-<end>`, inclusive, as the spec writes it (some clients add distribution's
@@ -23,11 +24,7 @@ _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})")
 
 async def blob_upload(request: web.Request, service: ProxyService) -> web.StreamResponse:
     """Dispatch on the method and on whether the path names an upload session."""
-    repo = _local_repository(request, service)
-    gate = request.app.get(GATE)
-    if gate is None:  # [local] needs [auth]: the config refuses one without the other
-        raise Unsupported("pushes need [auth]")
-    caller = await gate.check_push(request, repo)
+    repo, caller = await writable_repository(request, service)
     served(request).received_bytes = 0  # the access log shows what a push received
     upload_id = request.match_info["tail"]
     if not upload_id:
@@ -43,19 +40,6 @@ async def blob_upload(request: web.Request, service: ProxyService) -> web.Stream
     except OffsetMismatch as exc:
         exc.headers.update(_session_headers(request, record, exc.size))
         raise
-
-
-def _local_repository(request: web.Request, service: ProxyService) -> Repository:
-    """The repository of the path, which must be in the local namespace."""
-    router = service.router
-    repo = router.route(request.match_info["name"], request.query.get("ns"))
-    if router.is_local(repo):
-        return repo
-    if router.local_prefix:
-        raise Unsupported(
-            f"{repo} is read-only: pushes go to {router.local_prefix}/<user or group>/<name>"
-        )
-    raise Unsupported("pushes are off: this mirror has no [local] prefix")
 
 
 # -- POST: start (monolithic with `digest`, a mount with `mount` and `from`) -----------------
