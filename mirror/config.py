@@ -543,14 +543,7 @@ class _Parser:
     def _sif(self) -> SifConfig:
         table = self._table("sif")
         namespace = self._get(table, "sif", "namespace", str)
-        try:
-            check_name(namespace)
-            if "/" in namespace:
-                raise NameInvalid("one path component")
-        except MirrorError as exc:
-            self.problems.append(
-                f"sif.namespace: {namespace!r} is not a repository name component ({exc.message})"
-            )
+        self._one_component("sif.namespace", namespace)
         platform = self._get(table, "sif", "platform", str)
         if not PLATFORM_RE.fullmatch(platform):
             self.problems.append(
@@ -612,19 +605,26 @@ class _Parser:
                     f"{prefix}/<user or group>/<name>"
                 )
 
+    def _one_component(self, key: str, value: str) -> bool:
+        """`value` is one component of a repository name (a first path component the
+        router matches whole); else a problem naming `key` is recorded."""
+        try:
+            check_name(value)
+            if "/" in value:
+                raise NameInvalid("one path component")
+        except MirrorError as exc:
+            self.problems.append(
+                f"{key}: {value!r} is not a repository name component ({exc.message})"
+            )
+            return False
+        return True
+
     def _check_local_prefix(
         self, prefix: str, sif: SifConfig, upstreams: tuple[UpstreamConfig, ...]
     ) -> None:
         """One name component that no upstream prefix or SIF namespace name also is, so
         one path names one repository."""
-        try:
-            check_name(prefix)
-            if "/" in prefix:
-                raise NameInvalid("one path component")
-        except MirrorError as exc:
-            self.problems.append(
-                f"local.prefix: {prefix!r} is not a repository name component ({exc.message})"
-            )
+        if not self._one_component("local.prefix", prefix):
             return
         if sif.names.platform_of(prefix) is not None:
             self.problems.append(
