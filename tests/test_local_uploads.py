@@ -1,11 +1,14 @@
-"""Blob uploads and the namespace quota below HTTP: bytes reach the disk while the body is
-still arriving, a session continues through another instance's `BlobUploads`, and the
-quota counts each blob of a namespace once."""
+"""Pushes below HTTP: bytes reach the disk while the body is still arriving, a session
+continues through another instance's `BlobUploads`, the quota counts each blob of a
+namespace once, a blob pushed again is linked again, and what a push stores counts in the
+store's size at once."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,12 +17,15 @@ import pytest
 from mirror.cache.metadata import MetadataCache
 from mirror.cache.open_cache import open_node_db
 from mirror.cache.store import ContentStore
+from mirror.cache.usage import StoreUsage
 from mirror.config import LocalConfig
 from mirror.errors import QuotaExceeded
+from mirror.local.images import LocalImages
 from mirror.local.quota import NamespaceQuota
 from mirror.local.uploads import BlobUploads
-from mirror.reference import Digest, Repository
+from mirror.reference import OCI_MANIFEST, Digest, Repository
 from tests.support.local_images import backdate
+from tests.support.local_push import place_blob
 
 MIB = 1024 * 1024
 TOOL = Repository("local", "alice/tool")
@@ -125,3 +131,46 @@ async def test_a_blob_pushed_again_is_linked_again_with_a_fresh_time(tmp_path, e
     backdate(store, 1_000_000)
     await push()
     assert (store.blob_linked_at(TOOL, digest) or 0) > 1_000_000
+
+
+async def test_a_pushed_blob_counts_in_the_store_size_at_once(tmp_path, executor):
+    """/metrics' store size follows pushes as they land, as it follows fills, without
+    waiting for a rescan; a blob the store held already adds nothing."""
+    store = ContentStore(tmp_path / "cache")
+    usage = StoreUsage(store)
+    while usage.totals() is None:  # the first whole read, a shard at a time: empty
+        usage.rescan(0)
+    metadata = MetadataCache(open_node_db(tmp_path / "index"), store)
+    uploads = BlobUploads(store, metadata, LocalConfig(prefix="local"), executor, usage=usage)
+    data = os.urandom(4096)
+    for _ in range(2):
+        record = await uploads.start(TOOL, "alice")
+        await uploads.append(record, chunks_of(data, 1000), lambda n: None)
+        await uploads.finish(record, digest_of(data))
+        assert usage.totals() == (4096, 1)
+
+
+async def test_a_pushed_manifest_counts_in_the_store_size_at_once(tmp_path, executor):
+    store = ContentStore(tmp_path / "cache")
+    usage = StoreUsage(store)
+    while usage.totals() is None:
+        usage.rescan(0)
+    metadata = MetadataCache(open_node_db(tmp_path / "index"), store)
+    images = LocalImages(store, metadata, store.read_blob, executor, time.time, usage)
+    config = b"{}"
+    digest = place_blob(tmp_path / "cache", "alice/tool", config)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": digest,
+                "size": 2,
+            },
+            "layers": [],
+        }
+    ).encode()
+    assert usage.totals() == (0, 0)  # placed without telling `usage`
+    await images.put_manifest(TOOL, "1.0", manifest, OCI_MANIFEST, "alice")
+    assert usage.totals() == (len(manifest), 1)

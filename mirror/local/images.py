@@ -24,6 +24,7 @@ from typing import IO, Any
 from mirror.cache.metadata import MetadataCache
 from mirror.cache.refusals import raising_store_refused
 from mirror.cache.store import ContentStore, PushRecord, TagRecord
+from mirror.cache.usage import StoreUsage
 from mirror.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -55,14 +56,17 @@ class LocalImages:
         read_manifest: Callable[[Digest], bytes | None],
         executor: Executor,
         clock: Callable[[], float],
+        usage: StoreUsage | None = None,
     ) -> None:
         """`read_manifest`: a manifest's bytes by digest (the service's memory, else the
-        store); `executor`: where hashing and content writes run."""
+        store); `executor`: where hashing and content writes run; `usage`: the store's
+        size for /metrics, told of each manifest new to the store."""
         self._store = store
         self._metadata = metadata
         self._read_manifest = read_manifest
         self._executor = executor
         self._clock = clock
+        self._usage = usage
 
     # -- pulls -----------------------------------------------------------------------------
     def get_manifest(self, repo: Repository, reference: str) -> StoredManifest:
@@ -137,7 +141,9 @@ class LocalImages:
         self._check_references(repo, pushed.parsed)
         now = self._clock()
         with raising_store_refused():
-            await loop.run_in_executor(self._executor, self._store.put_bytes, digest, body)
+            if await loop.run_in_executor(self._executor, self._store.put_bytes, digest, body):
+                if self._usage is not None:
+                    self._usage.added(digest, len(body))
             self._metadata.link_manifest(repo, digest, pushed.media_type, pushed.parsed)
             self._store.write_push_record(repo, digest, PushRecord(user, now))
             if pushed.subject is not None:

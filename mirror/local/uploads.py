@@ -23,6 +23,7 @@ from typing import Any
 
 from mirror.cache.metadata import MetadataCache
 from mirror.cache.store import ContentStore, UploadRecord, is_upload_id
+from mirror.cache.usage import StoreUsage
 from mirror.config import LocalConfig
 from mirror.errors import (
     BlobUploadUnknown,
@@ -66,13 +67,16 @@ class BlobUploads:
         local: LocalConfig,
         executor: Executor,
         clock: Callable[[], float] = time.time,
+        usage: StoreUsage | None = None,
     ) -> None:
+        """`usage`: the store's size for /metrics, told of each blob new to the store."""
         self.quota = NamespaceQuota(store, local.quota, executor)
         self._store = store
         self._metadata = metadata
         self._admins = local.admins
         self._executor = executor
         self._clock = clock
+        self._usage = usage
         self._hashes: OrderedDict[str, _RunningHash] = OrderedDict()
         # One request at a time per upload in this process; chunks of one upload come in
         # order from one client, so other instances need no lock (the digest catches a
@@ -176,6 +180,8 @@ class BlobUploads:
                 await self._discard(record.upload_id)
                 raise
             stored = await self._run(self._store.put_file, digest, path)
+            if stored and self._usage is not None:
+                self._usage.added(digest, size)
             self._metadata.link_pushed_blob(record.repository, digest)
             await self._discard(record.upload_id)
         self.quota.forget(record.repository)

@@ -125,9 +125,9 @@ class ProxyService:
             config, store, metadata, upstreams, self._executor, self.usage, self._sif_tree
         )
         self.local = LocalImages(
-            store, metadata, self._cached_manifest_body, self._executor, self.clock
+            store, metadata, self._cached_manifest_body, self._executor, self.clock, self.usage
         )
-        self.uploads = BlobUploads(store, metadata, config.local, self._executor, clock)
+        self.uploads = BlobUploads(store, metadata, config.local, self._executor, clock, self.usage)
 
     async def close(self) -> None:
         await self._blobs.close()
