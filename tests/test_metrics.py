@@ -20,10 +20,12 @@ from tests.conftest import UPSTREAM_PREFIX, upstream_entry
 from tests.support import oci
 from tests.support.accounts import write_htpasswd
 from tests.support.clients import fetch_sha256
+from tests.support.layers import Entry, image, layer
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.prometheus import parse_metrics, total
 from tests.support.proxy import ProxyProcess, proxy_config, run_mirror, toml_text
 from tests.support.seed import RegistryClient, publish_image
+from tests.support.sif_pulls import CONTAINER, push_image, sif_name, small_image
 
 ACCEPT = {"Accept": oci.ACCEPT_ALL_MANIFESTS}
 LABELS = {"method", "route", "status", "upstream", "result", "outcome", "le", "version", "python"}
@@ -42,6 +44,9 @@ SERIES = [
     "tag_revalidations_total",
     "cache_size_bytes",
     "cache_blobs",
+    "conversions_total",
+    "conversion_duration_seconds",
+    "conversions_in_flight",
     "build_info",
 ]
 
@@ -247,3 +252,65 @@ def test_the_workers_directory_is_private_fresh_and_removed(tmp_path, monkeypatc
     assert sorted(p.name for p in parent.iterdir()) == sorted([str(os.getppid()), str(os.getpid())])
     remove_workers_directory(directory)
     assert not directory.exists() and SHARED_DIR_ENV not in os.environ
+
+
+def _conversion_counts(proxy) -> dict[str, float]:
+    samples = scrape(proxy.url)[1]
+    counts = {
+        outcome: total(samples, "hpc_mirror_conversions_total", outcome=outcome)
+        for outcome in ("converted", "refused", "failed", "joined")
+    }
+    seconds = "hpc_mirror_conversion_duration_seconds_count"
+    counts["timed"] = total(samples, seconds)
+    counts["timed_converted"] = total(samples, seconds, outcome="converted")
+    counts["in_flight"] = total(samples, "hpc_mirror_conversions_in_flight")
+    return counts
+
+
+def _sif_manifest(proxy, repository: str) -> requests.Response:
+    url = f"{proxy.url}/v2/{sif_name(repository)}/manifests/1"
+    return requests.get(url, headers={"Accept": oci.OCI_MANIFEST}, timeout=120)
+
+
+def test_conversions_are_counted_by_outcome_and_timed(make_proxy, upstream):
+    push_image(upstream.url, "counted/good", "1", small_image("counted"))
+    bad = image([layer([Entry("../escape", data=b"x")])])
+    push_image(upstream.url, "counted/bad", "1", bad)
+    proxy = make_proxy({"u": upstream_entry(upstream.url)})
+    nothing = dict.fromkeys(("converted", "refused", "failed", "joined"), 0.0)
+    assert _conversion_counts(proxy) == {
+        **nothing,
+        "timed": 0,
+        "timed_converted": 0,
+        "in_flight": 0,
+    }
+
+    assert _sif_manifest(proxy, "counted/good").status_code == 200
+    converted = {**nothing, "converted": 1, "timed": 1, "timed_converted": 1, "in_flight": 0}
+    assert _conversion_counts(proxy) == converted
+    assert _sif_manifest(proxy, "counted/good").status_code == 200  # a plain hit
+    assert _conversion_counts(proxy) == converted
+
+    for _ in range(2):  # the second refusal is remembered: nothing runs again
+        assert _sif_manifest(proxy, "counted/bad").status_code == 422
+    assert _conversion_counts(proxy) == {**converted, "refused": 1, "timed": 2}
+    text = scrape(proxy.url)[0]
+    assert "counted" not in text and "sha256" not in text
+
+
+def test_pulls_that_wait_for_a_running_conversion_count_as_joined(make_proxy, upstream):
+    """With `max_wait_seconds = 0` every pull during the conversion gets a 503: the first
+    started it, each later one joined it; the pull after it is a hit."""
+    slow = image([layer([Entry("data/random", data=os.urandom(8 << 20))], "plain")], CONTAINER)
+    push_image(upstream.url, "counted/waited", "1", slow)
+    proxy = make_proxy({"u": upstream_entry(upstream.url)}, sif={"max_wait_seconds": 0})
+    unavailable = 0
+    deadline = time.monotonic() + 120
+    while (response := _sif_manifest(proxy, "counted/waited")).status_code == 503:
+        unavailable += 1
+        assert time.monotonic() < deadline, "the conversion never finished"
+        time.sleep(0.05)
+    assert response.status_code == 200 and unavailable >= 1
+
+    counts = _conversion_counts(proxy)
+    assert counts["converted"] == 1 and counts["joined"] == unavailable - 1

@@ -45,6 +45,9 @@ UPLOAD, REFERRERS = "upload", "referrers"
 PUSHED_BLOB, PUSHED_MANIFEST = "blob", "manifest"
 # Outcomes of a push: stored, or refused (bad digest or content, quota, unknown blobs).
 STORED, REFUSED = "stored", "refused"
+# Outcomes of a conversion this instance ran (also REFUSED, FAILED), and of a pull that
+# waited for a conversion it did not run.
+CONVERTED, JOINED = "converted", "joined"
 # The status label of an upstream request that got no answer (refused, reset, timed out).
 NO_ANSWER = "error"
 
@@ -177,6 +180,29 @@ PUSHED_BYTES = Counter(
     namespace=_PREFIX,
     unit="bytes",
     registry=REGISTRY,
+)
+CONVERSIONS = Counter(
+    "conversions",
+    "Conversions to a SIF this instance ran, by outcome (converted, refused, failed), and "
+    "pulls that waited for one they did not run (joined).",
+    ["outcome"],
+    namespace=_PREFIX,
+    registry=REGISTRY,
+)
+CONVERSION_SECONDS = Histogram(
+    "conversion_duration_seconds",
+    "How long conversions this instance ran took, by outcome (converted, refused, failed).",
+    ["outcome"],
+    namespace=_PREFIX,
+    registry=REGISTRY,
+    buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+CONVERSIONS_IN_FLIGHT = Gauge(
+    "conversions_in_flight",
+    "Conversions to a SIF running now.",
+    namespace=_PREFIX,
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 BUILD_INFO = Gauge(
     "build_info",

@@ -29,6 +29,7 @@ from mirror.errors import (
     StoreRefused,
 )
 from mirror.manifests import parse
+from mirror.metrics import series
 from mirror.proxy.blob_fills import heartbeat
 from mirror.proxy.image_walk import cache_image
 from mirror.proxy.service import ProxyService
@@ -94,6 +95,8 @@ class Conversions:
             task = asyncio.ensure_future(self._produce(source, image))
             self._running[image.hex] = task
             task.add_done_callback(lambda done: self._finished(source, image, done))
+        else:
+            series.CONVERSIONS.labels(series.JOINED).inc()
         try:
             return await asyncio.wait_for(asyncio.shield(task), wait)
         except asyncio.TimeoutError:
@@ -125,6 +128,7 @@ class Conversions:
         if self._store.blob_size(image) is None:  # served from memory, evicted from the store
             with self._store.refusals.raising(f"the manifest {image}"):
                 self._store.put_bytes(image, manifest.body)
+        joining = True  # counted once, should another instance be converting it
         while True:
             async with self._slots:
                 done = self.converted(image)
@@ -141,29 +145,51 @@ class Conversions:
                             )
                     finally:
                         self._store.release_conversion(CONVERTER_VERSION, image)
-            await self._follow(source, image)
+            joining = await self._follow(source, image, joining)
 
-    async def _follow(self, source: Repository, image: Digest) -> None:
+    async def _follow(self, source: Repository, image: Digest, joining: bool) -> bool:
         """Wait while another instance converts `image`; return when it recorded the SIF,
-        gave up (its claim is gone), or stopped touching its claim (broken here)."""
+        gave up (its claim is gone), or stopped touching its claim (broken here). The
+        first wait of a pull counts it as joined; whether it still has to count."""
         stale = self._config.cache.fill_stale_seconds
         while self._store.conversion_claimed(CONVERTER_VERSION, image):
+            if joining:
+                series.CONVERSIONS.labels(series.JOINED).inc()
+                joining = False
             if self.converted(image) is not None:
-                return
+                return joining
             if self._store.break_stale_conversion_claim(CONVERTER_VERSION, image, stale):
                 log.warning(
                     "taking over the conversion of %s@%s from an instance that stopped",
                     source,
                     image,
                 )
-                return
+                return joining
             await asyncio.sleep(_FOLLOW_POLL_SECONDS)
+        return joining
 
     def _convert(self, source: Repository, image: Digest) -> Digest:
+        """`_convert_and_store`, counted in /metrics: running now, then its outcome and
+        how long it took (blocking)."""
+        started = time.monotonic()
+        outcome = series.FAILED
+        series.CONVERSIONS_IN_FLIGHT.inc()
+        try:
+            manifest = self._convert_and_store(source, image, started)
+            outcome = series.CONVERTED
+            return manifest
+        except ConversionRefused:
+            outcome = series.REFUSED
+            raise
+        finally:
+            series.CONVERSIONS_IN_FLIGHT.dec()
+            series.CONVERSIONS.labels(outcome).inc()
+            series.CONVERSION_SECONDS.labels(outcome).observe(time.monotonic() - started)
+
+    def _convert_and_store(self, source: Repository, image: Digest, started: float) -> Digest:
         """Convert, store the SIF, its config and manifest, then record it (blocking)."""
         reference = f"{source}@{image}"
         log.info("converting %s to a SIF", reference)
-        started = time.monotonic()
         output = self._store.conversion_output_path(CONVERTER_VERSION, image)
         try:
             with self._store.refusals.raising(f"the conversion of {reference}"):
