@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import ipaddress
+import logging
 import math
 import os
 import ssl
@@ -32,6 +33,8 @@ from mirror.reference import (
 )
 from mirror.sif_names import SifNames
 from mirror.units import parse_size
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,17 @@ class SecretSource:
             # every request: a 403 for each pull instead of one error.
             raise SecretUnreadable(f"{self.value} is empty")
         return secret
+
+    def reread(self, current: str, what: str) -> tuple[str, str]:
+        """SIGHUP: the secret to use from now on and what happened: "changed", "unchanged",
+        or "kept: see the error above" when it cannot be read (logged at ERROR naming
+        `what` and the key, never a secret)."""
+        try:
+            secret = self.read()
+        except SecretUnreadable as exc:
+            log.error("%s not reloaded, still using the previous one: %s: %s", what, self.key, exc)
+            return current, "kept: see the error above"
+        return secret, "unchanged" if secret == current else "changed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,11 +4,14 @@ directory's groups decide who may pull a restricted repository."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import requests
 
 from tests.conftest import UPSTREAM_PREFIX, upstream_entry
-from tests.support.slapd import ALICE, BOB, GROUPS, PEOPLE, SlapdProcess
+from tests.support.slapd import ALICE, BOB, GROUPS, PEOPLE, READER, SlapdProcess
 from tests.support.tls import make_loopback_ca
 
 SIF = f"{UPSTREAM_PREFIX}/sif/tool"
@@ -83,3 +86,51 @@ def test_a_wrong_directory_password_is_a_401_and_an_outage_a_503(gated, director
     down = token(gated, ALICE)
     assert down.status_code == 503
     assert down.json()["errors"][0]["code"] == "UNAVAILABLE"
+
+
+def test_sighup_reads_a_rotated_bind_password_and_keeps_it_on_failure(
+    make_proxy, upstream, seeded, directory, tmp_path
+):
+    """The service account that searches for users gets a new password in the directory
+    and in `bind_password_file`: logins fail until SIGHUP, then work; a file that cannot
+    be read at the next SIGHUP leaves the password in use."""
+    server, ca = directory
+    password_file = tmp_path / "ldap-reader.password"
+    password_file.write_text(READER.password + "\n")
+    ldap = {
+        "url": server.url,
+        "start_tls": True,
+        "ca_file": str(ca.ca_file),
+        "search_base": PEOPLE,
+        "search_filter": "(&(objectClass=inetOrgPerson)(uid={user}))",
+        "bind_dn": READER.dn,
+        "bind_password_file": str(password_file),
+        "group_base": GROUPS,
+        "group_filter": "(&(objectClass=posixGroup)(memberUid={user}))",
+        "cache_seconds": 0,  # every login asks the directory
+    }
+    rules = [{"repositories": ["sif/*"], "access": "restricted", "groups": ["licensed"]}]
+    proxy = make_proxy({"test": upstream_entry(upstream.url, rules=rules)}, auth={"ldap": ldap})
+    assert token(proxy, BOB).status_code == 200
+
+    rotated = "reader-Rotated-9kLm"
+    server.change_password(READER, rotated)
+    password_file.write_text(rotated + "\n")
+    assert token(proxy, BOB).status_code == 503  # the search bind fails: not reloaded yet
+    assert proxy.pid is not None
+    os.kill(proxy.pid, signal.SIGHUP)
+    proxy.wait_log("SIGHUP: auth.ldap bind password (changed)")
+    bob = token(proxy, BOB)
+    assert bob.status_code == 200 and pull(proxy, bob.json()["token"]).status_code == 200
+    assert token(proxy, ALICE).status_code == 200
+
+    password_file.unlink()
+    os.kill(proxy.pid, signal.SIGHUP)
+    log = proxy.wait_log("SIGHUP: auth.ldap bind password (kept: see the error above)")
+    assert (
+        "ERROR mirror.config: auth.ldap: bind password not reloaded, still using the previous "
+        f"one: bind_password_file: cannot read {password_file}: No such file or directory"
+    ) in log
+    bob = token(proxy, BOB)
+    assert bob.status_code == 200 and pull(proxy, bob.json()["token"]).status_code == 200
+    assert rotated not in log and READER.password not in log

@@ -49,6 +49,11 @@ class Authenticator:
         for source in self._sources:
             source.close()
 
+    def reload_secrets(self) -> list[str]:
+        """SIGHUP: each source's own secret read again (the LDAP bind password); what
+        happened to each."""
+        return [done for source in self._sources if (done := source.reload_secret())]
+
     async def login(self, user: str, password: str, address: str) -> Identity | None:
         """The user with every group they belong to, or None for an unknown user or a
         wrong password alike. Raises `TooManyRequests` while the address or the name must

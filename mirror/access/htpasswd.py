@@ -48,6 +48,9 @@ class HtpasswdFile:
     def close(self) -> None:
         """Nothing to release: the file is read when it changes, and closed each time."""
 
+    def reload_secret(self) -> None:
+        """Nothing to reload on SIGHUP: the file is read again when it changes."""
+
     async def authenticate(self, user: str, password: str) -> Identity | None:
         entries = self._file.current()
         if entries is not self._entries_seen:  # the file changed: every password may have

@@ -36,3 +36,8 @@ class PasswordCheck(Protocol):
     def close(self) -> None:
         """Release what the source holds (threads, connections) when the server stops."""
         ...
+
+    def reload_secret(self) -> str | None:
+        """SIGHUP: read the source's own secret again; what was reloaded and how, for the
+        log line, or None when it has none."""
+        ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -86,6 +87,18 @@ class LdapDirectory:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def reload_secret(self) -> str | None:
+        """SIGHUP: read `bind_password_env` / `bind_password_file` again, for the binds
+        from now on; "auth.ldap bind password (<what happened>)" (see
+        `SecretSource.reread`), None when no bind password is configured."""
+        source = self.config.bind_password_source
+        if source is None:
+            return None
+        password, state = source.reread(self.config.bind_password, "auth.ldap: bind password")
+        if state == "changed":
+            self.config = dataclasses.replace(self.config, bind_password=password)
+        return f"auth.ldap bind password ({state})"
 
     # --- on a worker thread -------------------------------------------------------------
 

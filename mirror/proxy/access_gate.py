@@ -98,6 +98,10 @@ class AccessGate:
     def close(self) -> None:
         self._authenticator.close()
 
+    def reload_secrets(self) -> list[str]:
+        """SIGHUP: the login sources' secrets read again (`Authenticator.reload_secrets`)."""
+        return self._authenticator.reload_secrets()
+
     # -- the checks handlers make ------------------------------------------------------------
     async def check_signed_in(self, request: web.Request) -> Caller:
         """`/v2/` and `/v2/_catalog`: any valid credentials, an anonymous token too. Without

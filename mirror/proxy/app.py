@@ -173,8 +173,9 @@ def serve(config: Config, workers: int = 1) -> None:
     """Run the proxy until SIGTERM/SIGINT, then drain (`lifecycle`): in this process, or in
     `workers` processes sharing the port (SO_REUSEPORT) so one node uses every core. The
     workers share the cache like any instances do (one fill per blob, via the store).
-    SIGHUP reloads the TLS certificate, the access log file and upstream passwords; the
-    parent of workers passes SIGTERM, SIGINT and SIGHUP on to each, and waits for them."""
+    SIGHUP reloads the TLS certificate, the access log file, upstream passwords and the
+    LDAP bind password; the parent of workers passes SIGTERM, SIGINT and SIGHUP on to
+    each, and waits for them."""
     _raise_open_files_limit()
     _check_address_free(config.server.host, config.server.port)
     if config.auth.enabled:

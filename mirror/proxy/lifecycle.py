@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from mirror.config import ServerConfig
+from mirror.proxy.access_gate import GATE
 from mirror.proxy.access_log import AccessLog, logger_class
 from mirror.proxy.handlers import SERVICE
 from mirror.proxy.health import READINESS
@@ -131,8 +132,13 @@ async def _serve(
         log.info("listening on %s", site.name)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        gate = app.get(GATE)
         reload = functools.partial(
-            reload_on_hangup, listener_tls, access_log, app[SERVICE].upstreams.reload_passwords
+            reload_on_hangup,
+            listener_tls,
+            access_log,
+            app[SERVICE].upstreams.reload_passwords,
+            gate.reload_secrets if gate is not None else list,
         )
         loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
@@ -210,9 +216,11 @@ def reload_on_hangup(
     listener_tls: ListenerTLS | None,
     access_log: AccessLog | None,
     reload_passwords: Callable[[], list[str]],
+    reload_login_secrets: Callable[[], list[str]],
 ) -> None:
     """SIGHUP: load the TLS certificate again, reopen the access log file, read the
-    upstreams' passwords again; one line says what happened (a failure has its own)."""
+    upstreams' passwords and the LDAP bind password again; one line says what happened
+    (a failure has its own)."""
     done = []
     if listener_tls is not None:
         certificate = listener_tls.reload()
@@ -229,6 +237,7 @@ def reload_on_hangup(
         )
     if passwords := reload_passwords():
         done.append("upstream passwords: " + ", ".join(passwords))
+    done.extend(reload_login_secrets())
     if done:
         log.info("SIGHUP: %s", "; ".join(done))
     else:

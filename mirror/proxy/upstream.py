@@ -35,7 +35,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import aiohttp
 
 from mirror import __version__
-from mirror.config import ClientConfig, SecretUnreadable, UpstreamConfig
+from mirror.config import ClientConfig, UpstreamConfig
 from mirror.errors import (
     Denied,
     MirrorError,
@@ -123,21 +123,12 @@ class RegistryClient:
         source = self.upstream.password_source
         if source is None:
             return None
-        try:
-            password = source.read()
-        except SecretUnreadable as exc:
-            log.error(
-                "upstream %s: password not reloaded, still using the previous one: %s: %s",
-                self.upstream.name,
-                source.key,
-                exc,
-            )
-            return "kept: see the error above"
-        if password == self.upstream.password:
-            return "unchanged"
-        self.upstream = replace(self.upstream, password=password)
-        self._tokens.clear()
-        return "changed"
+        what = f"upstream {self.upstream.name}: password"
+        password, state = source.reread(self.upstream.password, what)
+        if state == "changed":
+            self.upstream = replace(self.upstream, password=password)
+            self._tokens.clear()
+        return state
 
     @asynccontextmanager
     async def request(

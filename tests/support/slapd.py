@@ -9,7 +9,8 @@ The directory (:data:`SUFFIX`) holds the people in :data:`USERS` under ``ou=peop
 read-only service account :data:`READER` under ``ou=services``, and under ``ou=groups``
 both kinds of group sites use: ``posixGroup`` naming members by ``memberUid`` and
 ``groupOfNames`` naming them by ``member`` DN. People are readable anonymously (so a search
-needs no account); groups only by a bound user; passwords by nobody.
+needs no account); groups only by a bound user; passwords by nobody (an account may change
+its own).
 """
 
 from __future__ import annotations
@@ -173,6 +174,19 @@ class SlapdProcess(ServerProcess):
 
     # --- the directory --------------------------------------------------------------------
 
+    def change_password(self, account: Account, new_password: str) -> None:
+        """The account changes its own password (RFC 3062 Password Modify, as `ldappasswd`
+        does); its old one stops working at once."""
+        server = ldap3.Server(LOOPBACK, port=self.port, connect_timeout=5, get_info=ldap3.NONE)
+        connection = ldap3.Connection(server, account.dn, account.password, raise_exceptions=True)
+        try:
+            connection.bind()
+            # No old password: the bind proved it, and `=w` lets slapd write, not compare.
+            changed = connection.extend.standard.modify_password(account.dn, None, new_password)
+            assert changed, connection.result
+        finally:
+            connection.unbind()
+
     def _load(self) -> None:
         """Write slapd.conf and load the test directory into a new database."""
         self.database_dir.mkdir()
@@ -200,6 +214,7 @@ maxsize 16777216
 suffix "{SUFFIX}"
 directory {self.database_dir}
 access to attrs=userPassword
+    by self =w
     by anonymous auth
     by * none
 access to dn.subtree="{GROUPS}"
