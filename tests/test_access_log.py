@@ -110,8 +110,10 @@ def test_each_request_is_one_line_with_its_cache_result_and_upstream(make_proxy,
     layer = image.layers[0]
     manifest = f"/v2/{UPSTREAM_PREFIX}/tools/alpha/manifests/1.0"
     blob = f"/v2/{UPSTREAM_PREFIX}/tools/alpha/blobs/{layer['digest']}"
-    for path in (manifest, manifest, blob):
+    for path in (manifest, manifest):
         assert requests.get(proxy.url + path, headers=ACCEPT, timeout=30).ok
+    assert requests.head(proxy.url + blob, timeout=30).ok  # the upstream's size, not cached
+    assert requests.get(proxy.url + blob, timeout=30).ok
     # the client has its last byte once the digest verified; the rename follows
     proxy.wait_stored(layer["digest"])
     assert requests.get(proxy.url + blob, timeout=30).ok
@@ -121,7 +123,7 @@ def test_each_request_is_one_line_with_its_cache_result_and_upstream(make_proxy,
     tags = f"/v2/{UPSTREAM_PREFIX}/tools/alpha/tags/list?n=1&sig=SECRETSIG"
     assert requests.get(proxy.url + tags, timeout=30).ok
     assert requests.get(proxy.url + manifest.replace("1.0", "nope"), timeout=30).status_code == 404
-    lines = _wait_lines(access, 8)
+    lines = _wait_lines(access, 9)
     fields = [line.split(" ") for line in lines]
     # time client user "METHOD path" status bytes seconds cache upstream
     summary = [(f[3], f[4], f[5], f[6], f[8], f[9]) for f in fields]
@@ -129,11 +131,12 @@ def test_each_request_is_one_line_with_its_cache_result_and_upstream(make_proxy,
         ('"GET', '/v2/"', "200", "2", "-", "-"),  # the probe that found it started
         ('"GET', f'{manifest}"', "200", str(len(image.manifest)), "miss-leader", "hub"),
         ('"GET', f'{manifest}"', "200", str(len(image.manifest)), "hit", "hub"),
+        ('"HEAD', f'{blob}"', "200", "0", "miss-leader", "hub"),
         ('"GET', f'{blob}"', "200", str(layer["size"]), "miss-leader", "hub"),
         ('"GET', f'{blob}"', "200", str(layer["size"]), "hit", "hub"),
-        ('"HEAD', f'{blob}"', "200", "0", "-", "hub"),
-        ('"GET', f'{tags.split("&")[0]}"', "200", summary[6][3], "-", "hub"),
-        ('"GET', f'{manifest.replace("1.0", "nope")}"', "404", summary[7][3], "-", "hub"),
+        ('"HEAD', f'{blob}"', "200", "0", "hit", "hub"),
+        ('"GET', f'{tags.split("&")[0]}"', "200", summary[7][3], "-", "hub"),
+        ('"GET', f'{manifest.replace("1.0", "nope")}"', "404", summary[8][3], "-", "hub"),
     ]
     assert all(f[1] == "127.0.0.1" and f[2] == "-" for f in fields)
     assert all(f[0].endswith("Z") and float(f[7]) >= 0 for f in fields)
@@ -152,12 +155,18 @@ def test_a_fill_has_one_leader_and_its_followers(make_proxy):
             first = pool.submit(requests.get, url, timeout=60)
             time.sleep(0.5)  # the fill runs
             others = [pool.submit(requests.get, url, timeout=60) for _ in range(2)]
+            head = requests.head(url, timeout=60)  # its size from the running fill
             assert [r.result().status_code for r in (first, *others)] == [200] * 3
-    lines = [f for f in _json_lines(proxy.workdir / "access.log", 4) if "/blobs/" in f["path"]]
+        assert head.status_code == 200 and first.result().ok
+    lines = [f for f in _json_lines(proxy.workdir / "access.log", 5) if "/blobs/" in f["path"]]
+    gets = [f for f in lines if f["method"] == "GET"]
     # one GET started the download, the two others joined it (which first, the log's order
     # of responses does not say)
-    assert sorted(f["cache"] for f in lines) == ["miss-follower", "miss-follower", "miss-leader"]
-    assert {f["bytes"] for f in lines} == {server.layer_size}
+    assert sorted(f["cache"] for f in gets) == ["miss-follower", "miss-follower", "miss-leader"]
+    assert {f["bytes"] for f in gets} == {server.layer_size}
+    assert [(f["method"], f["cache"]) for f in lines if f not in gets] == [
+        ("HEAD", "miss-follower")
+    ]
 
 
 def test_revalidated_and_stale_tags_say_so(make_proxy, private_upstream):

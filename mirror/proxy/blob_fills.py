@@ -39,6 +39,7 @@ from mirror.proxy.fill import BlobFill
 from mirror.proxy.memo import SingleFlight
 from mirror.proxy.passthrough import PassThroughBlob
 from mirror.proxy.sources import (
+    BlobSize,
     BlobSource,
     CachedBlob,
     FillReader,
@@ -101,21 +102,24 @@ class BlobFills:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def size(self, repo: Repository, digest: Digest) -> int:
-        """For HEAD: the blob's size from the cache, or from the upstream without fetching."""
-        size = self._store.blob_size(digest)
+    async def size(self, repo: Repository, digest: Digest) -> BlobSize:
+        """For HEAD: the blob's size from the cache, a running fill, or the upstream
+        without fetching."""
+        size, cache = self._store.blob_size(digest), series.HIT
         running = self._fills.get(digest.hex)
         if size is None and running is not None:
             if running.repo == repo:  # its GET answers for this repository
                 await running.fill.started.wait()
-            size = running.fill.size
+            size, cache = running.fill.size, series.FILL_FOLLOWER
         if size is None:
+            joined = self._heads.running((repo, digest.hex))
             size = await self._head(repo, digest)
+            cache = series.FILL_FOLLOWER if joined else series.FILL_LEADER
         elif not await self._may_serve(repo, digest):
             size = None
         if size is None:
             raise BlobUnknown(f"blob {digest} is unknown to {repo}")
-        return size
+        return BlobSize(size, cache)
 
     async def open(self, repo: Repository, digest: Digest, *, uncached: bool = True) -> BlobSource:
         """A source for the blob's bytes: the cached file, or a share of a running fill.

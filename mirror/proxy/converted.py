@@ -24,10 +24,11 @@ from mirror.errors import (
     PlatformUnknown,
 )
 from mirror.manifests import Descriptor, Kind, parse, platform_text
+from mirror.metrics import series
 from mirror.proxy.conversions import Conversions
 from mirror.proxy.image_walk import cache_blob
 from mirror.proxy.service import Manifest, ProxyService
-from mirror.proxy.sources import CachedBlob
+from mirror.proxy.sources import BlobSize, CachedBlob
 from mirror.reference import OCI_MANIFEST, Digest, Repository, check_tag, is_digest
 from mirror.sif_names import source_digest_tag
 
@@ -141,20 +142,23 @@ class ConvertedImages:
         self._sif_tree.publish(self._names.source_of(repo), tag, layer, label)
 
     # -- blobs: only what a conversion stored and linked ---------------------------------
-    async def blob_size(self, repo: Repository, digest: Digest) -> int:
-        size = self._store.blob_size(digest)
-        if size is None or not self._metadata.may_serve_blob(repo, digest):
-            raise BlobUnknown(f"blob {digest} is unknown to {repo}")
-        return size
+    async def blob_size(self, repo: Repository, digest: Digest) -> BlobSize:
+        return BlobSize(self._stored_size(repo, digest), series.HIT)
 
     async def open_blob(
         self, repo: Repository, digest: Digest, *, uncached: bool = True
     ) -> CachedBlob:
-        size = await self.blob_size(repo, digest)
+        size = self._stored_size(repo, digest)
         try:
             return CachedBlob(digest, open(self._store.blob_path(digest), "rb"), size)
         except FileNotFoundError:
             raise BlobUnknown(f"blob {digest} of {repo} was just evicted") from None
+
+    def _stored_size(self, repo: Repository, digest: Digest) -> int:
+        size = self._store.blob_size(digest)
+        if size is None or not self._metadata.may_serve_blob(repo, digest):
+            raise BlobUnknown(f"blob {digest} is unknown to {repo}")
+        return size
 
     # -- tags ------------------------------------------------------------------------------
     async def list_tags(self, repo: Repository) -> list[str]:

@@ -198,8 +198,9 @@ async def blob(request: web.Request) -> web.StreamResponse:
     if request.headers.get("If-None-Match") == headers["ETag"]:
         return web.Response(status=304, headers=headers)
     if request.method == "HEAD":
-        size = await service.blob_size(repo, digest)
-        headers["Content-Length"] = str(size)
+        found = await service.blob_size(repo, digest)
+        served(request).cache = found.cache
+        headers["Content-Length"] = str(found.size)
         return web.Response(headers=headers)
     source = await service.open_blob(repo, digest)
     try:

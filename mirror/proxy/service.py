@@ -45,7 +45,7 @@ from mirror.proxy.blob_fills import BlobFills, remove_leftovers
 from mirror.proxy.memo import ManifestMemory, SingleFlight
 from mirror.proxy.policy import tag_is_fresh
 from mirror.proxy.routing import Router
-from mirror.proxy.sources import BlobSource, CachedBlob
+from mirror.proxy.sources import BlobSize, BlobSource, CachedBlob
 from mirror.proxy.throttled_log import ThrottledWarning
 from mirror.proxy.upstream import RegistryClient, Upstreams
 from mirror.reference import (
@@ -342,10 +342,10 @@ class ProxyService:
         return Manifest(digest, media_type, body, cache=series.FILL_LEADER)
 
     # -- blobs -----------------------------------------------------------------------------
-    async def blob_size(self, repo: Repository, digest: Digest) -> int:
+    async def blob_size(self, repo: Repository, digest: Digest) -> BlobSize:
         """For HEAD: the blob's size from the cache, or from the upstream without fetching."""
         if self.router.is_local(repo):
-            return self.local.blob_size(repo, digest)
+            return BlobSize(self.local.blob_size(repo, digest), series.HIT)
         return await self._blobs.size(repo, digest)
 
     async def open_blob(

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 
 from mirror.errors import StoreRefused, UpstreamBadGateway
 from mirror.metrics import series
@@ -21,6 +21,15 @@ from mirror.reference import Digest
 
 _FOLLOW_POLL = 0.05
 _HASH_CHUNK = 4 * 1024 * 1024
+
+
+class BlobSize(NamedTuple):
+    """A HEAD's answer: the blob's length, and where it came from (`series.HIT`: the store;
+    `FILL_FOLLOWER`: a download or upstream HEAD running for another request;
+    `FILL_LEADER`: an upstream HEAD of this request's), for the access log."""
+
+    size: int
+    cache: str
 
 
 class BlobSource(Protocol):
