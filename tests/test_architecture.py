@@ -102,6 +102,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"app"},
     ],
     "cache": [
+        {"dirs"},
         {"blob_writer", "refusals"},
         {"store"},
         {"metadata", "pulls", "verify", "siftree", "usage"},

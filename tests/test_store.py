@@ -247,3 +247,29 @@ def test_put_file_moves_a_finished_file_into_place_read_only(tmp_path):
     again = store.temp_path("sif")
     again.write_bytes(data)
     assert not store.put_file(_digest(data), again) and not again.exists()
+
+
+def test_directories_another_node_is_making_are_waited_for(tmp_path, monkeypatch):
+    """GlusterFS can answer "exists" to `mkdir` for a directory another node just made
+    while a lookup still answers "no such file" (seen in the two-node herd test): the
+    store's writes try again rather than fail the pull with a 500."""
+    from mirror.cache import dirs
+
+    store = ContentStore(tmp_path / "cache")
+    real_makedirs = os.makedirs
+    lagging = {"answers": 2}
+
+    def makedirs_on_a_lagging_filesystem(path, exist_ok=False):
+        if lagging["answers"]:
+            lagging["answers"] -= 1
+            raise FileExistsError(17, "File exists", str(path))
+        real_makedirs(path, exist_ok=exist_ok)
+
+    monkeypatch.setattr(dirs.os, "makedirs", makedirs_on_a_lagging_filesystem)
+    repo = Repository("up.test", "herd/image")
+    digest = Digest("a" * 64)
+    store.link_blob(repo, digest)
+    assert store.blob_linked(repo, digest) and lagging["answers"] == 0
+    (tmp_path / "cache" / "repositories" / "taken").write_text("a file, not a directory")
+    with pytest.raises(NotADirectoryError):  # a real conflict is not waited for
+        store.link_blob(Repository("taken", "x"), digest)

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from mirror.cache.dirs import make_dirs
 from mirror.errors import DigestMismatch
 from mirror.reference import Digest
 
@@ -114,7 +115,7 @@ class BlobWriter:
         first, so once the blob is visible nothing of its fill is left in tmp/ (followers
         arriving in between find the blob a moment later)."""
         self.seal()
-        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.final_path.parent)
         os.chmod(self.temp_path, 0o444)
         self._forget_size()
         os.rename(self.temp_path, self.final_path)

@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from mirror.cache.dirs import make_dirs
 from mirror.cache.store import ContentStore
 from mirror.reference import Digest, Repository
 
@@ -51,7 +52,7 @@ class SifTree:
         try:
             if _same_file(target, blob):
                 return
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent)
             temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             temp.unlink(missing_ok=True)
             try:

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.cache.blob_writer import BlobWriter
+from mirror.cache.dirs import make_dirs
 from mirror.cache.refusals import StoreRefusals
 from mirror.errors import CacheMissing, MirrorError
 from mirror.reference import Digest, Repository
@@ -136,7 +137,7 @@ class ContentStore:
                 )
             return
         for directory in (self._blobs_dir, self._repos_dir, self._tmp_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(directory)
 
     # -- paths: the one place that maps names to files -------------------------------------
     @property
@@ -239,7 +240,7 @@ class ContentStore:
             return False
         target = self.blob_path(digest)
         os.chmod(path, 0o444)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         os.rename(path, target)
         return True
 
@@ -284,7 +285,7 @@ class ContentStore:
     def quarantine_blob(self, digest: Digest) -> Path:
         """Move a blob out of service (one rename), keeping its bytes; return where to."""
         target = self.quarantine_dir / "sha256" / digest.hex
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         os.rename(self.blob_path(digest), target)
         return target
 
@@ -553,7 +554,8 @@ class ContentStore:
         """A new, empty upload session for `repo`, started by `user`."""
         upload_id = secrets.token_hex(16)
         directory = self._upload_dir(upload_id)
-        directory.mkdir(parents=True)  # a fresh random id: never exists already
+        make_dirs(directory.parent)
+        directory.mkdir()  # a fresh random id: never exists already
         try:
             session = {"repository": str(repo), "prefix": repo.prefix, "name": repo.name}
             body = json.dumps({**session, "user": user, "started_at": now}).encode()
@@ -731,7 +733,7 @@ class ContentStore:
         temp = self.temp_path(path.name)
         try:
             temp.write_bytes(data)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(path.parent)
             os.rename(temp, path)
         except BaseException:  # a full disk must not leave the temp file behind
             _unlink(temp)
