@@ -174,3 +174,30 @@ def _running(pid: int) -> bool:
 def _children(pid: int | None) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as children:
         return [int(child) for child in children.read().split()]
+
+
+def test_a_second_sigterm_cuts_the_drain_at_once(make_proxy, upstream, seeded: Seeded):
+    """An operator who cannot wait out the grace sends SIGTERM (or Ctrl-C) again; the same
+    signal delivered twice at once (to `--workers` directly and through their parent)
+    does not count as a second one."""
+    proxy = make_proxy(
+        {"test": upstream_entry(upstream.url)}, server={"shutdown_grace_seconds": 600}
+    )
+    blob = seeded.big_blob
+    url = f"{proxy.url}/v2/{UPSTREAM_PREFIX}/big/blob/blobs/{blob.digest}"
+    download = SlowDownload(url, pause=0)
+    download.wait_for(1 << 20)
+    download.stalled = True  # the response cannot finish while the client does not read
+    _terminate(proxy)
+    _terminate(proxy)  # the same signal twice at once: still draining
+    proxy.wait_log(STOPPING, timeout=30)
+    time.sleep(1.5)
+    assert proxy._process is not None and proxy._process.poll() is None
+    _terminate(proxy)
+    assert _exit_code(proxy, timeout=60) == 0  # far inside the 600 s grace
+    download.stalled = False
+    status, _, size, error = download.result()
+    assert status == 200 and size < blob.size and error is not None
+    log = proxy.log()
+    assert "a second signal: cutting the 1 responses still running now" in log
+    assert "Traceback" not in log

@@ -5,8 +5,11 @@ Draining: `/readyz` answers 503 at once, the listening socket is closed (new con
 are refused, so a load balancer sends them to another instance), idle keep-alive
 connections are closed, and responses in flight may finish for up to
 `server.shutdown_grace_seconds`. Those still running then are cut (their handlers
-cancelled, their connections closed). The service stops last: a fill whose partial file
-another instance can go on from is left to it (`BlobFill`), and the process exits 0.
+cancelled, their connections closed); a second SIGTERM or SIGINT during the drain (an
+operator's second Ctrl-C) cuts them at once. A second signal counts only a moment after
+the first: Ctrl-C on a terminal reaches `--workers` both directly and through their
+parent. The service stops last: a fill whose partial file another instance can go on
+from is left to it (`BlobFill`), and the process exits 0.
 
 aiohttp's own `shutdown_timeout` (aiohttp 3.14) is per connection and applies twice (a
 wait for the handler, then one for the cancelled handler), and `run_app` runs its shutdown
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 # least this long for the last bytes of finished responses to leave.
 _FINISH_SECONDS = 1.0
 _POLL_SECONDS = 0.05
+# A stop signal this long after the first is a second one, not the same one delivered twice.
+_SECOND_SIGNAL_SECONDS = 1.0
 
 
 class InFlight:
@@ -73,14 +78,18 @@ class InFlight:
             if not self._handlers:
                 self._idle.set()
 
-    async def finished(self, timeout: float) -> bool:
-        """Wait until no handler runs, for up to `timeout` seconds: whether none does."""
+    async def finished(self, timeout: float, hurry: asyncio.Event | None = None) -> bool:
+        """Wait until no handler runs, for up to `timeout` seconds or until `hurry` is set:
+        whether none does."""
+        waits = [asyncio.ensure_future(self._idle.wait())]
+        if hurry is not None:
+            waits.append(asyncio.ensure_future(hurry.wait()))
         try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return self._idle.is_set()
 
     async def cut(self) -> None:
         """Cancel the handlers still running, and give them a moment to end."""
@@ -142,9 +151,20 @@ async def _serve(
         )
         loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
+        hurry = asyncio.Event()  # a second stop signal: cut what runs, now
+        stopped_at = loop.time()
+
+        def second_signal() -> None:
+            if loop.time() - stopped_at >= _SECOND_SIGNAL_SECONDS:
+                hurry.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, second_signal)
         deadline = loop.time() + server.shutdown_grace_seconds
         sockets = _client_sockets(runner)
-        await _drain(runner, app, in_flight, server.shutdown_grace_seconds)
+        await _drain(runner, app, in_flight, server.shutdown_grace_seconds, hurry)
+        if hurry.is_set():
+            deadline = loop.time()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
@@ -169,7 +189,11 @@ def _runner(app: web.Application, access_log: AccessLog | None) -> web.AppRunner
 
 
 async def _drain(
-    runner: web.AppRunner, app: web.Application, in_flight: InFlight, grace: float
+    runner: web.AppRunner,
+    app: web.Application,
+    in_flight: InFlight,
+    grace: float,
+    hurry: asyncio.Event,
 ) -> None:
     app[READINESS].drain()
     for site in list(runner.sites):
@@ -181,8 +205,14 @@ async def _drain(
         in_flight.count,
         grace,
     )
-    if await in_flight.finished(grace):
+    if await in_flight.finished(grace, hurry):
         log.info("stopping: every response in flight finished")
+    elif hurry.is_set():
+        log.warning(
+            "stopping: a second signal: cutting the %d responses still running now",
+            in_flight.count,
+        )
+        await in_flight.cut()
     else:
         log.warning(
             "stopping: cutting the %d responses still running after %g s", in_flight.count, grace
