@@ -251,8 +251,9 @@ def test_put_file_moves_a_finished_file_into_place_read_only(tmp_path):
 
 def test_directories_another_node_is_making_are_waited_for(tmp_path, monkeypatch):
     """GlusterFS can answer "exists" to `mkdir` for a directory another node just made
-    while a lookup still answers "no such file" (seen in the two-node herd test): the
-    store's writes try again rather than fail the pull with a 500."""
+    while a lookup, or a rename into it, still answers "no such file" (both seen in the
+    two-node herd test): the store's writes try again rather than fail the pull with a
+    500."""
     from mirror.cache import dirs
 
     store = ContentStore(tmp_path / "cache")
@@ -265,11 +266,25 @@ def test_directories_another_node_is_making_are_waited_for(tmp_path, monkeypatch
             raise FileExistsError(17, "File exists", str(path))
         real_makedirs(path, exist_ok=exist_ok)
 
+    real_rename = os.rename
+
+    def rename_on_a_lagging_filesystem(source, target):
+        if lagging["renames"]:  # the directory made a moment ago is not there yet
+            lagging["renames"] -= 1
+            raise FileNotFoundError(2, "No such file or directory", str(source))
+        real_rename(source, target)
+
+    lagging["renames"] = 2
     monkeypatch.setattr(dirs.os, "makedirs", makedirs_on_a_lagging_filesystem)
+    monkeypatch.setattr(dirs.os, "rename", rename_on_a_lagging_filesystem)
     repo = Repository("up.test", "herd/image")
     digest = Digest("a" * 64)
     store.link_blob(repo, digest)
-    assert store.blob_linked(repo, digest) and lagging["answers"] == 0
+    assert store.blob_linked(repo, digest) and lagging == {"answers": 0, "renames": 0}
+    data = b"blob bytes"
+    lagging["renames"] = 1
+    assert store.put_bytes(Digest(hashlib.sha256(data).hexdigest()), data)
+    assert store.read_blob(Digest(hashlib.sha256(data).hexdigest())) == data
     (tmp_path / "cache" / "repositories" / "taken").write_text("a file, not a directory")
     with pytest.raises(NotADirectoryError):  # a real conflict is not waited for
         store.link_blob(Repository("taken", "x"), digest)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from mirror.cache.dirs import make_dirs
+from mirror.cache.dirs import rename_into
 from mirror.errors import DigestMismatch
 from mirror.reference import Digest
 
@@ -115,10 +115,9 @@ class BlobWriter:
         first, so once the blob is visible nothing of its fill is left in tmp/ (followers
         arriving in between find the blob a moment later)."""
         self.seal()
-        make_dirs(self.final_path.parent)
         os.chmod(self.temp_path, 0o444)
         self._forget_size()
-        os.rename(self.temp_path, self.final_path)
+        rename_into(self.temp_path, self.final_path)
 
     def commit(self) -> None:
         self.verify()

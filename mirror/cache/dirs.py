@@ -24,3 +24,19 @@ def make_dirs(path: Path) -> None:
             if attempt == _ATTEMPTS:
                 raise
             time.sleep(_PAUSE_SECONDS * attempt)
+
+
+def rename_into(source: Path, target: Path) -> None:
+    """Rename `source` to `target`, making `target`'s directory first. A directory another
+    node made a moment ago can pass `make_dirs` here and still be "no such file" to the
+    rename (GlusterFS, seen in the same tests), so that is tried again too, while `source`
+    is still there."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        make_dirs(target.parent)
+        try:
+            os.rename(source, target)
+            return
+        except FileNotFoundError:
+            if attempt == _ATTEMPTS or not os.path.lexists(source):
+                raise
+            time.sleep(_PAUSE_SECONDS * attempt)

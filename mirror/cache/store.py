@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.cache.blob_writer import BlobWriter
-from mirror.cache.dirs import make_dirs
+from mirror.cache.dirs import make_dirs, rename_into
 from mirror.cache.refusals import StoreRefusals
 from mirror.errors import CacheMissing, MirrorError
 from mirror.reference import Digest, Repository
@@ -240,8 +240,7 @@ class ContentStore:
             return False
         target = self.blob_path(digest)
         os.chmod(path, 0o444)
-        make_dirs(target.parent)
-        os.rename(path, target)
+        rename_into(path, target)
         return True
 
     def blobs(self) -> Iterator[StoredBlob]:
@@ -285,8 +284,7 @@ class ContentStore:
     def quarantine_blob(self, digest: Digest) -> Path:
         """Move a blob out of service (one rename), keeping its bytes; return where to."""
         target = self.quarantine_dir / "sha256" / digest.hex
-        make_dirs(target.parent)
-        os.rename(self.blob_path(digest), target)
+        rename_into(self.blob_path(digest), target)
         return target
 
     def probe_writes(self) -> None:
@@ -733,8 +731,7 @@ class ContentStore:
         temp = self.temp_path(path.name)
         try:
             temp.write_bytes(data)
-            make_dirs(path.parent)
-            os.rename(temp, path)
+            rename_into(temp, path)
         except BaseException:  # a full disk must not leave the temp file behind
             _unlink(temp)
             raise
