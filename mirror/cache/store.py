@@ -196,10 +196,7 @@ class ContentStore:
     # -- content ---------------------------------------------------------------------------
     def blob_stored_at(self, digest: Digest) -> float | None:
         """When a cached blob's content was written, or None when it is not cached."""
-        try:
-            return os.stat(self.blob_path(digest)).st_mtime
-        except FileNotFoundError:
-            return None
+        return _mtime(self.blob_path(digest))
 
     def blob_size(self, digest: Digest) -> int | None:
         """Size of a cached blob, or None when it is not cached."""
@@ -449,18 +446,11 @@ class ContentStore:
 
     def linked_manifests(self, repo: Repository) -> list[Digest]:
         """Every manifest linked to `repo`, in digest order."""
-        try:
-            names = os.listdir(self._repo_dir(repo) / "_manifests")
-        except FileNotFoundError:
-            return []
-        return [Digest(name) for name in sorted(names) if len(name) == 64]
+        return _digest_names(self._repo_dir(repo) / "_manifests")
 
     def manifest_linked_at(self, repo: Repository, digest: Digest) -> float | None:
         """When `digest` was (last) linked to `repo`, or None when it is not linked."""
-        try:
-            return os.stat(self._manifest_link(repo, digest)).st_mtime
-        except FileNotFoundError:
-            return None
+        return _mtime(self._manifest_link(repo, digest))
 
     def unlink_manifest(self, repo: Repository, digest: Digest) -> None:
         _unlink(self._manifest_link(repo, digest))
@@ -485,19 +475,12 @@ class ContentStore:
 
     def linked_blobs(self, repo: Repository) -> list[Digest]:
         """Every blob linked to `repo`, in digest order."""
-        try:
-            names = os.listdir(self._repo_dir(repo) / "_blobs")
-        except FileNotFoundError:
-            return []
-        return [Digest(name) for name in sorted(names) if len(name) == 64]
+        return _digest_names(self._repo_dir(repo) / "_blobs")
 
     def blob_linked_at(self, repo: Repository, digest: Digest) -> float | None:
-        """When `digest` was first linked to `repo` (a pushed blob's upload, for gc to
-        spare one whose manifest is still to come), or None when it is not linked."""
-        try:
-            return os.stat(self._blob_link(repo, digest)).st_mtime
-        except FileNotFoundError:
-            return None
+        """When `digest` was (last) linked to `repo`, a push renewing it (for gc to spare
+        a pushed blob whose manifest is still to come), or None when it is not linked."""
+        return _mtime(self._blob_link(repo, digest))
 
     # -- the local namespace: who pushed what, and referrers ------------------------------
     def write_push_record(self, repo: Repository, digest: Digest, record: PushRecord) -> None:
@@ -613,12 +596,8 @@ class ContentStore:
     def upload_touched_at(self, upload_id: str) -> float | None:
         """When the session last changed (its newest file), even when torn; None if gone."""
         directory = self._upload_dir(upload_id)
-        times = []
-        for path in (directory, directory / "session", directory / "data"):
-            try:
-                times.append(os.stat(path).st_mtime)
-            except FileNotFoundError:
-                continue
+        paths = (directory, directory / "session", directory / "data")
+        times = [t for t in map(_mtime, paths) if t is not None]
         return max(times) if times else None
 
     def namespace_links(self, prefix: str, namespace: str) -> set[Digest]:
@@ -763,6 +742,19 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _mtime(path: Path) -> float | None:
+    """When `path` last changed, or None when there is nothing there."""
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _digest_names(directory: Path) -> list[Digest]:
+    """The digests a link directory names (files named by their hex), in digest order."""
+    return [Digest(name) for name in sorted(_names(directory)) if len(name) == 64]
 
 
 def _names(path: Path | str) -> list[str]:
