@@ -248,11 +248,18 @@ class LocalConfig:
     def enabled(self) -> bool:
         return bool(self.prefix)
 
+    def is_local(self, repo: Repository) -> bool:
+        return self.enabled and repo.prefix == self.prefix
+
+    @staticmethod
+    def owner_of(repo: Repository) -> str:
+        """The user or group whose namespace a local repository is in: the first component
+        of its name (the router refuses a local name without one)."""
+        return repo.name.partition("/")[0]
+
     def namespace_of(self, repo: Repository) -> str | None:
         """`<prefix>/<user or group>` of a local repository; None for any other."""
-        if not self.enabled or repo.prefix != self.prefix:
-            return None
-        return f"{self.prefix}/{repo.name.partition('/')[0]}"
+        return f"{self.prefix}/{self.owner_of(repo)}" if self.is_local(repo) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ class AccessPolicy:
         """The first `[[rules]]` entry whose pattern matches the repository's path, else
         the upstream's own access. An unknown prefix is treated as restricted to nobody:
         the router never produces one, so it can only be a mistake."""
-        if self._is_local(repo):
+        if self._local.is_local(repo):
             return self._local.access
         upstream = self._by_prefix.get(repo.prefix)
         if upstream is None:
@@ -64,15 +64,12 @@ class AccessPolicy:
         """Writes (pushes, deletes) are for the local namespace only: `<prefix>/<user>/...`
         by that user, `<prefix>/<group>/...` by the group's members, anything by
         `[local] admins`."""
-        if not self._is_local(repo) or identity.anonymous or identity.user is None:
+        if not self._local.is_local(repo) or identity.anonymous or identity.user is None:
             return False
         if identity.user in self._local.admins:
             return True
-        namespace = repo.name.partition("/")[0]
-        return namespace == identity.user or namespace in identity.groups
-
-    def _is_local(self, repo: Repository) -> bool:
-        return self._local.enabled and repo.prefix == self._local.prefix
+        owner = self._local.owner_of(repo)
+        return owner == identity.user or owner in identity.groups
 
 
 _NOBODY = AccessRule(Access.RESTRICTED)

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from mirror.cache.store import ContentStore
+from mirror.config import LocalConfig
 from mirror.errors import QuotaExceeded
 from mirror.reference import Digest, Repository
 from mirror.units import human_size
@@ -34,9 +35,9 @@ class NamespaceUse:
     digests: frozenset[Digest]
 
 
-def namespace_of(repo: Repository) -> tuple[str, str]:
-    """(local prefix, namespace): the namespace is the first component of `repo.name`."""
-    return repo.prefix, repo.name.partition("/")[0]
+def _key(repo: Repository) -> tuple[str, str]:
+    """(local prefix, user or group): which namespace's use `repo` counts in."""
+    return repo.prefix, LocalConfig.owner_of(repo)
 
 
 class NamespaceQuota:
@@ -57,7 +58,7 @@ class NamespaceQuota:
 
     async def use(self, repo: Repository) -> NamespaceUse:
         """The use of `repo`'s namespace, walked in a worker thread unless walked lately."""
-        key = namespace_of(repo)
+        key = _key(repo)
         remembered = self._uses.get(key)
         if remembered is not None and self._clock() - remembered[0] < _USE_TTL_SECONDS:
             return remembered[1]
@@ -88,7 +89,7 @@ class NamespaceQuota:
 
     def forget(self, repo: Repository) -> None:
         """Walk `repo`'s namespace again next time (after this process added to it)."""
-        self._uses.pop(namespace_of(repo), None)
+        self._uses.pop(_key(repo), None)
 
     def _measure(self, key: tuple[str, str]) -> NamespaceUse:
         digests = frozenset(self._store.namespace_links(*key))

@@ -13,6 +13,7 @@ class Router:
         self._by_host = {u.host: u for u in config.upstreams}
         self._default = config.default_upstream
         self.sif_names = config.sif.names
+        self._local = config.local
         self.local_prefix = config.local.prefix  # "" while [local] is off
 
     def route(self, path_name: str, ns: str | None = None) -> Repository:
@@ -42,7 +43,7 @@ class Router:
 
     def is_local(self, repo: Repository) -> bool:
         """`repo` is in the local namespace: pushed here, never fetched from upstream."""
-        return bool(self.local_prefix) and repo.prefix == self.local_prefix
+        return self._local.is_local(repo)
 
     def _upstream_route(self, path_name: str) -> Repository:
         first, slash, rest = path_name.partition("/")
