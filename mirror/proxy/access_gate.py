@@ -116,10 +116,9 @@ class AccessGate:
         caller = await self.caller(request, repo)
         if self.policy.is_public(self._router.source_of(repo)):
             return
-        allowed = self.may_pull(caller.identity, repo)
-        if allowed and (caller.pullable is None or str(repo) in caller.pullable):
+        if self.may_read(caller, repo):
             return
-        if allowed or caller.identity.anonymous:
+        if caller.identity.anonymous or self.may_pull(caller.identity, repo):
             # No credentials, or a token for other repositories: fetch one for this one.
             raise Unauthorized("authentication required", self.challenge(request, repo))
         raise PullDenied(f"{caller.identity} may not pull {repo}")
@@ -129,16 +128,22 @@ class AccessGate:
         must be signed in, allowed by the policy, and (with a token) hold `push` for
         `repo`. A token without it is answered with a challenge for `pull,push`, which
         clients follow; a known user who may not write gets `403 DENIED`."""
-        caller = await self.caller(request, repo, _PULL_PUSH)
+        caller = await self.caller(request, repo, write=True)
         if caller.identity.anonymous:
-            raise Unauthorized("authentication required", self.challenge(request, repo, None, True))
+            raise Unauthorized("authentication required", self.challenge(request, repo, write=True))
         if not self.policy.may_push(caller.identity, repo):
             raise PushDenied(f"{caller.identity} may not push to {repo}")
         if caller.pushable is not None and str(repo) not in caller.pushable:
             raise Unauthorized(
-                "the token does not allow pushes here", self.challenge(request, repo, None, True)
+                "the token does not allow pushes here", self.challenge(request, repo, write=True)
             )
         return caller
+
+    def may_read(self, caller: Caller, repo: Repository) -> bool:
+        """The policy lets `caller` pull `repo` and, when they came with a token, its scope
+        includes `repo` (a pull, or the `from` of a cross-repository mount)."""
+        in_scope = caller.pullable is None or str(repo) in caller.pullable
+        return in_scope and self.may_pull(caller.identity, repo)
 
     def may_pull(self, identity: Identity, repo: Repository) -> bool:
         """The policy's answer for `repo`; for a converted image, its source's (so what is
@@ -146,11 +151,11 @@ class AccessGate:
         return self.policy.may_pull(identity, self._router.source_of(repo))
 
     async def caller(
-        self, request: web.Request, repo: Repository | None = None, actions: str = _PULL
+        self, request: web.Request, repo: Repository | None = None, *, write: bool = False
     ) -> Caller:
         """Who sent `request`, from its Basic credentials or bearer token; a `401` for any
-        that do not verify, since a client should not pull as someone it is not."""
-        write = actions == _PULL_PUSH
+        that do not verify (its challenge asks for `pull,push` on a `write`), since a
+        client should not pull as someone it is not."""
         scheme, value = authorization(request)
         if scheme == "basic":
             identity = await self.login(request, *basic_credentials(value), repo=repo, write=write)
@@ -162,7 +167,7 @@ class AccessGate:
                 log.info("refused a bearer token from %s: %s", _address(request), exc)
                 raise Unauthorized(
                     "invalid or expired token",
-                    self.challenge(request, repo, "invalid_token", write),
+                    self.challenge(request, repo, "invalid_token", write=write),
                 ) from None
             served(request).user = grant.identity.user
             return Caller(grant.identity, True, grant.pullable, grant.pushable)
@@ -181,7 +186,7 @@ class AccessGate:
         identity = await self._authenticator.login(user, password, _address(request))
         if identity is None:
             raise Unauthorized(
-                "invalid username or password", self.challenge(request, repo, None, write)
+                "invalid username or password", self.challenge(request, repo, write=write)
             )
         served(request).user = identity.user  # for the access log
         return identity
@@ -216,6 +221,7 @@ class AccessGate:
         request: web.Request,
         repo: Repository | None = None,
         error: str | None = None,
+        *,
         write: bool = False,
     ) -> str:
         """The `Bearer` challenge: where to get a token, and for which scope (`pull`, or

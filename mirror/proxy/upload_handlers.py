@@ -67,10 +67,7 @@ async def _mount(
         from_repo = service.route(request.query.get("from", ""))
     except MirrorError:
         return False
-    gate = request.app[GATE]
-    readable = gate.may_pull(caller.identity, from_repo) and (
-        caller.pullable is None or str(from_repo) in caller.pullable
-    )
+    readable = request.app[GATE].may_read(caller, from_repo)
     return readable and await service.uploads.mount(repo, digest, from_repo)
 
 
